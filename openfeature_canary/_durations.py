@@ -1,0 +1,45 @@
+"""Parse and format durations such as ``"90s"``, ``"10m"``, ``"1h30m"``, ``"24h"``."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["format_duration", "parse_duration"]
+
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Return the duration in seconds; raise ``ValueError`` naming the text when malformed.
+
+    >>> parse_duration("1h30m")
+    5400.0
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"expected a duration string such as '10m', got {text!r}")
+    compact = text.strip()
+    pos, total = 0, 0.0
+    for match in _PART.finditer(compact):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(compact) or not compact:
+        raise ValueError(
+            f"malformed duration {text!r}: use forms like '90s', '10m', '1h30m', '24h'"
+        )
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """Render seconds compactly: ``5400`` → ``"1h30m"``, ``0.5`` → ``"500ms"``."""
+    if seconds < 1 and seconds > 0:
+        return f"{round(seconds * 1000)}ms"
+    rest = round(seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if rest >= size:
+            count, rest = divmod(rest, size)
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"

@@ -1,0 +1,124 @@
+"""The rollout state of one flag: an immutable, versioned record with its decision log."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from types import MappingProxyType
+from typing import Any, Final
+
+__all__ = ["LOG_LIMIT", "LogEntry", "RolloutState", "Status"]
+
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # pragma: no cover
+
+    class StrEnum(str, Enum):
+        def __str__(self) -> str:
+            return str(self.value)
+
+
+#: How many decision-log entries a state keeps (the reports keep everything).
+LOG_LIMIT: Final = 50
+
+Number = int | float | str | None
+
+
+class Status(StrEnum):
+    """Where a flag's rollout is. ``PENDING`` and ``ROLLED_BACK`` serve 0 %."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    ROLLED_BACK = "rolled_back"
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One decision: when, what was done, why, and the numbers behind it.
+
+    ``numbers`` carries e.g. ``{"value": 162.0, "threshold": 150, "window_s": 60, "n": 1204}``.
+    """
+
+    at: float
+    action: str
+    reason: str
+    numbers: Mapping[str, Number] = field(default_factory=lambda: MappingProxyType({}))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return {
+            "at": self.at,
+            "action": self.action,
+            "reason": self.reason,
+            **{"numbers": dict(self.numbers)},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LogEntry:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            at=float(data["at"]),
+            action=str(data["action"]),
+            reason=str(data.get("reason", "")),
+            numbers=MappingProxyType(dict(data.get("numbers", {}))),
+        )
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    """Immutable state of one flag's rollout.
+
+    ``stage`` is 0 while pending (0 %) and 1..N for the plan's stages; ``since`` is when the
+    current stage (or status) began; ``version`` increases by one with every persisted change
+    and is what a store's compare-and-set checks. ``log`` holds the last decisions, newest last.
+    """
+
+    flag_key: str
+    status: Status = Status.PENDING
+    stage: int = 0
+    percent: float = 0.0
+    since: float = 0.0
+    reason: str = ""
+    version: int = 0
+    log: tuple[LogEntry, ...] = ()
+
+    @property
+    def last_decision(self) -> LogEntry | None:
+        """The newest log entry, if any."""
+        return self.log[-1] if self.log else None
+
+    def evolve(self, entry: LogEntry, **changes: Any) -> RolloutState:
+        """A new state with ``changes`` applied, the version bumped and ``entry`` logged."""
+        log = (*self.log, entry)[-LOG_LIMIT:]
+        return replace(self, **changes, version=self.version + 1, log=log)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON stores."""
+        return {
+            "flag_key": self.flag_key,
+            "status": self.status.value,
+            "stage": self.stage,
+            "percent": self.percent,
+            "since": self.since,
+            "reason": self.reason,
+            "version": self.version,
+            "log": [e.to_dict() for e in self.log],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RolloutState:
+        """Inverse of :meth:`to_dict`; raises ``ValueError``/``KeyError`` on malformed data."""
+        return cls(
+            flag_key=str(data["flag_key"]),
+            status=Status(data["status"]),
+            stage=int(data["stage"]),
+            percent=float(data["percent"]),
+            since=float(data["since"]),
+            reason=str(data.get("reason", "")),
+            version=int(data["version"]),
+            log=tuple(LogEntry.from_dict(e) for e in data.get("log", ())),
+        )

@@ -1,0 +1,562 @@
+"""The rollout plan: stages, gates and triggers per flag, loaded from TOML or JSON.
+
+>>> plan = load_plan("examples/canary_plan.toml")          # doctest: +SKIP
+>>> plan.flag("dataservice-read-canary").stages[0].percent  # doctest: +SKIP
+5.0
+
+Every value is a frozen dataclass. Validation is strict: an unknown key, a wrong type or a
+broken rule raises :class:`PlanError` naming the file, the exact path and the rule, e.g.
+``flags.dataservice-read-canary.stages[2].percent: must be greater than the previous stage (50)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final, Literal, NoReturn, cast
+
+from openfeature_canary._durations import parse_duration
+from openfeature_canary._errors import PlanError, UnknownFlagError
+from openfeature_canary._signal_names import KNOWN_SIGNALS, MS_SIGNALS, RATE_SIGNALS
+from openfeature_canary.bucketing import SCHEMES
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "FlagPlan",
+    "OnError",
+    "OnNoGo",
+    "Operator",
+    "PlanError",
+    "ReportsConfig",
+    "RolloutPlan",
+    "Stage",
+    "TelemetryConfig",
+    "Trigger",
+    "load_plan",
+    "parse_plan",
+]
+
+Operator = Literal["above", "at_least", "below", "at_most"]
+OnNoGo = Literal["rollback", "pause"]
+OnError = Literal["rollback", "ignore"]
+
+OPERATORS: Final[tuple[Operator, ...]] = ("above", "at_least", "below", "at_most")
+DEFAULT_MIN_SAMPLES: Final = 60
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: traffic share, how long it is held, and its go/no-go gate.
+
+    ``window`` is the gate window judged as it closes; ``max_*`` are the gate thresholds
+    (``None`` means "not judged"). A window with fewer than ``min_samples`` canary requests is
+    inconclusive, never a pass.
+    """
+
+    percent: float
+    duration_s: float
+    window_s: float
+    max_p95_ms: float | None = None
+    max_p99_ms: float | None = None
+    max_error_rate: float | None = None
+    min_samples: int = DEFAULT_MIN_SAMPLES
+    max_failed_windows: int = 0
+    on_no_go: OnNoGo = "rollback"
+
+    @property
+    def windows(self) -> int:
+        """How many whole gate windows fit in the stage's duration (at least one)."""
+        return max(1, int(self.duration_s // self.window_s))
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A hard rollback trigger, checked at every tick at every stage.
+
+    It breaches when ``signal <op> threshold`` (``op`` one of above, at_least, below, at_most).
+    ``for_s`` makes it fire only when the breach is sustained that long (like a Prometheus
+    alert's ``for``); ``occurrences`` makes it fire on the Nth breach within ``window_s``;
+    neither means it fires at once. ``on_error`` says what a failing signal source does.
+    """
+
+    name: str
+    signal: str
+    op: Operator
+    threshold: float
+    window_s: float = 60.0
+    for_s: float | None = None
+    occurrences: int = 1
+    min_samples: int = 1
+    on_error: OnError = "rollback"
+
+    def breached(self, value: float) -> bool:
+        """True when ``value`` is on the wrong side of the threshold."""
+        if self.op == "above":
+            return value > self.threshold
+        if self.op == "at_least":
+            return value >= self.threshold
+        if self.op == "below":
+            return value < self.threshold
+        return value <= self.threshold
+
+    @property
+    def rule(self) -> str:
+        """Human-readable rule, e.g. ``latency_p95_ms > 150 for 5m``."""
+        from openfeature_canary._durations import format_duration
+
+        symbol = {"above": ">", "at_least": "≥", "below": "<", "at_most": "≤"}[self.op]
+        text = f"{self.signal} {symbol} {_num(self.threshold)}"
+        if self.for_s:
+            text += f" for {format_duration(self.for_s)}"
+        if self.occurrences > 1:
+            text += f", {self.occurrences} times within {format_duration(self.window_s)}"
+        return text
+
+
+@dataclass(frozen=True)
+class FlagPlan:
+    """Everything the plan says about one flag."""
+
+    key: str
+    stages: tuple[Stage, ...]
+    triggers: tuple[Trigger, ...] = ()
+    description: str = ""
+    env_override: str | None = None
+    bucket_by: str = "targetingKey"
+    scheme: str = "flagd"
+    tick_s: float = 10.0
+    after: str | None = None
+    dry_run: bool = False
+    source_error_for_s: float = 60.0
+
+    def stage(self, index: int) -> Stage:
+        """Stage by its 1-based index (stage 0 is "pending", 0 %, and has no ``Stage``)."""
+        if not 1 <= index <= len(self.stages):
+            raise IndexError(f"{self.key}: stage {index} is not in 1..{len(self.stages)}")
+        return self.stages[index - 1]
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    """Where rollout events go: ``POST {url}/telemetry/ingest``.
+
+    ``url`` may be given directly or read from the environment variable ``url_env`` when the
+    controller starts (so a secret URL never sits in the plan file).
+    """
+
+    app: str = "openfeature_canary"
+    url: str | None = None
+    url_env: str | None = None
+    timeout_s: float = 5.0
+
+    def resolve_url(self, environ: Mapping[str, str]) -> str | None:
+        """The base URL, from ``url`` or from ``environ[url_env]``; ``None`` when unset."""
+        if self.url:
+            return self.url
+        if self.url_env:
+            return environ.get(self.url_env) or None
+        return None
+
+
+@dataclass(frozen=True)
+class ReportsConfig:
+    """Where ``canary_plan.md``, ``canary_results.md`` and ``canary_abort.md`` are written."""
+
+    dir: str = "canary-reports"
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    """A whole plan: flags in file order, telemetry, reports, store and PromQL overrides."""
+
+    flags: Mapping[str, FlagPlan]
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    reports: ReportsConfig = field(default_factory=ReportsConfig)
+    store: str | None = None
+    signals: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    source: str = "<plan>"
+
+    def flag(self, key: str) -> FlagPlan:
+        """The flag's plan; :class:`UnknownFlagError` naming the known flags otherwise."""
+        try:
+            return self.flags[key]
+        except KeyError:
+            known = ", ".join(self.flags) or "none"
+            raise UnknownFlagError(f"unknown flag {key!r} (plan has: {known})") from None
+
+    def thresholds_ms(self) -> tuple[float, ...]:
+        """Every millisecond threshold in the plan, sorted: they become histogram bounds."""
+        values: set[float] = set()
+        for flag in self.flags.values():
+            for stage in flag.stages:
+                values.update(v for v in (stage.max_p95_ms, stage.max_p99_ms) if v is not None)
+            values.update(t.threshold for t in flag.triggers if t.signal in MS_SIGNALS)
+        return tuple(sorted(values))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_plan(path: str | Path) -> RolloutPlan:
+    """Load and validate a plan from a ``.toml`` or ``.json`` file.
+
+    Raises :class:`PlanError` when the file is missing, unreadable, malformed or invalid; the
+    message starts with the file name.
+    """
+    p = Path(path)
+    source = str(p)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise PlanError("plan file not found", source=source) from None
+    except OSError as exc:
+        raise PlanError(f"cannot read plan file: {exc.strerror}", source=source) from exc
+    try:
+        if p.suffix.lower() == ".json":
+            data = json.loads(raw.decode("utf-8"))
+        else:
+            data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise PlanError("not UTF-8 text", source=source) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise PlanError(f"malformed TOML: {exc}", source=source) from exc
+    except json.JSONDecodeError as exc:
+        raise PlanError(f"malformed JSON: {exc}", source=source) from exc
+    return parse_plan(data, source=source)
+
+
+def parse_plan(data: Mapping[str, Any], *, source: str = "<plan>") -> RolloutPlan:
+    """Validate a plan given as plain data (what TOML or JSON decode to)."""
+    r = _Reader(source)
+    top = r.table(data, "", {"telemetry", "reports", "flags", "store", "signals"})
+    flags_data = r.table(top.get("flags"), "flags", None, required=True)
+    if not flags_data:
+        r.fail("flags", "must define at least one flag")
+    flags = {key: _flag(r, key, value) for key, value in flags_data.items()}
+    _check_after(r, flags)
+    store = r.opt_str(top, "", "store")
+    signals = _signals(r, top.get("signals"))
+    return RolloutPlan(
+        flags=MappingProxyType(flags),
+        telemetry=_telemetry(r, top.get("telemetry")),
+        reports=_reports(r, top.get("reports")),
+        store=store,
+        signals=MappingProxyType(signals),
+        source=source,
+    )
+
+
+def _flag(r: _Reader, key: str, data: Any) -> FlagPlan:
+    path = f"flags.{key}"
+    t = r.table(
+        data,
+        path,
+        {
+            "description",
+            "env_override",
+            "bucket_by",
+            "scheme",
+            "tick",
+            "after",
+            "dry_run",
+            "stages",
+            "triggers",
+            "min_samples",
+            "max_failed_windows",
+            "on_no_go",
+            "source_error_for",
+        },
+    )
+    if not key.strip():
+        r.fail(path, "flag key must not be empty")
+    defaults = {
+        "min_samples": r.int_(t, path, "min_samples", DEFAULT_MIN_SAMPLES, minimum=1),
+        "max_failed_windows": r.int_(t, path, "max_failed_windows", 0, minimum=0),
+        "on_no_go": r.choice(t, path, "on_no_go", ("rollback", "pause"), "rollback"),
+    }
+    stages_data = r.array(t.get("stages"), f"{path}.stages", required=True)
+    if not stages_data:
+        r.fail(f"{path}.stages", "must list at least one stage")
+    stages: list[Stage] = []
+    for i, s in enumerate(stages_data):
+        prev = stages[-1].percent if stages else None
+        stages.append(_stage(r, f"{path}.stages[{i}]", s, prev, defaults))
+    triggers: list[Trigger] = []
+    for i, tr in enumerate(r.array(t.get("triggers"), f"{path}.triggers")):
+        trigger = _trigger(r, f"{path}.triggers[{i}]", tr)
+        if any(x.name == trigger.name for x in triggers):
+            r.fail(f"{path}.triggers[{i}].name", f"duplicate trigger name {trigger.name!r}")
+        triggers.append(trigger)
+    scheme = r.choice(t, path, "scheme", SCHEMES, "flagd")
+    bucket_by = r.opt_str(t, path, "bucket_by") or "targetingKey"
+    env = r.opt_str(t, path, "env_override")
+    if env is not None and not env.strip():
+        r.fail(f"{path}.env_override", "must be a non-empty environment variable name")
+    return FlagPlan(
+        key=key,
+        stages=tuple(stages),
+        triggers=tuple(triggers),
+        description=r.opt_str(t, path, "description") or "",
+        env_override=env,
+        bucket_by=bucket_by,
+        scheme=scheme,
+        tick_s=r.duration(t, path, "tick", "10s"),
+        after=r.opt_str(t, path, "after"),
+        dry_run=r.bool_(t, path, "dry_run", False),
+        source_error_for_s=r.duration(t, path, "source_error_for", "1m"),
+    )
+
+
+def _stage(
+    r: _Reader, path: str, data: Any, prev: float | None, defaults: Mapping[str, Any]
+) -> Stage:
+    t = r.table(
+        data,
+        path,
+        {
+            "percent",
+            "duration",
+            "window",
+            "max_p95_ms",
+            "max_p99_ms",
+            "max_error_rate",
+            "min_samples",
+            "max_failed_windows",
+            "on_no_go",
+        },
+    )
+    percent = r.number(t, path, "percent", required=True)
+    assert percent is not None
+    if not 0 < percent <= 100:
+        r.fail(f"{path}.percent", f"must be in (0, 100], got {_num(percent)}")
+    if prev is not None and percent <= prev:
+        r.fail(f"{path}.percent", f"must be greater than the previous stage ({_num(prev)})")
+    duration = r.duration(t, path, "duration", None)
+    window = r.duration(t, path, "window", None) if "window" in t else duration
+    if window > duration:
+        r.fail(f"{path}.window", "must not be longer than the stage's duration")
+    max_rate = r.number(t, path, "max_error_rate")
+    if max_rate is not None and not 0 <= max_rate <= 1:
+        r.fail(f"{path}.max_error_rate", f"must be a rate in [0, 1], got {_num(max_rate)}")
+    p95 = r.number(t, path, "max_p95_ms")
+    p99 = r.number(t, path, "max_p99_ms")
+    for name, v in (("max_p95_ms", p95), ("max_p99_ms", p99)):
+        if v is not None and v <= 0:
+            r.fail(f"{path}.{name}", f"must be positive, got {_num(v)}")
+    return Stage(
+        percent=percent,
+        duration_s=duration,
+        window_s=window,
+        max_p95_ms=p95,
+        max_p99_ms=p99,
+        max_error_rate=max_rate,
+        min_samples=r.int_(t, path, "min_samples", defaults["min_samples"], minimum=1),
+        max_failed_windows=r.int_(
+            t, path, "max_failed_windows", defaults["max_failed_windows"], minimum=0
+        ),
+        on_no_go=r.choice(t, path, "on_no_go", ("rollback", "pause"), defaults["on_no_go"]),
+    )
+
+
+def _trigger(r: _Reader, path: str, data: Any) -> Trigger:
+    t = r.table(
+        data,
+        path,
+        {"name", "signal", *OPERATORS, "for", "window", "occurrences", "min_samples", "on_error"},
+    )
+    name = r.opt_str(t, path, "name")
+    if not name:
+        r.fail(f"{path}.name", "is required")
+    signal = r.opt_str(t, path, "signal")
+    if not signal:
+        r.fail(f"{path}.signal", "is required")
+    assert name is not None and signal is not None
+    if signal not in KNOWN_SIGNALS:
+        r.fail(
+            f"{path}.signal",
+            f"unknown signal {signal!r} (known: {', '.join(sorted(KNOWN_SIGNALS))})",
+        )
+    ops = [op for op in OPERATORS if op in t]
+    if len(ops) != 1:
+        r.fail(path, f"needs exactly one of {', '.join(OPERATORS)} (found {len(ops)})")
+    op = ops[0]
+    threshold = r.number(t, path, op, required=True)
+    assert threshold is not None
+    if signal in RATE_SIGNALS and not 0 <= threshold <= 1:
+        r.fail(f"{path}.{op}", f"{signal} is a rate: must be in [0, 1], got {_num(threshold)}")
+    occurrences = r.int_(t, path, "occurrences", 1, minimum=1)
+    for_s = r.duration(t, path, "for", None) if "for" in t else None
+    if for_s is not None and occurrences > 1:
+        r.fail(path, "use either 'for' (sustained) or 'occurrences' (Nth breach), not both")
+    return Trigger(
+        name=name,
+        signal=signal,
+        op=op,
+        threshold=threshold,
+        window_s=r.duration(t, path, "window", "1m"),
+        for_s=for_s,
+        occurrences=occurrences,
+        min_samples=r.int_(t, path, "min_samples", 1, minimum=1),
+        on_error=r.choice(t, path, "on_error", ("rollback", "ignore"), "rollback"),
+    )
+
+
+def _telemetry(r: _Reader, data: Any) -> TelemetryConfig:
+    if data is None:
+        return TelemetryConfig()
+    t = r.table(data, "telemetry", {"url", "url_env", "app", "timeout"})
+    url, url_env = r.opt_str(t, "telemetry", "url"), r.opt_str(t, "telemetry", "url_env")
+    if url and url_env:
+        r.fail("telemetry", "give either url or url_env, not both")
+    if url is not None and not url.startswith(("http://", "https://")):
+        r.fail("telemetry.url", f"must start with http:// or https://, got {url!r}")
+    return TelemetryConfig(
+        app=r.opt_str(t, "telemetry", "app") or "openfeature_canary",
+        url=url,
+        url_env=url_env,
+        timeout_s=r.duration(t, "telemetry", "timeout", "5s"),
+    )
+
+
+def _reports(r: _Reader, data: Any) -> ReportsConfig:
+    if data is None:
+        return ReportsConfig()
+    t = r.table(data, "reports", {"dir"})
+    return ReportsConfig(dir=r.opt_str(t, "reports", "dir") or "canary-reports")
+
+
+def _signals(r: _Reader, data: Any) -> dict[str, str]:
+    if data is None:
+        return {}
+    t = r.table(data, "signals", None)
+    out: dict[str, str] = {}
+    for name, query in t.items():
+        if name not in KNOWN_SIGNALS:
+            r.fail(f"signals.{name}", "unknown signal")
+        if not isinstance(query, str) or not query.strip():
+            r.fail(f"signals.{name}", "must be a non-empty PromQL string")
+        out[name] = query
+    return out
+
+
+def _check_after(r: _Reader, flags: Mapping[str, FlagPlan]) -> None:
+    for key, flag in flags.items():
+        if flag.after is None:
+            continue
+        if flag.after not in flags:
+            r.fail(f"flags.{key}.after", f"names an unknown flag {flag.after!r}")
+        seen: list[str] = [key]
+        cur: str | None = flag.after
+        while cur is not None:
+            if cur in seen:
+                cycle = " -> ".join([*seen, cur])
+                r.fail(f"flags.{key}.after", f"forms a cycle ({cycle})")
+            seen.append(cur)
+            cur = flags[cur].after
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+class _Reader:
+    """Typed access to decoded TOML/JSON that fails with the exact path."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, path: str, message: str) -> NoReturn:
+        raise PlanError(message, path=path, source=self.source)
+
+    def table(
+        self, data: Any, path: str, allowed: set[str] | None, *, required: bool = False
+    ) -> Mapping[str, Any]:
+        if data is None:
+            if required:
+                self.fail(path, "is required")
+            return {}
+        if not isinstance(data, Mapping):
+            self.fail(path or "<top>", f"must be a table, got {type(data).__name__}")
+        table = cast(Mapping[str, Any], data)
+        if allowed is not None:
+            for key in table:
+                if key not in allowed:
+                    where = f"{path}.{key}" if path else str(key)
+                    self.fail(where, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        return table
+
+    def array(self, data: Any, path: str, *, required: bool = False) -> Sequence[Any]:
+        if data is None:
+            if required:
+                self.fail(path, "is required")
+            return ()
+        if not isinstance(data, list):
+            self.fail(path, f"must be an array of tables, got {type(data).__name__}")
+        return cast(Sequence[Any], data)
+
+    def opt_str(self, t: Mapping[str, Any], path: str, key: str) -> str | None:
+        value = t.get(key)
+        if value is not None and not isinstance(value, str):
+            self.fail(_join(path, key), f"must be a string, got {type(value).__name__}")
+        return value
+
+    def number(
+        self, t: Mapping[str, Any], path: str, key: str, *, required: bool = False
+    ) -> float | None:
+        value = t.get(key)
+        if value is None:
+            if required:
+                self.fail(_join(path, key), "is required")
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(_join(path, key), f"must be a number, got {type(value).__name__}")
+        if not math.isfinite(value):
+            self.fail(_join(path, key), "must be a finite number")
+        return float(value)
+
+    def int_(self, t: Mapping[str, Any], path: str, key: str, default: int, *, minimum: int) -> int:
+        value = t.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(_join(path, key), f"must be an integer, got {type(value).__name__}")
+        if value < minimum:
+            self.fail(_join(path, key), f"must be >= {minimum}, got {value}")
+        return int(value)
+
+    def bool_(self, t: Mapping[str, Any], path: str, key: str, default: bool) -> bool:
+        value = t.get(key, default)
+        if not isinstance(value, bool):
+            self.fail(_join(path, key), f"must be true or false, got {value!r}")
+        return bool(value)
+
+    def choice(
+        self, t: Mapping[str, Any], path: str, key: str, options: Sequence[str], default: str
+    ) -> Any:
+        value = t.get(key, default)
+        if value not in options:
+            self.fail(_join(path, key), f"must be one of {', '.join(options)}, got {value!r}")
+        return value
+
+    def duration(self, t: Mapping[str, Any], path: str, key: str, default: str | None) -> float:
+        value = t.get(key, default)
+        if value is None:
+            self.fail(_join(path, key), "is required")
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            self.fail(_join(path, key), str(exc))
+        if seconds <= 0:
+            self.fail(_join(path, key), f"must be a positive duration, got {value!r}")
+        return seconds
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Run the whole test suite on a fresh machine: installs what the tests need, then runs
+# ruff, mypy --strict and pytest. Usage: bash scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip >/dev/null
+python -m pip install -q -e '.[test]'
+# flagd-core 1.x (the plain murmur3 scheme) cannot be installed beside 2.x (CBOR scheme):
+# keep it in its own folder; tests/test_bucketing.py loads its fractional() from there.
+if [ ! -d .ci-deps/flagd-core-1 ]; then
+    python -m pip install -q --no-deps --target .ci-deps/flagd-core-1 'openfeature-flagd-core==1.0.0'
+fi
+
+echo "== ruff check"; ruff check .
+echo "== ruff format --check"; ruff format --check .
+# mypy sees the contrib folders under their import names through a symlinked tree.
+tc=.ci-deps/typecheck/openfeature/contrib
+mkdir -p "$tc/provider" "$tc/hook"
+ln -sfn ../../../../../providers/canary "$tc/provider/canary"
+ln -sfn ../../../../../hooks/canary "$tc/hook/canary"
+echo "== mypy --strict"
+MYPYPATH=.ci-deps/typecheck mypy --strict -p openfeature_canary \
+    -p openfeature.contrib.provider.canary -p openfeature.contrib.hook.canary
+echo "== pytest"
+pytest "$@"
