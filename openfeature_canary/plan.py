@@ -449,11 +449,13 @@ def _signals(r: _Reader, data: Any) -> dict[str, str]:
 
 
 def _check_after(r: _Reader, flags: Mapping[str, FlagPlan]) -> None:
+    # Every name first: the cycle walk below may then follow any chain without a KeyError.
+    for key, flag in flags.items():
+        if flag.after is not None and flag.after not in flags:
+            r.fail(f"flags.{key}.after", f"names an unknown flag {flag.after!r}")
     for key, flag in flags.items():
         if flag.after is None:
             continue
-        if flag.after not in flags:
-            r.fail(f"flags.{key}.after", f"names an unknown flag {flag.after!r}")
         seen: list[str] = [key]
         cur: str | None = flag.after
         while cur is not None:
