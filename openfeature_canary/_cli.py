@@ -1,0 +1,356 @@
+"""The ``openfeature-canary`` command line: check and render plans, drive rollouts by hand.
+
+::
+
+    openfeature-canary plan check --plan canary_plan.toml
+    openfeature-canary start dataservice-read-canary --store file:///var/lib/canary/state.json
+    openfeature-canary status --json
+
+Every command takes ``--plan`` (default ``canary_plan.toml`` in the current folder) and
+``--store`` (default: the plan's ``store``, else ``memory://``), before or after the command.
+
+Exit codes: 0 done; 1 refused (the command is not valid in the flag's current status, or the
+store could not be written); 2 bad input (missing or invalid plan, unknown flag, bad store
+URL, bad arguments). Expected errors print one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Final, NoReturn
+
+from openfeature_canary._cli_format import (
+    bucket_lines,
+    flag_summary,
+    state_line,
+    status_json,
+    status_table,
+)
+from openfeature_canary._controller import Controller, Rollout
+from openfeature_canary._errors import (
+    CanaryError,
+    PlanError,
+    StateStoreError,
+    TransitionError,
+    UnknownFlagError,
+)
+from openfeature_canary._render import render_plan_markdown
+from openfeature_canary._state import RolloutState
+from openfeature_canary._store import StateStore, open_store
+from openfeature_canary.clock import Clock, SystemClock
+from openfeature_canary.plan import RolloutPlan, load_plan
+
+__all__ = ["EXIT_OK", "EXIT_REFUSED", "EXIT_USAGE", "UsageError", "main", "run"]
+
+PROG: Final = "openfeature-canary"
+DEFAULT_PLAN: Final = "canary_plan.toml"
+DEMO_MODULE: Final = "openfeature_canary._demo"
+
+EXIT_OK: Final = 0
+EXIT_REFUSED: Final = 1
+EXIT_USAGE: Final = 2
+
+
+class UsageError(CanaryError):
+    """Bad command-line input (arguments, output path, store): the CLI exits with 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line (no usage dump) and do not exit."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix(PROG).strip()
+        where = f"{command}: " if command else ""
+        raise UsageError(f"{where}{message} (see '{self.prog} --help')")
+
+
+class _Io:
+    """Where a command writes, and the clock it acts at."""
+
+    def __init__(self, out: IO[str], err: IO[str], clock: Clock) -> None:
+        self.out = out
+        self.err = err
+        self.clock = clock
+
+    def print(self, text: str = "") -> None:
+        print(text, file=self.out)
+
+    def warn(self, text: str) -> None:
+        print(f"{PROG}: warning: {text}", file=self.err)
+
+
+Handler = Callable[[argparse.Namespace, _Io], int]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line with ``argv`` (``sys.argv[1:]`` by default); return the exit code.
+
+    >>> main(["plan", "check", "--plan", "examples/canary_plan.toml"])  # doctest: +SKIP
+    dataservice-read-canary: 4 stages (5% for 10m, ...), 5 triggers, ...
+    plan OK: 2 flags in examples/canary_plan.toml
+    0
+    """
+    return run(sys.argv[1:] if argv is None else argv)
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    clock: Clock | None = None,
+    out: IO[str] | None = None,
+    err: IO[str] | None = None,
+) -> int:
+    """:func:`main` with an injectable clock and streams (tests, embedding)."""
+    io = _Io(out or sys.stdout, err or sys.stderr, clock or SystemClock())
+    try:
+        parser = build_parser()
+        args, extras = parser.parse_known_args(list(argv))
+        if args.command == "demo":
+            return _run_demo(args, extras, io)
+        if extras:
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        handler: Handler = args.handler
+        return handler(args, io)
+    except SystemExit as exc:  # --help and --version exit through argparse
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
+    except (UsageError, PlanError, UnknownFlagError) as exc:
+        return _fail(io, exc, EXIT_USAGE)
+    except TransitionError as exc:
+        return _fail(io, exc, EXIT_REFUSED)
+    except StateStoreError as exc:
+        # Opening/reading a store is mapped to UsageError in _open; this is a failed write.
+        return _fail(io, exc, EXIT_REFUSED)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=io.err)
+        return 130
+
+
+def _fail(io: _Io, exc: Exception, code: int) -> int:
+    print(f"{PROG}: error: {exc}", file=io.err)
+    return code
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    common = _Parser(add_help=False)
+    # SUPPRESS: an option given before the command is not overwritten by the subparser's
+    # default, so `--plan` works on either side of the command name.
+    common.add_argument(
+        "--plan",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help=f"plan file, TOML or JSON (default: {DEFAULT_PLAN} in the current folder)",
+    )
+    common.add_argument(
+        "--store",
+        metavar="URL",
+        default=argparse.SUPPRESS,
+        help="state store: memory:// or file:///path/state.json (default: the plan's "
+        "`store`, else memory://)",
+    )
+    parser = _Parser(
+        prog=PROG,
+        parents=[common],
+        description="Progressive canary rollouts for OpenFeature flags: check and render the "
+        "plan, inspect and drive each flag's rollout.",
+        epilog="Exit codes: 0 done, 1 refused in the current status, 2 bad input.",
+    )
+    from openfeature_canary import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    plan_p = sub.add_parser("plan", parents=[common], help="check or render the plan")
+    plan_sub = plan_p.add_subparsers(dest="plan_command", metavar="ACTION", required=True)
+    check = plan_sub.add_parser(
+        "check", parents=[common], help="validate the plan and summarise each flag"
+    )
+    check.set_defaults(handler=_cmd_plan_check)
+    render = plan_sub.add_parser(
+        "render", parents=[common], help="write the plan as markdown (canary_plan.md)"
+    )
+    render.add_argument(
+        "--out",
+        metavar="PATH",
+        help="where to write (default: canary_plan.md in the plan's [reports].dir)",
+    )
+    render.set_defaults(handler=_cmd_plan_render)
+
+    status = sub.add_parser(
+        "status", parents=[common], help="show each flag's status, stage and last decision"
+    )
+    status.add_argument("flag", metavar="FLAG", nargs="?", help="only this flag")
+    status.add_argument("--json", action="store_true", help="machine-readable JSON")
+    status.set_defaults(handler=_cmd_status)
+
+    for name, summary in _COMMANDS.items():
+        p = sub.add_parser(name, parents=[common], help=summary)
+        p.add_argument("flag", metavar="FLAG")
+        if name == "rollback":
+            p.add_argument("--reason", required=True, help="why (kept in the state and logs)")
+        p.set_defaults(handler=_cmd_transition)
+
+    bucket = sub.add_parser(
+        "bucket", parents=[common], help="show a unit's bucket and the stages it is in"
+    )
+    bucket.add_argument("flag", metavar="FLAG")
+    bucket.add_argument("unit", metavar="UNIT", help="the bucketing unit, e.g. a request id")
+    bucket.set_defaults(handler=_cmd_bucket)
+
+    # add_help=False: `demo --help` and every other demo option go to the demo itself.
+    sub.add_parser(
+        "demo", parents=[common], add_help=False, help="run the reference scenario end to end"
+    )
+    return parser
+
+
+_COMMANDS: Final = {
+    "start": "start the rollout at stage 1 (from pending)",
+    "promote": "advance to the next stage now (completed after the last)",
+    "pause": "hold the current stage (triggers still roll back)",
+    "resume": "continue a paused stage",
+    "rollback": "force the flag to 0 %% until reset (needs --reason)",
+    "reset": "return to pending (0 %%), e.g. after a rollback was investigated",
+}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _load(args: argparse.Namespace) -> RolloutPlan:
+    path: str | None = getattr(args, "plan", None)
+    if path is None and not Path(DEFAULT_PLAN).exists():
+        raise UsageError(
+            f"{DEFAULT_PLAN}: plan file not found in the current folder ({Path.cwd()}); "
+            "give --plan PATH"
+        )
+    return load_plan(path or DEFAULT_PLAN)
+
+
+def _open(args: argparse.Namespace, plan: RolloutPlan, io: _Io) -> Rollout:
+    url: str = getattr(args, "store", None) or plan.store or "memory://"
+    try:
+        store: StateStore = open_store(url)
+        return Rollout(plan, store=store, clock=io.clock)
+    except StateStoreError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _cmd_plan_check(args: argparse.Namespace, io: _Io) -> int:
+    plan = _load(args)
+    for flag in plan.flags.values():
+        io.print(flag_summary(flag))
+    n = len(plan.flags)
+    io.print(f"plan OK: {n} flag{'s' if n != 1 else ''} in {plan.source}")
+    return EXIT_OK
+
+
+def _cmd_plan_render(args: argparse.Namespace, io: _Io) -> int:
+    plan = _load(args)
+    target = Path(args.out) if args.out else Path(plan.reports.dir) / "canary_plan.md"
+    _write_atomically(target, render_plan_markdown(plan))
+    io.print(str(target))
+    return EXIT_OK
+
+
+def _write_atomically(target: Path, text: str) -> None:
+    """Replace ``target`` whole: a reader (or a crash) never sees half a report."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from exc
+
+
+def _cmd_status(args: argparse.Namespace, io: _Io) -> int:
+    plan = _load(args)
+    flags = [plan.flag(args.flag)] if args.flag else list(plan.flags.values())
+    rollout = _open(args, plan, io)
+    states = {f.key: rollout.controller(f.key).state for f in flags}
+    if args.json:
+        data = status_json(flags, states, plan_source=plan.source, store_url=rollout.store.url)
+        io.print(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        io.print(status_table(flags, states))
+    return EXIT_OK
+
+
+def _cmd_transition(args: argparse.Namespace, io: _Io) -> int:
+    plan = _load(args)
+    flag = plan.flag(args.flag)
+    command: str = args.command
+    reason: str | None = getattr(args, "reason", None)
+    if command == "rollback" and (reason is None or not reason.strip()):
+        raise UsageError("rollback: --reason must not be empty")
+    rollout = _open(args, plan, io)
+    if rollout.store.url.startswith("memory:"):
+        io.warn(
+            "the store is memory://, so this change is not kept after the command "
+            "(give --store file:///path/state.json or set `store` in the plan)"
+        )
+    ctl = rollout.controller(flag.key)
+    state = _ACTIONS[command](ctl, reason)
+    io.print(state_line(flag, state))
+    return EXIT_OK
+
+
+_ACTIONS: Final[dict[str, Callable[[Controller, str | None], RolloutState]]] = {
+    "start": lambda ctl, _: ctl.start(),
+    "promote": lambda ctl, _: ctl.promote(),
+    "pause": lambda ctl, _: ctl.pause(),
+    "resume": lambda ctl, _: ctl.resume(),
+    "rollback": lambda ctl, reason: ctl.rollback(reason or ""),
+    "reset": lambda ctl, _: ctl.reset(),
+}
+
+
+def _cmd_bucket(args: argparse.Namespace, io: _Io) -> int:
+    plan = _load(args)
+    flag = plan.flag(args.flag)
+    if not args.unit:
+        raise UsageError("bucket: UNIT must not be empty (an empty unit counts as missing)")
+    state = _open(args, plan, io).controller(flag.key).state
+    for line in bucket_lines(flag, args.unit, state):
+        io.print(line)
+    return EXIT_OK
+
+
+def _run_demo(args: argparse.Namespace, extras: list[str], io: _Io) -> int:
+    """Hand over to ``openfeature_canary._demo.main(argv)`` when that module exists.
+
+    The demo owns its options; ``--plan``/``--store`` given to this CLI are passed on.
+    """
+    forwarded = [
+        *(["--plan", args.plan] if "plan" in vars(args) else []),
+        *(["--store", args.store] if "store" in vars(args) else []),
+        *extras,
+    ]
+    try:
+        demo = importlib.import_module(DEMO_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name != DEMO_MODULE:
+            raise  # the demo exists but one of its own dependencies is missing
+        print("demo: not yet available", file=io.err)
+        return EXIT_USAGE
+    code = demo.main(forwarded)
+    return int(code) if code is not None else EXIT_OK

@@ -1,0 +1,184 @@
+"""Text and JSON shapes of the command line's output (pure functions, no I/O).
+
+Kept apart from the argument parsing in :mod:`openfeature_canary._cli` so that each output
+format can be tested by value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from openfeature_canary._render import format_span
+from openfeature_canary._state import LogEntry, RolloutState, Status
+from openfeature_canary.bucketing import bucket, in_rollout
+from openfeature_canary.plan import FlagPlan
+
+__all__ = [
+    "bucket_lines",
+    "flag_summary",
+    "format_decision",
+    "format_pct",
+    "iso_utc",
+    "state_line",
+    "status_json",
+    "status_table",
+]
+
+_NONE = "-"
+STATUS_COLUMNS = ("FLAG", "STATUS", "STAGE", "PERCENT", "SINCE", "REASON", "LAST DECISION")
+
+
+def format_pct(percent: float) -> str:
+    """``5.0`` → ``"5%"``, ``12.5`` → ``"12.5%"`` (compact, for aligned columns)."""
+    return f"{_num(percent)}%"
+
+
+def iso_utc(epoch_s: float) -> str:
+    """Epoch seconds as ISO-8601 UTC to the second: ``"2025-01-02T03:04:05Z"``."""
+    moment = datetime.fromtimestamp(epoch_s, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _since(state: RolloutState) -> str | None:
+    # A state that was never written has no meaningful "since" (it is the pending default).
+    return iso_utc(state.since) if state.version > 0 else None
+
+
+def state_line(flag: FlagPlan, state: RolloutState) -> str:
+    """One line after a state change: ``"x: running, stage 1/4, 5%"`` (+ the reason when
+    rolled back or paused)."""
+    line = (
+        f"{flag.key}: {state.status.value}, stage {state.stage}/{len(flag.stages)}, "
+        f"{format_pct(state.percent)}"
+    )
+    if state.status in (Status.ROLLED_BACK, Status.PAUSED) and state.reason:
+        line += f" (reason: {state.reason})"
+    return line
+
+
+def format_decision(entry: LogEntry | None) -> str:
+    """A log entry as ``"advance (operator) from_stage=1 to_stage=2 to_pct=25"``."""
+    if entry is None:
+        return _NONE
+    numbers = " ".join(f"{k}={_value(v)}" for k, v in entry.numbers.items())
+    text = f"{entry.action} ({entry.reason})" if entry.reason else entry.action
+    return f"{text} {numbers}".rstrip()
+
+
+def status_table(flags: Sequence[FlagPlan], states: Mapping[str, RolloutState]) -> str:
+    """An aligned text table, one row per flag (columns :data:`STATUS_COLUMNS`)."""
+    rows = [STATUS_COLUMNS]
+    for flag in flags:
+        s = states[flag.key]
+        rows.append(
+            (
+                flag.key,
+                s.status.value,
+                f"{s.stage}/{len(flag.stages)}",
+                format_pct(s.percent),
+                _since(s) or _NONE,
+                s.reason or _NONE,
+                format_decision(s.last_decision),
+            )
+        )
+    return _align(rows)
+
+
+def status_json(
+    flags: Sequence[FlagPlan],
+    states: Mapping[str, RolloutState],
+    *,
+    plan_source: str,
+    store_url: str,
+) -> dict[str, Any]:
+    """Machine-readable status: ``{"plan", "store", "flags": [{...}, ...]}``."""
+    out: list[dict[str, Any]] = []
+    for flag in flags:
+        s = states[flag.key]
+        last = s.last_decision
+        out.append(
+            {
+                "flag": flag.key,
+                "status": s.status.value,
+                "stage": s.stage,
+                "stages": len(flag.stages),
+                "percent": s.percent,
+                "since": _since(s),
+                "since_epoch": s.since if s.version > 0 else None,
+                "reason": s.reason,
+                "version": s.version,
+                "last_decision": None
+                if last is None
+                else {
+                    "at": iso_utc(last.at),
+                    "at_epoch": last.at,
+                    "action": last.action,
+                    "reason": last.reason,
+                    "numbers": dict(last.numbers),
+                },
+            }
+        )
+    return {"plan": plan_source, "store": store_url, "flags": out}
+
+
+def flag_summary(flag: FlagPlan) -> str:
+    """One line for ``plan check``: stages with percent and duration, trigger count."""
+    stages = ", ".join(
+        f"{format_pct(s.percent)} for {format_span(s.duration_s)}" for s in flag.stages
+    )
+    n_stages, n_triggers = len(flag.stages), len(flag.triggers)
+    line = (
+        f"{flag.key}: {n_stages} stage{'s' if n_stages != 1 else ''} ({stages}), "
+        f"{n_triggers} trigger{'s' if n_triggers != 1 else ''}"
+    )
+    if flag.after:
+        line += f", after {flag.after}"
+    if flag.env_override:
+        line += f", env override {flag.env_override}"
+    return line
+
+
+def bucket_lines(flag: FlagPlan, unit: str, state: RolloutState | None = None) -> list[str]:
+    """Where ``unit`` lands for ``flag``: its bucket, then in/out for every stage.
+
+    With ``state``, a last line tells whether the unit is in at the flag's current percent
+    (the env override of the serving process is not known here and not applied).
+    """
+    b = bucket(flag.key, unit, flag.scheme)
+    lines = [
+        f"{flag.key}: unit {unit!r} is in bucket {b} of 0..9999 "
+        f"(scheme {flag.scheme}, bucket_by {flag.bucket_by})"
+    ]
+    width = max(len(format_pct(s.percent)) for s in flag.stages)
+    for i, s in enumerate(flag.stages, start=1):
+        inside = in_rollout(flag.key, unit, s.percent, flag.scheme)
+        lines.append(f"stage {i:<3} {format_pct(s.percent):>{width}}  {'in' if inside else 'out'}")
+    if state is not None:
+        inside = state.percent > 0 and in_rollout(flag.key, unit, state.percent, flag.scheme)
+        lines.append(
+            f"now: {state.status.value}, stage {state.stage}/{len(flag.stages)}, "
+            f"{format_pct(state.percent)}  {'in' if inside else 'out'}"
+        )
+    return lines
+
+
+def _align(rows: Iterable[Sequence[str]]) -> str:
+    table = [list(r) for r in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    lines = []
+    for row in table:
+        cells = [c.ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True)]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+def _value(v: object) -> str:
+    if isinstance(v, float):
+        return _num(v)
+    return str(v)
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"

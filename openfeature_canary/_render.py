@@ -1,0 +1,217 @@
+"""Render a rollout plan as a readable markdown document (``canary_plan.md``).
+
+Used by ``openfeature-canary plan render`` and by the reports: both call
+:func:`render_plan_markdown`, a pure function of the plan (no I/O, no clock), so the same
+plan always renders to the same bytes.
+
+>>> from openfeature_canary import load_plan                    # doctest: +SKIP
+>>> print(render_plan_markdown(load_plan("canary_plan.toml")))  # doctest: +SKIP
+# Canary rollout plan
+...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final
+
+from openfeature_canary._durations import format_duration
+from openfeature_canary.plan import DEFAULT_MIN_SAMPLES, FlagPlan, RolloutPlan, Stage
+
+__all__ = [
+    "format_percent",
+    "format_rate",
+    "format_span",
+    "phase_of",
+    "render_plan_markdown",
+]
+
+_DASH: Final = "\u2013"  # an en dash, as in spec §2
+_BASELINE_ROW: Final = ("0", "0 %", _DASH, "baseline", "all triggers quiet on the baseline")
+
+
+def format_percent(percent: float) -> str:
+    """Traffic share as people write it: ``5`` → ``"5 %"``, ``12.5`` → ``"12.5 %"``."""
+    return f"{_num(percent)} %"
+
+
+def format_rate(rate: float) -> str:
+    """A ratio in [0, 1] as a percentage: ``0.001`` → ``"0.1 %"``."""
+    return format_percent(round(rate * 100, 6))
+
+
+def format_span(seconds: float) -> str:
+    """Like :func:`format_duration`, but a day-long span stays in hours (``"24h"``, ``"36h"``).
+
+    Plans and runbooks say "24 h soak"; ``"1d"`` would read as a different number.
+    """
+    if 86400 <= seconds < 2 * 86400:
+        hours, rest = divmod(round(seconds), 3600)
+        return f"{hours}h" + (format_duration(rest) if rest else "")
+    return format_duration(seconds)
+
+
+def phase_of(plan: RolloutPlan, key: str) -> int:
+    """The flag's phase: 1 without ``after``, else one more than the flag it follows."""
+    phase, cur = 1, plan.flags[key].after
+    # The plan validator rejects cycles, so this walk ends; the bound guards hand-built plans.
+    while cur is not None and phase <= len(plan.flags):
+        phase += 1
+        cur = plan.flags[cur].after
+    return phase
+
+
+def render_plan_markdown(plan: RolloutPlan) -> str:
+    """The whole plan as markdown: one section per flag, with its stage and trigger tables.
+
+    The stage table follows the reference scenario's layout (spec §2): ``Stage | Traffic |
+    Duration | Gate window | Go/No-Go``, starting with stage 0, the 0 % baseline. The trigger
+    table lists each hard rollback trigger with its rule (:attr:`Trigger.rule`).
+    """
+    lines = ["# Canary rollout plan", ""]
+    lines.append(f"Plan file: `{plan.source}`.")
+    lines.append("")
+    lines.extend(_preamble(plan))
+    for key, flag in plan.flags.items():
+        lines.append("")
+        lines.extend(_flag_section(plan, key, flag))
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _preamble(plan: RolloutPlan) -> list[str]:
+    tel = plan.telemetry
+    if tel.url:
+        target = f"`POST {tel.url.rstrip('/')}/telemetry/ingest`"
+    elif tel.url_env:
+        target = f"`POST {{{tel.url_env}}}/telemetry/ingest` (base URL from `${tel.url_env}`)"
+    else:
+        target = "nowhere (no telemetry URL configured)"
+    out = [
+        f"- Flags: {len(plan.flags)} ({', '.join(f'`{k}`' for k in plan.flags)})",
+        f"- Rollout events (`canary_rollback`, …): {target}, app `{tel.app}`",
+        f"- Reports folder: `{plan.reports.dir}` (`canary_plan.md`, `canary_results.md`, "
+        "`canary_abort.md`)",
+    ]
+    if plan.store:
+        out.append(f"- State store: `{plan.store}`")
+    if plan.signals:
+        out.append(f"- PromQL overrides for: {', '.join(f'`{s}`' for s in plan.signals)}")
+    return out
+
+
+def _flag_section(plan: RolloutPlan, key: str, flag: FlagPlan) -> list[str]:
+    out = [f"## `{key}`", ""]
+    if flag.description:
+        out += [flag.description, ""]
+    phase = phase_of(plan, key)
+    if flag.after:
+        out.append(f"- Phase {phase}: starts only after `{flag.after}` has completed")
+    else:
+        out.append(f"- Phase {phase}: starts first (follows no other flag)")
+    if flag.env_override:
+        out.append(
+            f"- Operator override: environment variable `{flag.env_override}` "
+            f"(a percentage from 0 to 100; `{flag.env_override}=0` pins the flag off; a rollback "
+            "wins over it)"
+        )
+    else:
+        out.append("- Operator override: none")
+    out.append(
+        f"- Bucketing: by evaluation-context attribute `{flag.bucket_by}`, "
+        f"scheme `{flag.scheme}` (murmur3, flag key as salt; same cohorts as flagd)"
+    )
+    out.append(f"- Policy tick: every {format_duration(flag.tick_s)}")
+    if flag.dry_run:
+        out.append("- Dry run: decisions are logged, never applied")
+    out += ["", "### Stages", ""]
+    out += _table(
+        ("Stage", "Traffic", "Duration", "Gate window", "Go/No-Go"),
+        [_BASELINE_ROW, *(_stage_row(flag, i) for i in range(1, len(flag.stages) + 1))],
+    )
+    out += ["", *_gate_notes(flag.stages)]
+    out += ["", "### Hard rollback triggers (any one → immediately 0 %)", ""]
+    if flag.triggers:
+        out += _table(
+            ("Trigger", "Rule"),
+            [(f"`{t.name}`", t.rule + _on_error_note(t.on_error)) for t in flag.triggers],
+        )
+        out += [
+            "",
+            f"A signal source failing for {format_duration(flag.source_error_for_s)} counts "
+            "as a trigger (the safe side is 0 %) unless the trigger ignores source errors.",
+        ]
+    else:
+        out.append("None: only the stage gates and operators move this flag.")
+    out += [
+        "",
+        "Rollback: the flag goes to 0 % and stays there until an operator resets it.",
+    ]
+    return out
+
+
+def _stage_row(flag: FlagPlan, index: int) -> tuple[str, ...]:
+    stage = flag.stage(index)
+    duration = format_span(stage.duration_s)
+    if index == len(flag.stages):
+        duration += " soak"
+    return (
+        str(index),
+        format_percent(stage.percent),
+        duration,
+        format_span(stage.window_s),
+        _gate(stage),
+    )
+
+
+def _gate(stage: Stage) -> str:
+    parts: list[str] = []
+    if stage.max_p95_ms is not None:
+        parts.append(f"P95 ≤ {_num(stage.max_p95_ms)} ms")
+    if stage.max_p99_ms is not None:
+        parts.append(f"P99 ≤ {_num(stage.max_p99_ms)} ms")
+    if stage.max_error_rate is not None:
+        parts.append(f"5xx ≤ {format_rate(stage.max_error_rate)}")
+    return ", ".join(parts) or "no gate (time only)"
+
+
+def _gate_notes(stages: tuple[Stage, ...]) -> list[str]:
+    """One sentence on how windows are judged; per stage only where stages differ."""
+    rules = {(s.min_samples, s.max_failed_windows, s.on_no_go) for s in stages}
+    if len(rules) == 1:
+        return [_gate_rule(*next(iter(rules)))]
+    return [
+        f"- Stage {i}: " + _gate_rule(s.min_samples, s.max_failed_windows, s.on_no_go)
+        for i, s in enumerate(stages, start=1)
+    ]
+
+
+def _gate_rule(min_samples: int, max_failed: int, on_no_go: str) -> str:
+    samples = (
+        f"{min_samples} canary requests"
+        if min_samples != DEFAULT_MIN_SAMPLES
+        else f"{DEFAULT_MIN_SAMPLES} canary requests (default)"
+    )
+    failed = "no window fails" if max_failed == 0 else f"at most {max_failed} windows fail"
+    return (
+        f"A gate window is conclusive with at least {samples}; fewer is inconclusive, never a "
+        f"pass. Go when {failed}; otherwise no-go → {on_no_go}."
+    )
+
+
+def _on_error_note(on_error: str) -> str:
+    return " (source errors ignored)" if on_error == "ignore" else ""
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> list[str]:
+    head = list(header)
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
