@@ -109,6 +109,7 @@ class Controller:
                 stage=1,
                 percent=first.percent,
                 since=now,
+                windows=(),
                 reason="started",
             )
 
@@ -123,6 +124,7 @@ class Controller:
                 _entry(now, "pause", reason, stage=cur.stage, pct=cur.percent),
                 status=Status.PAUSED,
                 since=now,
+                windows=(),
                 reason=reason,
             ),
         )
@@ -136,6 +138,7 @@ class Controller:
                 _entry(now, "resume", "operator", stage=cur.stage, pct=cur.percent),
                 status=Status.RUNNING,
                 since=now,
+                windows=(),
                 reason="resumed",
             ),
         )
@@ -166,6 +169,7 @@ class Controller:
                 stage=0,
                 percent=0.0,
                 since=now,
+                windows=(),
                 reason=reason,
             )
 
@@ -184,6 +188,7 @@ class Controller:
                 stage=0,
                 percent=0.0,
                 since=now,
+                windows=(),
                 reason="reset",
             ),
         )
@@ -288,6 +293,7 @@ class Controller:
                 _entry(now, "complete", reason, stage=cur.stage, pct=cur.percent),
                 status=Status.COMPLETED,
                 since=now,
+                windows=(),
                 reason="completed",
             )
         nxt = stages[cur.stage]
@@ -304,6 +310,7 @@ class Controller:
             stage=cur.stage + 1,
             percent=nxt.percent,
             since=now,
+            windows=(),
             reason=reason,
         )
 

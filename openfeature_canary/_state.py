@@ -9,7 +9,7 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Any, Final
 
-__all__ = ["LOG_LIMIT", "LogEntry", "RolloutState", "Status"]
+__all__ = ["LOG_LIMIT", "LogEntry", "RolloutState", "Status", "Verdict", "WindowRecord"]
 
 if sys.version_info >= (3, 11):
     from enum import StrEnum
@@ -68,13 +68,64 @@ class LogEntry:
         )
 
 
+class Verdict(StrEnum):
+    """A gate window's verdict: pass and fail need ``min_samples``; otherwise inconclusive."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+
+
+@dataclass(frozen=True)
+class WindowRecord:
+    """One judged gate window of the current stage, with the numbers behind its verdict."""
+
+    index: int
+    start: float
+    end: float
+    verdict: Verdict
+    n: int
+    p95_ms: float | None = None
+    error_rate: float | None = None
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return {
+            "index": self.index,
+            "start": self.start,
+            "end": self.end,
+            "verdict": self.verdict.value,
+            "n": self.n,
+            "p95_ms": self.p95_ms,
+            "error_rate": self.error_rate,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WindowRecord:
+        """Inverse of :meth:`to_dict`."""
+        p95, rate = data.get("p95_ms"), data.get("error_rate")
+        return cls(
+            index=int(data["index"]),
+            start=float(data["start"]),
+            end=float(data["end"]),
+            verdict=Verdict(data["verdict"]),
+            n=int(data["n"]),
+            p95_ms=None if p95 is None else float(p95),
+            error_rate=None if rate is None else float(rate),
+            reason=str(data.get("reason", "")),
+        )
+
+
 @dataclass(frozen=True)
 class RolloutState:
     """Immutable state of one flag's rollout.
 
     ``stage`` is 0 while pending (0 %) and 1..N for the plan's stages; ``since`` is when the
     current stage (or status) began; ``version`` increases by one with every persisted change
-    and is what a store's compare-and-set checks. ``log`` holds the last decisions, newest last.
+    and is what a store's compare-and-set checks. ``log`` holds the last decisions, newest last;
+    ``windows`` the judged gate windows of the current stage.
     """
 
     flag_key: str
@@ -85,15 +136,16 @@ class RolloutState:
     reason: str = ""
     version: int = 0
     log: tuple[LogEntry, ...] = ()
+    windows: tuple[WindowRecord, ...] = ()
 
     @property
     def last_decision(self) -> LogEntry | None:
         """The newest log entry, if any."""
         return self.log[-1] if self.log else None
 
-    def evolve(self, entry: LogEntry, **changes: Any) -> RolloutState:
-        """A new state with ``changes`` applied, the version bumped and ``entry`` logged."""
-        log = (*self.log, entry)[-LOG_LIMIT:]
+    def evolve(self, *entries: LogEntry, **changes: Any) -> RolloutState:
+        """A new state with ``changes`` applied, the version bumped and ``entries`` logged."""
+        log = (*self.log, *entries)[-LOG_LIMIT:]
         return replace(self, **changes, version=self.version + 1, log=log)
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,6 +159,7 @@ class RolloutState:
             "reason": self.reason,
             "version": self.version,
             "log": [e.to_dict() for e in self.log],
+            "windows": [w.to_dict() for w in self.windows],
         }
 
     @classmethod
@@ -121,4 +174,5 @@ class RolloutState:
             reason=str(data.get("reason", "")),
             version=int(data["version"]),
             log=tuple(LogEntry.from_dict(e) for e in data.get("log", ())),
+            windows=tuple(WindowRecord.from_dict(w) for w in data.get("windows", ())),
         )
