@@ -1,0 +1,494 @@
+"""The ``openfeature-canary`` command line: outputs, exit codes, persistence across runs."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from openfeature_canary import ManualClock, bucket, in_rollout, load_plan
+from openfeature_canary._cli import main, run
+from openfeature_canary._cli_format import format_pct
+from openfeature_canary._render import format_span
+
+READ = "dataservice-read-canary"
+USER = "dataservice-user-read-canary"
+T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+CONSOLE_SCRIPT = Path(sys.executable).parent / "openfeature-canary"
+
+
+class Cli:
+    """Runs the CLI in-process at a controllable time and returns (code, stdout, stderr)."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str], plan: Path) -> None:
+        self.capsys = capsys
+        self.plan = plan
+        self.clock = ManualClock(start=T0)
+
+    def __call__(self, *argv: str, plan: bool = True) -> tuple[int, str, str]:
+        args = [*argv, "--plan", str(self.plan)] if plan else list(argv)
+        code = run(args, clock=self.clock)
+        captured = self.capsys.readouterr()
+        return code, captured.out, captured.err
+
+
+@pytest.fixture
+def cli(capsys, example_plan_path):
+    return Cli(capsys, example_plan_path)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return f"file://{tmp_path / 'state' / 'state.json'}"
+
+
+def _status_json(cli: Cli, store: str, *flag: str) -> dict[str, dict[str, object]]:
+    code, out, err = cli("status", *flag, "--json", "--store", store)
+    assert (code, err) == (0, "")
+    return {f["flag"]: f for f in json.loads(out)["flags"]}
+
+
+def _assert_one_error_line(err: str, *fragments: str) -> None:
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("openfeature-canary: error: ")
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def test_plan_check_example_summarises_each_flag_and_ok(cli):
+    code, out, err = cli("plan", "check")
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        f"{READ}: 4 stages (5% for 10m, 25% for 30m, 50% for 1h, 100% for 24h), 5 triggers, "
+        "env override DATASERVICE_READ_CANARY",
+        f"{USER}: 4 stages (5% for 10m, 25% for 30m, 50% for 1h, 100% for 24h), 5 triggers, "
+        f"after {READ}",
+        f"plan OK: 2 flags in {cli.plan}",
+    ]
+
+
+def test_plan_check_default_plan_in_current_folder_used(
+    capsys, example_plan_path, tmp_path, monkeypatch
+):
+    (tmp_path / "canary_plan.toml").write_bytes(example_plan_path.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan", "check"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "plan OK: 2 flags in canary_plan.toml"
+
+
+def test_plan_check_no_plan_in_current_folder_exits_2_with_hint(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan", "check"]) == 2
+    _assert_one_error_line(
+        capsys.readouterr().err, "canary_plan.toml: plan file not found", "give --plan PATH"
+    )
+
+
+def test_plan_render_default_writes_reports_dir_with_every_stage_and_trigger(
+    capsys, example_plan_path, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan", "render", "--plan", str(example_plan_path)]) == 0
+    target = Path("canary-reports") / "canary_plan.md"
+    assert capsys.readouterr().out == f"{target}\n"
+    text = (tmp_path / target).read_text("utf-8")
+    plan = load_plan(example_plan_path)
+    for flag in plan.flags.values():
+        assert f"## `{flag.key}`" in text
+        for i, stage in enumerate(flag.stages, start=1):
+            row = f"| {i} | {stage.percent:g} % | {format_span(stage.duration_s)}"
+            assert row in text, f"stage {i} of {flag.key}"
+        for trigger in flag.triggers:
+            assert f"| `{trigger.name}` | {trigger.rule} |" in text
+
+
+def test_plan_render_out_path_written_and_printed(cli, tmp_path):
+    out_path = tmp_path / "deep" / "plan.md"
+    code, out, err = cli("plan", "render", "--out", str(out_path))
+    assert (code, out, err) == (0, f"{out_path}\n", "")
+    assert out_path.read_text("utf-8").startswith("# Canary rollout plan\n")
+    assert [p.name for p in out_path.parent.iterdir()] == ["plan.md"]  # no temp file left
+
+
+def test_plan_render_unwritable_out_exits_2(cli, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, out, err = cli("plan", "render", "--out", str(blocker / "plan.md"))
+    assert (code, out) == (2, "")
+    _assert_one_error_line(err, f"cannot write {blocker / 'plan.md'}")
+
+
+def test_plan_without_action_exits_2(cli):
+    code, _, err = cli("plan")
+    assert code == 2
+    _assert_one_error_line(err, "plan: the following arguments are required: ACTION")
+
+
+# --------------------------------------------------------------------------- status
+
+
+def test_status_fresh_store_lists_every_flag_pending(cli):
+    code, out, err = cli("status")
+    assert (code, err) == (0, "")
+    header, *rows = out.splitlines()
+    assert header.split() == [
+        "FLAG",
+        "STATUS",
+        "STAGE",
+        "PERCENT",
+        "SINCE",
+        "REASON",
+        "LAST",
+        "DECISION",
+    ]
+    assert [r.split()[:6] for r in rows] == [
+        [READ, "pending", "0/4", "0%", "-", "-"],
+        [USER, "pending", "0/4", "0%", "-", "-"],
+    ]
+    # aligned: every column starts at the same offset in every row
+    assert len({line.index("pending") for line in rows}) == 1
+    assert header.index("STATUS") == rows[0].index("pending")
+
+
+def test_status_json_parses_with_fields(cli, store):
+    assert cli("start", READ, "--store", store)[0] == 0
+    code, out, err = cli("status", "--json", "--store", store)
+    assert (code, err) == (0, "")
+    data = json.loads(out)
+    assert data["store"] == store
+    assert data["plan"] == str(cli.plan)
+    read, user = data["flags"]
+    assert read == {
+        "flag": READ,
+        "status": "running",
+        "stage": 1,
+        "stages": 4,
+        "percent": 5.0,
+        "since": "2026-01-01T00:00:00Z",
+        "since_epoch": T0,
+        "reason": "started",
+        "version": 1,
+        "last_decision": {
+            "at": "2026-01-01T00:00:00Z",
+            "at_epoch": T0,
+            "action": "start",
+            "reason": "operator",
+            "numbers": {"to_stage": 1, "to_pct": 5.0},
+        },
+    }
+    assert user["status"] == "pending"
+    assert user["since"] is None
+    assert user["last_decision"] is None
+
+
+def test_status_one_flag_shows_only_that_flag(cli):
+    code, out, _ = cli("status", USER)
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()] == ["FLAG", USER]
+
+
+def test_status_unknown_flag_exits_2_naming_known_flags(cli):
+    code, out, err = cli("status", "nope")
+    assert (code, out) == (2, "")
+    _assert_one_error_line(err, "unknown flag 'nope'", READ, USER)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def test_commands_full_sequence_over_file_store_persist_between_runs(cli, store):
+    steps = [
+        (("start", READ), f"{READ}: running, stage 1/4, 5%", ("running", 1, 5.0, "started")),
+        (("promote", READ), f"{READ}: running, stage 2/4, 25%", ("running", 2, 25.0, "operator")),
+        (
+            ("pause", READ),
+            f"{READ}: paused, stage 2/4, 25% (reason: operator)",
+            ("paused", 2, 25.0, "operator"),
+        ),
+        (("resume", READ), f"{READ}: running, stage 2/4, 25%", ("running", 2, 25.0, "resumed")),
+        (
+            ("rollback", READ, "--reason", "p95_breach"),
+            f"{READ}: rolled_back, stage 0/4, 0% (reason: p95_breach)",
+            ("rolled_back", 0, 0.0, "p95_breach"),
+        ),
+        (("reset", READ), f"{READ}: pending, stage 0/4, 0%", ("pending", 0, 0.0, "reset")),
+    ]
+    for version, (argv, line, (status, stage, percent, reason)) in enumerate(steps, start=1):
+        cli.clock.advance(60)
+        code, out, err = cli(*argv, "--store", store)
+        assert (code, out, err) == (0, f"{line}\n", ""), argv
+        shown = _status_json(cli, store, READ)[READ]
+        assert (shown["status"], shown["stage"], shown["percent"], shown["reason"]) == (
+            status,
+            stage,
+            percent,
+            reason,
+        )
+        assert shown["version"] == version
+        assert shown["since_epoch"] == T0 + 60 * version
+        assert shown["last_decision"]["action"] == ("advance" if argv[0] == "promote" else argv[0])
+    # the text status shows the last decision with its numbers
+    code, out, _ = cli("status", READ, "--store", store)
+    assert code == 0
+    row = out.splitlines()[1]
+    assert row.split()[:6] == [READ, "pending", "0/4", "0%", "2026-01-01T00:06:00Z", "reset"]
+    assert row.endswith("reset (operator) from_pct=0 from_status=rolled_back")
+
+
+def test_promote_after_rollback_refused_exit_1_state_kept(cli, store):
+    for argv in (("start", READ), ("rollback", READ, "--reason", "ledger_mismatch")):
+        assert cli(*argv, "--store", store)[0] == 0
+    code, out, err = cli("promote", READ, "--store", store)
+    assert (code, out) == (1, "")
+    _assert_one_error_line(err, f"cannot promote {READ}: it is rolled_back", "reset it first")
+    shown = _status_json(cli, store, READ)[READ]
+    assert (shown["status"], shown["version"]) == ("rolled_back", 2)
+
+
+def test_start_after_flag_not_completed_refused_exit_1(cli, store):
+    code, _, err = cli("start", USER, "--store", store)
+    assert code == 1
+    _assert_one_error_line(err, f"runs after {READ}, which is pending")
+
+
+def test_promote_past_last_stage_completes(cli, store):
+    cli("start", READ, "--store", store)
+    lines = [cli("promote", READ, "--store", store)[1].strip() for _ in range(4)]
+    assert lines == [
+        f"{READ}: running, stage 2/4, 25%",
+        f"{READ}: running, stage 3/4, 50%",
+        f"{READ}: running, stage 4/4, 100%",
+        f"{READ}: completed, stage 4/4, 100%",
+    ]
+    # phase 2 may start now
+    assert cli("start", USER, "--store", store)[:2] == (0, f"{USER}: running, stage 1/4, 5%\n")
+
+
+def test_state_change_memory_store_warns_not_kept(cli):
+    code, out, err = cli("start", READ)
+    assert (code, out) == (0, f"{READ}: running, stage 1/4, 5%\n")
+    assert err.startswith("openfeature-canary: warning: the store is memory://")
+    assert "not kept after the command" in err
+    # and indeed: the next command starts from pending again
+    assert cli("start", READ)[0] == 0
+
+
+def test_status_memory_store_no_warning(cli):
+    assert cli("status")[2] == ""
+
+
+def test_store_from_plan_used_when_no_option(capsys, example_plan_path, tmp_path):
+    state = tmp_path / "plan-store.json"
+    plan = tmp_path / "plan.toml"
+    plan.write_text(f'store = "file://{state}"\n' + example_plan_path.read_text("utf-8"))
+    assert main(["start", READ, "--plan", str(plan)]) == 0
+    assert capsys.readouterr().err == ""
+    assert json.loads(state.read_text())["flags"][READ]["status"] == "running"
+
+
+def test_options_before_command_accepted(cli, store):
+    code, out, _ = cli("--plan", str(cli.plan), "--store", store, "start", READ, plan=False)
+    assert (code, out) == (0, f"{READ}: running, stage 1/4, 5%\n")
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+STAGES_50_25 = """
+[flags.f]
+[[flags.f.stages]]
+percent = 50
+duration = "1m"
+[[flags.f.stages]]
+percent = 25
+duration = "1m"
+"""
+
+
+@pytest.mark.parametrize(
+    ("case", "argv", "fragments"),
+    [
+        (
+            "missing plan",
+            ["status", "--plan", "{tmp}/nope.toml"],
+            ["nope.toml: plan file not found"],
+        ),
+        (
+            "malformed toml",
+            ["plan", "check", "--plan", "{malformed}"],
+            ["malformed.toml: malformed TOML"],
+        ),
+        (
+            "invalid plan",
+            ["plan", "check", "--plan", "{invalid}"],
+            ["invalid.toml: flags.f.stages[1].percent: must be greater than the previous stage"],
+        ),
+        (
+            "unknown flag",
+            ["start", "nope", "--plan", "{example}"],
+            ["unknown flag 'nope' (plan has: ", f"{READ}, {USER})"],
+        ),
+        (
+            "bad store scheme",
+            ["start", READ, "--plan", "{example}", "--store", "bogus://x"],
+            ["store URL 'bogus://x': unknown scheme 'bogus'"],
+        ),
+        (
+            "relative file store",
+            ["status", "--plan", "{example}", "--store", "file://state.json"],
+            ["store URL 'file://state.json'", "absolute path"],
+        ),
+        (
+            "rollback without reason",
+            ["rollback", READ, "--plan", "{example}"],
+            ["the following arguments are required: --reason"],
+        ),
+        (
+            "rollback blank reason",
+            ["rollback", READ, "--reason", " ", "--plan", "{example}"],
+            ["rollback: --reason must not be empty"],
+        ),
+        ("unknown command", ["frobnicate"], ["invalid choice: 'frobnicate'"]),
+        ("unknown option", ["status", "--bogus", "--plan", "{example}"], ["--bogus"]),
+        ("no command", [], ["required: COMMAND"]),
+        (
+            "bucket empty unit",
+            ["bucket", READ, "", "--plan", "{example}"],
+            ["UNIT must not be empty"],
+        ),
+        (
+            "corrupt state file",
+            ["status", "--plan", "{example}", "--store", "file://{corrupt}"],
+            ["corrupt state file"],
+        ),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    capsys, tmp_path, example_plan_path, case, argv, fragments
+):
+    files = {
+        "malformed": ("malformed.toml", "[flags.f\npercent = 5"),
+        "invalid": ("invalid.toml", STAGES_50_25),
+        "corrupt": ("corrupt.json", "{not json"),
+    }
+    values = {"tmp": str(tmp_path), "example": str(example_plan_path)}
+    for name, (filename, text) in files.items():
+        (tmp_path / filename).write_text(text)
+        values[name] = str(tmp_path / filename)
+    code = main([a.format(**values) for a in argv])
+    captured = capsys.readouterr()
+    assert (code, captured.out) == (2, ""), case
+    _assert_one_error_line(captured.err, *fragments)
+
+
+def test_help_exits_0_and_lists_commands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("plan", "status", "start", "promote", "pause", "resume", "rollback", "reset"):
+        assert command in out
+    assert "bucket" in out and "demo" in out
+
+
+# --------------------------------------------------------------------------- bucket
+
+
+@pytest.mark.parametrize("unit", ["user-42", "req-0001", "7c9e6679-7425-40de-944b-e07fc1f90ae7"])
+def test_bucket_output_agrees_with_bucketing(cli, unit):
+    code, out, err = cli("bucket", READ, unit)
+    assert (code, err) == (0, "")
+    first, *stage_lines, now = out.splitlines()
+    assert re.search(r"is in bucket (\d+) of 0\.\.9999", first).group(1) == str(bucket(READ, unit))
+    plan = load_plan(cli.plan).flag(READ)
+    assert len(stage_lines) == len(plan.stages)
+    for i, (line, stage) in enumerate(zip(stage_lines, plan.stages, strict=True), start=1):
+        expected = "in" if in_rollout(READ, unit, stage.percent) else "out"
+        assert line.split() == ["stage", str(i), format_pct(stage.percent), expected]
+    assert now == "now: pending, stage 0/4, 0%  out"
+
+
+def test_bucket_cbor_scheme_flag_uses_its_scheme(capsys, tmp_path):
+    plan = tmp_path / "cbor.toml"
+    plan.write_text(
+        '[flags.f]\nscheme = "flagd-cbor"\n[[flags.f.stages]]\npercent = 50\nduration = "1m"\n'
+    )
+    assert main(["bucket", "f", "user-42", "--plan", str(plan)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert f"bucket {bucket('f', 'user-42', 'flagd-cbor')} of" in first
+    assert "scheme flagd-cbor" in first
+
+
+def test_bucket_running_flag_now_line_reflects_current_percent(cli, store):
+    unit_in = next(u for u in (f"u{i}" for i in range(10_000)) if bucket(READ, u) < 500)
+    cli("start", READ, "--store", store)
+    code, out, _ = cli("bucket", READ, unit_in, "--store", store)
+    assert code == 0
+    assert out.splitlines()[1].split() == ["stage", "1", "5%", "in"]
+    assert out.splitlines()[-1] == "now: running, stage 1/4, 5%  in"
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def test_demo_absent_prints_not_available_exit_2(capsys, monkeypatch):
+    # None in sys.modules makes the import fail exactly as if the module did not exist.
+    monkeypatch.setitem(sys.modules, "openfeature_canary._demo", None)
+    assert main(["demo", "--fault", "latency"]) == 2
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", "demo: not yet available\n")
+
+
+def test_demo_present_receives_its_arguments(monkeypatch):
+    received: list[list[str]] = []
+    demo = types.ModuleType("openfeature_canary._demo")
+
+    def fake_main(argv: list[str]) -> int:
+        received.append(argv)
+        return 0
+
+    demo.main = fake_main  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "openfeature_canary._demo", demo)
+    argv = ["--plan", "p.toml", "demo", "--fault", "latency", "--metrics-port", "9464", "--help"]
+    assert main(argv) == 0
+    assert received == [
+        ["--plan", "p.toml", "--fault", "latency", "--metrics-port", "9464", "--help"]
+    ]
+
+
+# --------------------------------------------------------------------------- console script
+
+
+def test_console_script_runs_commands_and_reports_errors(example_plan_path, tmp_path):
+    assert CONSOLE_SCRIPT.exists(), "package not installed: pip install -e ."
+    store = f"file://{tmp_path / 'state.json'}"
+
+    def run_script(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(CONSOLE_SCRIPT), *argv, "--plan", str(example_plan_path), "--store", store],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    started = run_script("start", READ)
+    assert (started.returncode, started.stdout, started.stderr) == (
+        0,
+        f"{READ}: running, stage 1/4, 5%\n",
+        "",
+    )
+    status = run_script("status", READ, "--json")
+    assert status.returncode == 0
+    assert json.loads(status.stdout)["flags"][0]["status"] == "running"
+    refused = run_script("resume", READ)
+    assert refused.returncode == 1
+    assert refused.stderr == f"openfeature-canary: error: cannot resume {READ}: it is running\n"
