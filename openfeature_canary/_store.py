@@ -189,7 +189,10 @@ def open_store(url: str) -> StateStore:
         if parsed.netloc not in ("", "localhost"):
             raise StateStoreError(f"store URL {url!r}: file URLs need an absolute path (file:///…)")
         path = unquote(parsed.path)
-        if not path or path.endswith("/"):
+        if not path.startswith("/"):
+            # A relative path would follow each worker's current folder and split the state.
+            raise StateStoreError(f"store URL {url!r}: file URLs need an absolute path (file:///…)")
+        if path.endswith("/"):
             raise StateStoreError(
                 f"store URL {url!r}: needs a file name, e.g. file:///var/lib/x.json"
             )
