@@ -189,13 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser(
         "status", parents=[common], help="show each flag's status, stage and last decision"
     )
-    status.add_argument("flag", metavar="FLAG", nargs="?", help="only this flag")
+    status.add_argument("flag", metavar="FLAG", nargs="?", help="only this flag (default: all)")
     status.add_argument("--json", action="store_true", help="machine-readable JSON")
     status.set_defaults(handler=_cmd_status)
 
     for name, summary in _COMMANDS.items():
         p = sub.add_parser(name, parents=[common], help=summary)
-        p.add_argument("flag", metavar="FLAG")
+        p.add_argument("flag", metavar="FLAG", help="a flag key of the plan")
         if name == "rollback":
             p.add_argument("--reason", required=True, help="why (kept in the state and logs)")
         p.set_defaults(handler=_cmd_transition)
@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     bucket = sub.add_parser(
         "bucket", parents=[common], help="show a unit's bucket and the stages it is in"
     )
-    bucket.add_argument("flag", metavar="FLAG")
+    bucket.add_argument("flag", metavar="FLAG", help="a flag key of the plan")
     bucket.add_argument("unit", metavar="UNIT", help="the bucketing unit, e.g. a request id")
     bucket.set_defaults(handler=_cmd_bucket)
 
