@@ -1,0 +1,343 @@
+"""A durable, file-backed queue of telemetry events (the "outbox").
+
+Rollback events must reach the telemetry ingest even when the ingest is down or the process
+dies right after the rollback. :meth:`Outbox.enqueue` therefore returns only once the event
+is on disk (``fsync``); a background sender (:class:`~openfeature_canary._ingest.TelemetrySender`)
+delivers what :meth:`Outbox.pending` returns and records the outcome.
+
+On disk the outbox is an append-only JSON-lines journal::
+
+    {"op": "enqueue", "event": {"id": "…", "event_name": "canary_rollback", …}}
+    {"op": "attempt", "id": "…", "error": "HTTP 503", "next_attempt_at": 1700000012.5}
+    {"op": "delivered", "ids": ["…"]}
+
+Replaying it gives the pending events. Every write holds ``fcntl.flock`` on ``<file>.lock``, so
+several processes on one host may share an outbox. When nothing is pending the journal is
+emptied, and when it has grown much longer than what is pending it is rewritten (atomically,
+with ``os.replace``). A line torn by a crash mid-write is skipped with a warning; the next
+write starts on a fresh line, so one torn line never spoils another.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import math
+import os
+import tempfile
+import threading
+import uuid
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final
+
+from openfeature_canary._errors import CanaryError
+
+__all__ = ["JsonScalar", "Outbox", "OutboxError", "OutboxEvent"]
+
+log = logging.getLogger("openfeature_canary.telemetry")
+
+#: What an event property may hold: a JSON scalar.
+JsonScalar = str | int | float | bool | None
+
+# Rewrite the journal once it has this many lines more than there are pending events.
+_COMPACT_SLACK: Final = 1000
+
+
+class OutboxError(CanaryError):
+    """The outbox file cannot be read or written (the path is in the message).
+
+    Raised by :meth:`Outbox.enqueue` when an event could not be made durable: the caller
+    must not assume it will be delivered.
+    """
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    """One queued telemetry event and its delivery bookkeeping.
+
+    ``id`` is a uuid4 hex string; ``properties`` holds JSON scalars only (it is copied into a
+    read-only mapping). ``attempts`` counts failed deliveries, ``next_attempt_at`` is the
+    earliest time (seconds, same clock as ``created_at``) of the next try and ``last_error``
+    the reason the last try failed.
+
+    >>> event = OutboxEvent.create("canary_rollback", {"from_pct": 25}, now=0.0)
+    >>> event.attempts, event.properties["from_pct"]
+    (0, 25)
+    """
+
+    id: str
+    event_name: str
+    properties: Mapping[str, JsonScalar]
+    created_at: float
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    last_error: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.event_name:
+            raise ValueError("an outbox event needs an event_name")
+        clean: dict[str, JsonScalar] = {}
+        for key, value in self.properties.items():
+            if not isinstance(key, str):
+                raise ValueError(f"event {self.event_name}: property names must be str: {key!r}")
+            if value is not None and not isinstance(value, str | int | float | bool):
+                raise ValueError(
+                    f"event {self.event_name}: property {key!r} must be a JSON scalar "
+                    f"(str, int, float, bool or None), got {type(value).__name__}"
+                )
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"event {self.event_name}: property {key!r} is {value}")
+            clean[key] = value
+        object.__setattr__(self, "properties", MappingProxyType(clean))
+
+    @classmethod
+    def create(
+        cls, event_name: str, properties: Mapping[str, JsonScalar], *, now: float
+    ) -> OutboxEvent:
+        """A new event with a fresh id, due at once."""
+        return cls(
+            id=uuid.uuid4().hex,
+            event_name=event_name,
+            properties=properties,
+            created_at=now,
+            next_attempt_at=now,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for the journal."""
+        return {
+            "id": self.id,
+            "event_name": self.event_name,
+            "properties": dict(self.properties),
+            "created_at": self.created_at,
+            "attempts": self.attempts,
+            "next_attempt_at": self.next_attempt_at,
+            "last_error": self.last_error,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> OutboxEvent:
+        """Inverse of :meth:`to_dict`; ``ValueError``/``KeyError``/``TypeError`` when malformed."""
+        last_error = data.get("last_error")
+        return cls(
+            id=str(data["id"]),
+            event_name=str(data["event_name"]),
+            properties=dict(data["properties"]),
+            created_at=float(data["created_at"]),
+            attempts=int(data.get("attempts", 0)),
+            next_attempt_at=float(data.get("next_attempt_at", data["created_at"])),
+            last_error=None if last_error is None else str(last_error),
+        )
+
+
+@dataclass
+class _Replay:
+    events: dict[str, OutboxEvent] = field(default_factory=dict)
+    lines: int = 0
+    corrupt: list[tuple[int, str]] = field(default_factory=list)
+
+
+class Outbox:
+    """A durable queue of :class:`OutboxEvent` in one journal file, shared by the processes of
+    one host.
+
+    Use it behind a :class:`~openfeature_canary._ingest.TelemetrySender`; use it directly to
+    inspect what is still undelivered::
+
+        outbox = Outbox(Path("canary-reports/telemetry-outbox.jsonl"))
+        outbox.enqueue(OutboxEvent.create("canary_rollback", {"from_pct": 25}, now=time.time()))
+        [e.event_name for e in outbox.pending()]   # ['canary_rollback'], also after a restart
+
+    Every method raises :class:`OutboxError` when the file cannot be read or written.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._lock_path = self.path.with_name(self.path.name + ".lock")
+        self._thread_lock = threading.Lock()
+        self._warned: set[tuple[int, int]] = set()
+        self._cache_key: tuple[int, int, int] | None = None
+        self._cache = _Replay()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutboxError(f"outbox {self.path}: cannot create folder: {exc}") from exc
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _reset_after_fork(ref))
+
+    def __repr__(self) -> str:
+        return f"Outbox({str(self.path)!r})"
+
+    # ------------------------------------------------------------------ public
+
+    def enqueue(self, event: OutboxEvent) -> None:
+        """Append ``event``; return once it is on disk (``fsync``), so it survives a crash."""
+        self._append([{"op": "enqueue", "event": event.to_dict()}])
+
+    def pending(self) -> list[OutboxEvent]:
+        """The undelivered events, oldest first (due or not: see ``next_attempt_at``)."""
+        with self._locked(exclusive=False):
+            return list(self._replay().events.values())
+
+    def mark_delivered(self, ids: Iterable[str]) -> None:
+        """Forget these events (the ingest accepted them). Unknown ids are ignored."""
+        id_list = list(dict.fromkeys(ids))
+        if not id_list:
+            return
+        self._append([{"op": "delivered", "ids": id_list}])
+
+    def record_attempt(self, event_id: str, error: str, next_attempt_at: float) -> None:
+        """Record a failed delivery of one event: one more attempt, why, and when to retry."""
+        self.record_attempts([event_id], error, next_attempt_at)
+
+    def record_attempts(self, ids: Iterable[str], error: str, next_attempt_at: float) -> None:
+        """:meth:`record_attempt` for a whole failed batch, with one ``fsync``."""
+        records = [
+            {"op": "attempt", "id": i, "error": error, "next_attempt_at": next_attempt_at}
+            for i in dict.fromkeys(ids)
+        ]
+        if records:
+            self._append(records)
+
+    # ------------------------------------------------------------------ internals
+
+    @contextmanager
+    def _locked(self, *, exclusive: bool) -> Iterator[None]:
+        try:
+            with self._thread_lock, open(self._lock_path, "a+b") as lock_file:
+                fcntl.flock(lock_file, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+                yield
+        except OSError as exc:
+            raise OutboxError(f"outbox {self.path}: {exc.strerror or exc}") from exc
+
+    def _append(self, records: list[dict[str, Any]]) -> None:
+        data = "".join(json.dumps(r, allow_nan=False, sort_keys=True) + "\n" for r in records)
+        with self._locked(exclusive=True):
+            existed = self.path.exists()
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                size = os.fstat(fd).st_size
+                # A crash mid-write leaves a line without its newline; start a fresh one so
+                # that the torn line stays the only casualty.
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    data = "\n" + data
+                _write_all(fd, data.encode("utf-8"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if not existed:
+                _fsync_dir(self.path.parent)
+            self._compact_if_due()
+
+    def _replay(self) -> _Replay:
+        """Read the journal (caller holds the lock); cached while the file is unchanged."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            self._cache_key, self._cache = None, _Replay()
+            return self._cache
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if key == self._cache_key:
+            return self._cache
+        with open(self.path, "rb") as fh:
+            raw = fh.read()
+        replay = _parse(raw)
+        for lineno, problem in replay.corrupt:
+            if (st.st_ino, lineno) not in self._warned:
+                self._warned.add((st.st_ino, lineno))
+                log.warning(
+                    "outbox %s: skipping unreadable line %d (%s); a write was probably torn",
+                    self.path,
+                    lineno,
+                    problem,
+                )
+        self._cache_key, self._cache = key, replay
+        return replay
+
+    def _compact_if_due(self) -> None:
+        replay = self._replay()
+        if replay.events and replay.lines - len(replay.events) < _COMPACT_SLACK:
+            return
+        if not replay.events and replay.lines == 0:
+            return
+        text = "".join(
+            json.dumps({"op": "enqueue", "event": e.to_dict()}, allow_nan=False, sort_keys=True)
+            + "\n"
+            for e in replay.events.values()
+        )
+        _atomic_write(self.path, text)
+
+
+def _parse(raw: bytes) -> _Replay:
+    replay = _Replay()
+    events = replay.events
+    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        replay.lines += 1
+        try:
+            record = json.loads(line)
+            op = record["op"]
+            if op == "enqueue":
+                event = OutboxEvent.from_dict(record["event"])
+                events[event.id] = event
+            elif op == "attempt":
+                found = events.get(str(record["id"]))
+                if found is not None:
+                    error = record.get("error")
+                    events[found.id] = replace(
+                        found,
+                        attempts=found.attempts + 1,
+                        last_error=None if error is None else str(error),
+                        next_attempt_at=float(record["next_attempt_at"]),
+                    )
+            elif op == "delivered":
+                for event_id in record["ids"]:
+                    events.pop(str(event_id), None)
+            else:
+                raise ValueError(f"unknown op {op!r}")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            replay.corrupt.append((lineno, f"{type(exc).__name__}: {exc}"[:200]))
+    return replay
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_dir(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _reset_after_fork(ref: weakref.ref[Outbox]) -> None:
+    outbox = ref()
+    if outbox is not None:
+        # A lock held by a thread that does not exist in the child would never be released.
+        outbox._thread_lock = threading.Lock()
