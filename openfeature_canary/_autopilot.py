@@ -13,11 +13,11 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Any, Protocol
 
 from openfeature_canary._controller import Controller, Rollout
+from openfeature_canary._effects import Effects
 from openfeature_canary._errors import SignalSourceError
 from openfeature_canary._policy import (
     Action,
@@ -31,10 +31,11 @@ from openfeature_canary._policy import (
     decide,
     windows_due,
 )
+from openfeature_canary._reports import StageResult
 from openfeature_canary._state import LogEntry, Number, RolloutState, Status, Verdict, WindowRecord
 from openfeature_canary.plan import FlagPlan, Trigger
 
-__all__ = ["Autopilot", "EventSink", "ReportSink", "SignalReader", "TickResult"]
+__all__ = ["Autopilot", "SignalReader", "TickResult"]
 
 log = logging.getLogger("openfeature_canary")
 
@@ -59,20 +60,6 @@ class SignalReader(Protocol):
     ) -> Reading: ...
 
 
-class EventSink(Protocol):
-    """Where telemetry events go (``TelemetrySender.enqueue`` fits): durable, never slow."""
-
-    def enqueue(self, event_name: str, properties: Mapping[str, Any]) -> Any: ...
-
-
-class ReportSink(Protocol):
-    """Where stage results and aborts are written (``ReportWriter`` fits)."""
-
-    def record_stage(self, result: Any) -> None: ...
-
-    def append_abort(self, record: Any) -> None: ...
-
-
 @dataclass(frozen=True)
 class _ErrorReading:
     error: str
@@ -92,7 +79,7 @@ class TickResult:
 class Autopilot:
     """Runs the policy for every flag of a rollout.
 
-    >>> autopilot = Autopilot(rollout, source, events=sender, reports=writer)  # doctest: +SKIP
+    >>> autopilot = Autopilot(rollout, source, effects=Effects(events=sender))  # doctest: +SKIP
     >>> rollout.controller("dataservice-read-canary").tick()                  # doctest: +SKIP
     """
 
@@ -101,25 +88,19 @@ class Autopilot:
         rollout: Rollout,
         source: SignalReader,
         *,
-        events: EventSink | None = None,
-        reports: ReportSink | None = None,
-        app_properties: Mapping[str, Any] | None = None,
+        effects: Effects | None = None,
         on_decision: Callable[[str, Decision], None] | None = None,
     ) -> None:
         self.rollout = rollout
         self.source = source
-        self.events = events
-        self.reports = reports
+        self.effects = effects
         self.on_decision = on_decision
-        self._extra = dict(app_properties or {})
         self._memory: dict[str, Memory] = {}
         self._last: dict[str, TickResult] = {}
         self._snapshot_at: float | None = None
-        self._stage_result: dict[str, Any] = {}
         self._lock = threading.Lock()
         for ctl in rollout.controllers():
             ctl.decider = self._decide
-        rollout.add_listener(self._on_transition)
 
     def last(self, flag_key: str) -> TickResult | None:
         """The flag's last tick (decision and trigger readings), if any."""
@@ -149,16 +130,16 @@ class Autopilot:
             )
             self._memory[ctl.key] = decision.memory
             self._last[ctl.key] = TickResult(now, decision, readings.triggers)
-            self._stage_result.pop(ctl.key, None)
         if self.on_decision is not None and decision.changes_state:
             self.on_decision(ctl.key, decision)
         if not decision.changes_state:
             return None
-        target = _target(flag, state, decision, now)
-        if state.status is Status.RUNNING and decision.reason.startswith("gate_"):
-            # The stage ends with this decision: its results row is written after persisting.
-            self._stage_result[ctl.key] = _stage_result(flag, state, decision, now)
-        return target
+        if self.effects is not None:
+            # A stage ending with this decision gets its results row once it is persisted.
+            ending = state.status is Status.RUNNING and decision.reason.startswith("gate_")
+            result = _stage_result(flag, state, decision, now) if ending else None
+            self.effects.stage_ending(ctl.key, result)
+        return _target(flag, state, decision, now)
 
     def _snapshot_source(self, now: float) -> None:
         self._snapshot_at = now
@@ -207,32 +188,6 @@ class Autopilot:
             return fn()
         except SignalSourceError as exc:
             return _ErrorReading(str(exc))
-
-    # ------------------------------------------------------------------ effects
-
-    def _on_transition(self, old: RolloutState, new: RolloutState) -> None:
-        entry = new.last_decision
-        if entry is None:
-            return
-        result = self._stage_result.pop(new.flag_key, None)
-        if result is not None and self.reports is not None:
-            self._safely("results report", lambda: self.reports.record_stage(result))  # type: ignore[union-attr]
-        event = _event_for(old, new, entry)
-        if event is not None and self.events is not None:
-            name, props = event
-            props.update(self._extra)
-            self._safely("telemetry event", lambda: self.events.enqueue(name, props))  # type: ignore[union-attr]
-        rolled_back = new.status is Status.ROLLED_BACK and old.status is not Status.ROLLED_BACK
-        if rolled_back and self.reports is not None:
-            record = _abort_record(old, new, entry)
-            self._safely("abort report", lambda: self.reports.append_abort(record))  # type: ignore[union-attr]
-
-    @staticmethod
-    def _safely(what: str, fn: Callable[[], Any]) -> None:
-        try:
-            fn()
-        except Exception:  # an effect failing must not undo or block the rollback
-            log.exception("openfeature-canary: %s failed", what)
 
 
 # --------------------------------------------------------------------------- targets
@@ -310,53 +265,7 @@ def _target(flag: FlagPlan, state: RolloutState, d: Decision, now: float) -> Rol
     )
 
 
-def _iso(at: float) -> str:
-    return datetime.fromtimestamp(at, timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def _event_for(
-    old: RolloutState, new: RolloutState, entry: LogEntry
-) -> tuple[str, dict[str, Any]] | None:
-    n = entry.numbers
-    base: dict[str, Any] = {"flag": new.flag_key, "at": _iso(entry.at)}
-    if n.get("dry_run"):
-        base["dry_run"] = True
-    if entry.action == Action.ROLLBACK and (new.status is Status.ROLLED_BACK or n.get("dry_run")):
-        return "canary_rollback", {
-            "from_pct": _int_if_whole(old.percent),
-            "reason": entry.reason,
-            **base,
-            "stage": old.stage,
-            "value": n.get("value"),
-            "threshold": n.get("threshold"),
-        }
-    if entry.action in (Action.ADVANCE, Action.START, "start"):
-        return "canary_stage_advanced", {
-            **base,
-            "from_pct": _int_if_whole(old.percent),
-            "to_pct": _int_if_whole(new.percent),
-            "stage": new.stage,
-            "reason": entry.reason,
-        }
-    if entry.action == Action.COMPLETE:
-        return "canary_completed", {**base, "pct": _int_if_whole(new.percent), "stage": new.stage}
-    if entry.action == Action.PAUSE and new.status is Status.PAUSED:
-        return "canary_paused", {
-            **base,
-            "pct": _int_if_whole(new.percent),
-            "stage": new.stage,
-            "reason": entry.reason,
-        }
-    return None
-
-
-def _int_if_whole(x: float) -> float | int:
-    return int(x) if float(x).is_integer() else x
-
-
-def _stage_result(flag: FlagPlan, state: RolloutState, d: Decision, now: float) -> Any:
-    from openfeature_canary._reports import StageResult
-
+def _stage_result(flag: FlagPlan, state: RolloutState, d: Decision, now: float) -> StageResult:
     stage = flag.stage(state.stage)
     windows = (*state.windows, *d.windows)
     conclusive = [w for w in windows if w.verdict is not Verdict.INCONCLUSIVE]
@@ -379,27 +288,4 @@ def _stage_result(flag: FlagPlan, state: RolloutState, d: Decision, now: float) 
         windows_inconclusive=sum(w.verdict is Verdict.INCONCLUSIVE for w in windows),
         decision=d.action,
         reason=d.reason,
-    )
-
-
-def _abort_record(old: RolloutState, new: RolloutState, entry: LogEntry) -> Any:
-    from openfeature_canary._reports import AbortRecord
-
-    n = entry.numbers
-
-    def num(key: str) -> float | None:
-        value = n.get(key)
-        return float(value) if isinstance(value, (int, float)) else None
-
-    return AbortRecord(
-        flag_key=new.flag_key,
-        at=entry.at,
-        from_pct=old.percent,
-        from_stage=old.stage,
-        trigger=entry.reason,
-        value=num("value"),
-        threshold=num("threshold"),
-        window_s=num("window_s"),
-        n=int(num("n") or 0),
-        last_decisions=new.log[-8:],
     )

@@ -26,7 +26,10 @@ from openfeature_canary import (
     UnknownFlagError,
     load_plan,
 )
+from openfeature_canary._autopilot import SignalReader
+from openfeature_canary._effects import EventSink
 from openfeature_canary._runner import BackgroundRunner
+from openfeature_canary._runtime import Runtime, build_runtime
 from openfeature_canary._snapshot import ON, FlagView, build_view
 from openfeature_canary.bucketing import bucket
 
@@ -76,8 +79,13 @@ class CanaryProvider(AbstractProvider):
 
     The evaluation path reads an immutable snapshot: no I/O, no lock. ``initialize`` starts a
     background thread that notices other processes' changes (``refresh_interval``) and ticks
-    the policy; ``shutdown`` stops it. ``PROVIDER_CONFIGURATION_CHANGED`` is emitted with
-    ``flags_changed`` whenever a flag's served percentage or status changes.
+    the policy; ``shutdown`` stops it. Give ``signals`` (e.g.
+    ``InProcessSignalSource(setup_telemetry(plan).reader)``) to run the policy automatically:
+    stage gates, hard triggers, telemetry events (``events``, by default a durable outbox to
+    the plan's ingest URL) and reports (``reports_dir``, by default the plan's).
+    ``background=False`` leaves ticking to the caller (virtual-time drivers such as the demo).
+    ``PROVIDER_CONFIGURATION_CHANGED`` is emitted with ``flags_changed`` whenever a flag's
+    served percentage or status changes.
     """
 
     def __init__(
@@ -88,6 +96,10 @@ class CanaryProvider(AbstractProvider):
         clock: Clock | None = None,
         meter_provider: Any = None,
         environ: Mapping[str, str] | None = None,
+        signals: SignalReader | None = None,
+        events: EventSink | None = None,
+        reports_dir: str | Path | None = None,
+        background: bool = True,
         refresh_interval: float = 0.5,
         name: str = "CanaryProvider",
     ) -> None:
@@ -101,7 +113,19 @@ class CanaryProvider(AbstractProvider):
         self._metadata = Metadata(name=name)
         self._answers: Mapping[str, _Answers] = MappingProxyType({})
         self._rebuild()
+        # Registered first: the OpenFeature event goes out before telemetry and reports.
         self.rollout.add_listener(self._on_transition)
+        self.runtime: Runtime | None = None
+        if signals is not None:
+            self.runtime = build_runtime(
+                self.rollout,
+                signals,
+                meter_provider=meter_provider,
+                environ=self._environ,
+                events=events,
+                reports_dir=reports_dir,
+            )
+        self._background = background
         self.runner = BackgroundRunner(
             self.rollout, interval=refresh_interval, on_poll=self._rebuild
         )
@@ -112,11 +136,16 @@ class CanaryProvider(AbstractProvider):
         """Start background work (store polling, policy ticks)."""
         self.rollout.refresh()
         self._rebuild()
-        self.runner.start()
+        if self.runtime is not None:
+            self.runtime.start()
+        if self._background:
+            self.runner.start()
 
     def shutdown(self) -> None:
-        """Stop background work."""
+        """Stop background work (undelivered telemetry events stay in the outbox)."""
         self.runner.stop()
+        if self.runtime is not None:
+            self.runtime.stop()
 
     def get_metadata(self) -> Metadata:
         """Provider metadata (``name``)."""
