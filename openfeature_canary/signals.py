@@ -1,0 +1,404 @@
+"""Windowed signals (spec §6) from OpenTelemetry metrics: the numbers the policy judges.
+
+A :class:`SignalSource` answers "what was the canary's P95 over the last minute?" with a
+:class:`SignalReading` that carries the value *and* the number of samples behind it, so that a
+gate can tell "inconclusive" (no value, or too few samples) from "pass".
+
+:class:`InProcessSignalSource` reads the application's own ``MeterProvider`` through an
+``InMemoryMetricReader``: each :meth:`~InProcessSignalSource.snapshot` stores the cumulative
+state at the caller's time, and a window is the difference of two snapshots::
+
+    reader = InMemoryMetricReader()            # CUMULATIVE temporality, the default
+    provider = MeterProvider(metric_readers=[reader], views=[...])
+    source = InProcessSignalSource(reader)
+    source.snapshot(clock.now())               # every policy tick
+    source.read("dataservice-read-canary", "latency_p95_ms", 60, clock.now())
+
+Quantiles follow Prometheus' ``histogram_quantile`` (:func:`histogram_quantile`); counter and
+histogram resets follow ``increase()``. ``docs/signals.md`` has the full rules.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final, Protocol, runtime_checkable
+
+from opentelemetry.sdk.metrics.export import MetricsData
+
+from openfeature_canary._errors import SignalSourceError
+from openfeature_canary._quantile import count_above, count_at_least, histogram_quantile
+from openfeature_canary._signal_names import KNOWN_SIGNALS
+from openfeature_canary._snapshots import (
+    EVENT_LOOP_LAG,
+    LEDGER_MISMATCHES,
+    REQUEST_DURATION,
+    TELEMETRY_ACCEPTED,
+    TELEMETRY_SENT,
+    Accumulator,
+    Bounds,
+    Counts,
+    Snapshot,
+    SnapshotRing,
+)
+
+__all__ = [
+    "InProcessSignalSource",
+    "MetricsDataReader",
+    "SignalReading",
+    "SignalSource",
+    "count_above",
+    "count_at_least",
+    "histogram_quantile",
+]
+
+_QUANTILES: Final = {"latency_p50_ms": 0.5, "latency_p95_ms": 0.95, "latency_p99_ms": 0.99}
+_CANARY: Final = "on"
+_BASELINE: Final = "off"
+
+
+@dataclass(frozen=True)
+class SignalReading:
+    """One signal over one window: the value and the evidence behind it.
+
+    ``n`` is the sample count behind ``value``: requests for latency, error rate and
+    requests; telemetry events sent for ``telemetry_acceptance``; lag samples for
+    ``event_loop_lag_ms``; mismatches for ``ledger_mismatches``. ``value is None`` means "no
+    value" (nothing observed, or no span of snapshots yet), never zero. ``start`` and ``end``
+    are the times of the two snapshots actually used and ``window_s = end - start`` the span
+    they cover, which can be shorter than asked when history does not reach back that far.
+    ``error`` says why the source could not compute the value (then ``value`` is ``None``).
+
+    >>> r = SignalReading("latency_p95_ms", None, 0, 0.0, 10.0, 10.0)
+    >>> r.value is None and r.n == 0   # inconclusive, never a pass
+    True
+    """
+
+    signal: str
+    value: float | None
+    n: int
+    window_s: float
+    start: float
+    end: float
+    error: str | None = None
+
+
+@runtime_checkable
+class SignalSource(Protocol):
+    """The seam the policy reads signals through (in-process, or Prometheus for fleets).
+
+    Times are the caller's clock (``ManualClock`` in tests and the demo). ``signal`` is one
+    of ``openfeature_canary._signal_names.KNOWN_SIGNALS``; an unknown name raises
+    ``ValueError``. A failing backend raises ``SignalSourceError``.
+    """
+
+    def snapshot(self, now: float) -> None:
+        """Take a cumulative snapshot at ``now`` (call once per policy tick)."""
+        ...
+
+    def read(self, flag_key: str, signal: str, window_s: float, now: float) -> SignalReading:
+        """Read ``signal`` over the trailing ``window_s`` seconds ending at ``now``."""
+        ...
+
+    def read_between(self, flag_key: str, signal: str, start: float, end: float) -> SignalReading:
+        """Read ``signal`` over the closed window ``[start, end]`` (a gate window as it closes)."""
+        ...
+
+    def count_beyond(
+        self,
+        flag_key: str,
+        signal: str,
+        threshold: float,
+        inclusive: bool,
+        window_s: float,
+        now: float,
+    ) -> SignalReading:
+        """Count the samples of a histogram signal above (``>=`` if inclusive) ``threshold``."""
+        ...
+
+
+class MetricsDataReader(Protocol):
+    """What :class:`InProcessSignalSource` needs of a reader: ``InMemoryMetricReader`` fits."""
+
+    def get_metrics_data(self) -> MetricsData | None:
+        """Collect and return the current metrics (``None`` when there are none)."""
+        ...
+
+
+@dataclass(frozen=True)
+class _HistWindow:
+    """A histogram's increase over a window, bucket counts grouped by bound layout."""
+
+    n: int
+    errors: int
+    by_bounds: Mapping[Bounds, Counts]
+
+
+def _subtract(new: Counts, old: Counts | None) -> Counts:
+    return new if old is None else tuple(a - b for a, b in zip(new, old, strict=True))
+
+
+def _window(
+    new: Mapping[tuple[int, Bounds], Counts], old: Mapping[tuple[int, Bounds], Counts]
+) -> _HistWindow:
+    by_bounds: dict[Bounds, list[int]] = {}
+    n = errors = 0
+    for key, counts in new.items():
+        diff = _subtract(counts, old.get(key))
+        total = sum(diff)
+        if not total:
+            continue
+        n += total
+        if key[0] == 5:
+            errors += total
+        merged = by_bounds.get(key[1])
+        if merged is None:
+            by_bounds[key[1]] = list(diff)
+        else:
+            merged[:] = (a + b for a, b in zip(merged, diff, strict=True))
+    return _HistWindow(n, errors, {b: tuple(c) for b, c in by_bounds.items()})
+
+
+class InProcessSignalSource:
+    """Signals from this process's ``MeterProvider``, through an ``InMemoryMetricReader``.
+
+    Use it for a single service (the demo, tests, one host); use a Prometheus source for a
+    fleet. The reader should use CUMULATIVE temporality (``InMemoryMetricReader()``'s default);
+    DELTA also works, because every collection becomes an increase either way. Histograms must
+    use explicit bucket bounds (a ``View`` with ``ExplicitBucketHistogramAggregation``) with every
+    plan threshold as a bound, so "P95 > T" is exact. Snapshots older than ``retention_s`` (beyond
+    the one anchoring the longest window) and beyond ``max_snapshots`` are dropped. Thread-safe.
+
+    >>> from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    >>> source = InProcessSignalSource(InMemoryMetricReader())
+    >>> source.snapshot(0.0)
+    >>> source.read("my-flag", "requests", 60, 0.0).value is None   # no span yet
+    True
+    """
+
+    def __init__(
+        self,
+        reader: MetricsDataReader,
+        *,
+        retention_s: float = 7200.0,
+        max_snapshots: int = 10_000,
+    ) -> None:
+        self._reader = reader
+        self._ring = SnapshotRing(retention_s, max_snapshots)
+        self._acc = Accumulator()
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[float, float, str, str], _HistWindow] = {}
+
+    @property
+    def retention_s(self) -> float:
+        """How far back windows can reach, in seconds."""
+        return self._ring.retention_s
+
+    def snapshot(self, now: float) -> None:
+        """Collect from the reader once and store the cumulative state at ``now``.
+
+        Raises ``SignalSourceError`` when the reader fails (nothing is stored then) and
+        ``ValueError`` when ``now`` is before the newest snapshot.
+        """
+        _check_time("now", now)
+        with self._lock:
+            if len(self._ring) and now < self._ring[-1].t:
+                raise ValueError(
+                    f"snapshot at {now} is before the newest one at {self._ring[-1].t}"
+                )
+            try:
+                data = self._reader.get_metrics_data()
+                snap = self._acc.ingest(data, now)
+            except Exception as exc:
+                raise SignalSourceError(f"in-process metric reader failed: {exc!r}") from exc
+            self._ring.add(snap)
+            self._cache.clear()
+
+    def read(self, flag_key: str, signal: str, window_s: float, now: float) -> SignalReading:
+        """Read ``signal`` for ``flag_key`` over the trailing ``window_s`` seconds before ``now``.
+
+        Uses the newest snapshot at or before ``now`` and the newest one at or before
+        ``now - window_s`` (the oldest one if history is shorter; the reading's ``window_s``
+        then tells the span covered).
+        """
+        variant, base = _parse(signal)
+        if not (window_s > 0 and math.isfinite(window_s)):
+            raise ValueError(f"window_s must be a positive number of seconds, got {window_s}")
+        _check_time("now", now)
+        with self._lock:
+            span = self._span(now - window_s, now)
+            return self._compute(flag_key, signal, variant, base, span, now)
+
+    def read_between(self, flag_key: str, signal: str, start: float, end: float) -> SignalReading:
+        """Read ``signal`` for ``flag_key`` between the snapshots at/before ``start`` and ``end``.
+
+        Use it to judge a gate window ``[start, end]`` as it closes; take a snapshot at the
+        window's edges (every tick) so the span matches the window.
+        """
+        variant, base = _parse(signal)
+        _check_time("start", start)
+        _check_time("end", end)
+        if start > end:
+            raise ValueError(f"start {start} is after end {end}")
+        with self._lock:
+            return self._compute(flag_key, signal, variant, base, self._span(start, end), end)
+
+    def count_beyond(
+        self,
+        flag_key: str,
+        signal: str,
+        threshold: float,
+        inclusive: bool,
+        window_s: float,
+        now: float,
+    ) -> SignalReading:
+        """Count samples of a histogram signal beyond ``threshold`` (ms) in the trailing window.
+
+        ``signal`` is a latency signal (its cohort's request durations) or
+        ``event_loop_lag_ms``; ``value`` is the count of samples ``> threshold`` (``>=`` when
+        ``inclusive``), ``n`` all samples. Exact when ``threshold`` is a histogram bound.
+        Example: ``count_beyond(flag, "event_loop_lag_ms", 300, True, 60, now).value >= 2``.
+        """
+        variant, base = _parse(signal)
+        if base not in _QUANTILES and base != "event_loop_lag_ms":
+            raise ValueError(
+                f"count_beyond needs a histogram signal (latency or lag), not {signal!r}"
+            )
+        if math.isnan(threshold):
+            raise ValueError("threshold must not be NaN")
+        if not (window_s > 0 and math.isfinite(window_s)):
+            raise ValueError(f"window_s must be a positive number of seconds, got {window_s}")
+        _check_time("now", now)
+        with self._lock:
+            span = self._span(now - window_s, now)
+            if span is None or span[0] is span[1]:
+                return _empty(signal, span, now)
+            old, new = span
+            instrument = EVENT_LOOP_LAG if base == "event_loop_lag_ms" else REQUEST_DURATION
+            problem = new.problems.get(instrument)
+            if problem is not None:
+                return _empty(signal, span, now, problem)
+            hist = self._hist(flag_key, variant, base, old, new)
+            if hist.n == 0:
+                return _empty(signal, span, now)
+            count = count_at_least if inclusive else count_above
+            beyond = sum(count(threshold, b, c) for b, c in hist.by_bounds.items())
+            return _reading(signal, float(beyond), hist.n, span)
+
+    def flag_keys(self) -> tuple[str, ...]:
+        """Flag keys seen so far in request durations or ledger mismatches, sorted."""
+        with self._lock:
+            return tuple(sorted(self._acc.flags))
+
+    # -- internals (called with the lock held) --------------------------------------------
+
+    def _span(self, start: float, end: float) -> tuple[Snapshot, Snapshot] | None:
+        last = self._ring.at_or_before(end)
+        if last is None:
+            return None
+        first = self._ring.at_or_before(start)
+        return self._ring[0 if first is None else first], self._ring[last]
+
+    def _hist(
+        self, flag: str, variant: str, base: str, old: Snapshot, new: Snapshot
+    ) -> _HistWindow:
+        key = (old.t, new.t, flag if base != "event_loop_lag_ms" else "", variant)
+        hist = self._cache.get(key)
+        if hist is None:
+            if base == "event_loop_lag_ms":
+                hist = _window(
+                    {(0, b): c for b, c in new.lag.items()}, {(0, b): c for b, c in old.lag.items()}
+                )
+            else:
+                hist = _window(
+                    new.requests.get((flag, variant), {}), old.requests.get((flag, variant), {})
+                )
+            self._cache[key] = hist
+        return hist
+
+    def _compute(
+        self,
+        flag: str,
+        signal: str,
+        variant: str,
+        base: str,
+        span: tuple[Snapshot, Snapshot] | None,
+        at: float,
+    ) -> SignalReading:
+        if span is None or span[0] is span[1]:
+            return _empty(signal, span, at)
+        old, new = span
+        if base in ("ledger_mismatches", "telemetry_acceptance"):
+            return self._counter_signal(flag, signal, base, old, new)
+        instrument = EVENT_LOOP_LAG if base == "event_loop_lag_ms" else REQUEST_DURATION
+        problem = new.problems.get(instrument)
+        if problem is not None:
+            return _empty(signal, span, at, problem)
+        hist = self._hist(flag, variant, base, old, new)
+        if base == "requests":
+            return _reading(signal, float(hist.n), hist.n, span)
+        if hist.n == 0:
+            return _empty(signal, span, at)
+        if base == "error_rate":
+            return _reading(signal, hist.errors / hist.n, hist.n, span)
+        if len(hist.by_bounds) > 1:
+            layouts = "; ".join(str(list(b)) for b in hist.by_bounds)
+            error = f"{instrument} bucket bounds changed inside the window ({layouts})"
+            return _empty(signal, span, at, error)
+        q = 1.0 if base == "event_loop_lag_ms" else _QUANTILES[base]
+        ((bounds, counts),) = hist.by_bounds.items()
+        return _reading(signal, histogram_quantile(q, bounds, counts), hist.n, span)
+
+    def _counter_signal(
+        self, flag: str, signal: str, base: str, old: Snapshot, new: Snapshot
+    ) -> SignalReading:
+        span = (old, new)
+
+        def increase(name: str, key: str) -> float:
+            return new.counters.get((name, key), 0.0) - old.counters.get((name, key), 0.0)
+
+        if base == "ledger_mismatches":
+            problem = new.problems.get(LEDGER_MISMATCHES)
+            if problem is not None:
+                return _empty(signal, span, new.t, problem)
+            count = increase(LEDGER_MISMATCHES, flag)
+            return _reading(signal, count, round(count), span)
+        problem = new.problems.get(TELEMETRY_SENT) or new.problems.get(TELEMETRY_ACCEPTED)
+        if problem is not None:
+            return _empty(signal, span, new.t, problem)
+        sent = increase(TELEMETRY_SENT, "")
+        if sent <= 0:
+            return _empty(signal, span, new.t)
+        return _reading(signal, increase(TELEMETRY_ACCEPTED, "") / sent, round(sent), span)
+
+
+def _parse(signal: str) -> tuple[str, str]:
+    """Split a signal name into (variant, base name); unknown names raise ``ValueError``."""
+    if signal not in KNOWN_SIGNALS:
+        raise ValueError(f"unknown signal {signal!r} (known: {', '.join(sorted(KNOWN_SIGNALS))})")
+    if signal.startswith("baseline_"):
+        return _BASELINE, signal[len("baseline_") :]
+    return _CANARY, signal
+
+
+def _check_time(name: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite time, got {value}")
+
+
+def _reading(
+    signal: str, value: float | None, n: int, span: tuple[Snapshot, Snapshot]
+) -> SignalReading:
+    old, new = span
+    return SignalReading(signal, value, n, new.t - old.t, old.t, new.t)
+
+
+def _empty(
+    signal: str, span: tuple[Snapshot, Snapshot] | None, at: float, error: str | None = None
+) -> SignalReading:
+    if span is None:
+        return SignalReading(signal, None, 0, 0.0, at, at, error)
+    old, new = span
+    return SignalReading(signal, None, 0, new.t - old.t, old.t, new.t, error)
