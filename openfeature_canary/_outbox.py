@@ -323,9 +323,14 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        mode = 0o644
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), mode)  # keep the journal's mode, not mkstemp's 0600
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())

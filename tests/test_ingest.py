@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from openfeature_canary import _outbox
 from openfeature_canary._ingest import (
     IngestClient,
     IngestCounters,
@@ -28,10 +29,14 @@ from openfeature_canary._ingest import (
     TelemetrySender,
     redact_url,
 )
-from openfeature_canary._outbox import Outbox, OutboxEvent
+from openfeature_canary._outbox import JsonScalar, Outbox, OutboxEvent
 
 APP = "scholarship_api"
-ROLLBACK_PROPS = {"from_pct": 25, "reason": "p95_breach", "flag": "dataservice-read-canary"}
+ROLLBACK_PROPS: dict[str, JsonScalar] = {
+    "from_pct": 25,
+    "reason": "p95_breach",
+    "flag": "dataservice-read-canary",
+}
 
 
 # ---------------------------------------------------------------------- helpers
@@ -565,6 +570,30 @@ def test_outbox_all_delivered_compacts_journal_to_empty(tmp_path: Path) -> None:
 
     assert outbox.path.read_text() == ""
     assert outbox.pending() == []
+
+
+def test_outbox_long_journal_compacted_keeping_pending_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_outbox, "_COMPACT_SLACK", 10)
+    outbox = Outbox(tmp_path / "o.jsonl")
+    kept = OutboxEvent.create("canary_rollback", {"from_pct": 25}, now=0.0)
+    outbox.enqueue(kept)
+    outbox.record_attempt(kept.id, "HTTP 502", 42.0)
+
+    for i in range(20):
+        done = OutboxEvent.create("e", {"i": i}, now=0.0)
+        outbox.enqueue(done)
+        outbox.mark_delivered([done.id])
+
+    assert len(outbox.path.read_text().splitlines()) < 12
+    (left,) = Outbox(outbox.path).pending()
+    assert (left.id, left.attempts, left.last_error, left.next_attempt_at) == (
+        kept.id,
+        1,
+        "HTTP 502",
+        42.0,
+    )
 
 
 def test_outbox_torn_trailing_line_skipped_with_warning(
