@@ -154,10 +154,7 @@ class Accumulator:
             problems=MappingProxyType(problems),
         )
 
-    def _to_ms(self, unit: str | None, bounds: tuple[float, ...]) -> Bounds | None:
-        scale = _UNIT_TO_MS.get(unit)
-        if scale is None:
-            return None
+    def _to_ms(self, scale: float, bounds: tuple[float, ...]) -> Bounds:
         key = (scale, bounds)
         cached = self._bounds_ms.get(key)
         if cached is None:
@@ -180,23 +177,44 @@ class Accumulator:
                 "(configure ExplicitBucketHistogramAggregation in a View)"
             )
             return
+        scale = _UNIT_TO_MS.get(unit)
+        if scale is None:
+            problems[name] = f"{name} has unit {unit!r}; expected 's' or 'ms'"
+            return
         delta = data.aggregation_temporality == AggregationTemporality.DELTA
+        requests = name == REQUEST_DURATION
+        raw_bounds: object = None
+        bounds: Bounds = ()
         for point in data.data_points:
             attrs = point.attributes or {}
-            bounds = self._to_ms(unit, tuple(point.explicit_bounds))
-            counts: Counts = tuple(point.bucket_counts)
-            if bounds is None:
-                problems[name] = f"{name} has unit {unit!r}; expected 's' or 'ms'"
-                return
-            if len(counts) != len(bounds) + 1:
-                problems[name] = f"{name} has {len(counts)} bucket counts for {len(bounds)} bounds"
-                continue
-            if name == REQUEST_DURATION:
+            cohort: CohortKey | None = None
+            if requests:
                 flag, variant = attrs.get(_FLAG), attrs.get(_VARIANT)
                 if not isinstance(flag, str) or not isinstance(variant, str):
                     continue  # a request no canary flag decided: not ours to judge
-                self.flags.add(flag)
-                classes = self._requests.setdefault((flag, variant), {})
+                cohort = (flag, variant)
+            if point.explicit_bounds is not raw_bounds:  # the SDK shares one tuple per view
+                raw_bounds = point.explicit_bounds
+                bounds = self._to_ms(scale, tuple(point.explicit_bounds))
+            counts: Counts = tuple(point.bucket_counts)
+            if len(counts) != len(bounds) + 1:
+                problems[name] = f"{name} has {len(counts)} bucket counts for {len(bounds)} bounds"
+                continue
+            increase = counts
+            if not delta:
+                key = (*prefix, _attrs_key(attrs))
+                start = point.start_time_unix_nano
+                seen[key] = (start, bounds, counts)
+                last = self._last_hist.get(key)
+                if last is not None and last[0] == start and last[1] == bounds:
+                    if counts == last[2]:
+                        continue  # an idle series: nothing to add
+                    diff = tuple(map(sub, counts, last[2]))
+                    if min(diff) >= 0:  # any bucket going down is a reset
+                        increase = diff
+            if cohort is not None:
+                self.flags.add(cohort[0])
+                classes = self._requests.setdefault(cohort, {})
                 class_key = (_status_class(attrs.get(_STATUS)), bounds)
                 total = classes.get(class_key)
                 if total is None:
@@ -205,18 +223,6 @@ class Accumulator:
                 total = self._lag.get(bounds)
                 if total is None:
                     total = self._lag[bounds] = [0] * len(counts)
-            if delta:
-                increase = counts
-            else:
-                key = (*prefix, _attrs_key(attrs))
-                start = point.start_time_unix_nano
-                seen[key] = (start, bounds, counts)
-                last = self._last_hist.get(key)
-                increase = counts
-                if last is not None and last[0] == start and last[1] == bounds:
-                    diff = tuple(map(sub, counts, last[2]))
-                    if min(diff) >= 0:  # any bucket going down is a reset
-                        increase = diff
             total[:] = map(add, total, increase)
 
     def _counter(

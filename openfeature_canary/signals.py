@@ -171,8 +171,11 @@ class InProcessSignalSource:
     plan threshold as a bound, so "P95 > T" is exact. Snapshots older than ``retention_s`` (beyond
     the one anchoring the longest window) and beyond ``max_snapshots`` are dropped. Thread-safe.
 
+    >>> from opentelemetry.sdk.metrics import MeterProvider
     >>> from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-    >>> source = InProcessSignalSource(InMemoryMetricReader())
+    >>> reader = InMemoryMetricReader()
+    >>> provider = MeterProvider(metric_readers=[reader])
+    >>> source = InProcessSignalSource(reader)
     >>> source.snapshot(0.0)
     >>> source.read("my-flag", "requests", 60, 0.0).value is None   # no span yet
     True
