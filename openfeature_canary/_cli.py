@@ -42,6 +42,7 @@ from openfeature_canary._errors import (
     UnknownFlagError,
 )
 from openfeature_canary._render import render_plan_markdown
+from openfeature_canary._runtime import build_effects
 from openfeature_canary._state import RolloutState
 from openfeature_canary._store import StateStore, open_store
 from openfeature_canary.clock import Clock, SystemClock
@@ -308,11 +309,18 @@ def _cmd_transition(args: argparse.Namespace, io: _Io) -> int:
             "the store is memory://, so this change is not kept after the command "
             "(give --store file:///path/state.json or set `store` in the plan)"
         )
+    # The same effects as an automatic decision: a telemetry event through the durable
+    # outbox and the reports (an operator's rollback lands in canary_abort.md too).
+    _effects, _reports, sender = build_effects(rollout, environ=os.environ)
     ctl = rollout.controller(flag.key)
     state = _ACTIONS[command](ctl, reason)
     io.print(state_line(flag, state))
+    if sender is not None and sender.client is not None and not sender.flush(_FLUSH_S):
+        io.warn("the telemetry event is queued in the outbox; it will be sent later")
     return EXIT_OK
 
+
+_FLUSH_S: Final = 5.0
 
 _ACTIONS: Final[dict[str, Callable[[Controller, str | None], RolloutState]]] = {
     "start": lambda ctl, _: ctl.start(),

@@ -151,6 +151,7 @@ def _abort_record(old: RolloutState, new: RolloutState, entry: LogEntry) -> Abor
         value=num("value"),
         threshold=num("threshold"),
         window_s=num("window_s"),
-        n=int(num("n") or 0),
+        n=None if num("n") is None else int(num("n") or 0),
+        signal=str(n["signal"]) if n.get("signal") is not None else None,
         last_decisions=new.log[-8:],
     )

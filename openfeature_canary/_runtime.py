@@ -17,14 +17,14 @@ from opentelemetry.metrics import MeterProvider
 from openfeature_canary._autopilot import Autopilot, SignalReader
 from openfeature_canary._controller import Rollout
 from openfeature_canary._effects import Effects, EventSink
-from openfeature_canary._ingest import IngestClient, TelemetrySender, redact_url
+from openfeature_canary._ingest import IngestClient, IngestError, TelemetrySender
 from openfeature_canary._outbox import Outbox
 from openfeature_canary._render import render_plan_markdown
 from openfeature_canary._reports import ReportWriter
 from openfeature_canary._rollout_metrics import RolloutMetrics
 from openfeature_canary._store import FileStateStore
 
-__all__ = ["Runtime", "build_runtime", "outbox_path_for"]
+__all__ = ["Runtime", "build_effects", "build_runtime", "outbox_path_for"]
 
 log = logging.getLogger("openfeature_canary")
 
@@ -57,6 +57,37 @@ def outbox_path_for(rollout: Rollout, reports_dir: Path) -> Path:
     return reports_dir / "telemetry-outbox.jsonl"
 
 
+def build_effects(
+    rollout: Rollout,
+    *,
+    environ: Mapping[str, str],
+    meter_provider: MeterProvider | None = None,
+    events: EventSink | None = None,
+    reports_dir: str | Path | None = None,
+    transport: Any = None,
+) -> tuple[Effects, ReportWriter, TelemetrySender | None]:
+    """Register the transition effects (telemetry event, reports) on ``rollout``.
+
+    Unless ``events`` is given, telemetry events go through a durable outbox to
+    ``POST {url}/telemetry/ingest`` (the plan's ``url`` or ``url_env`` read from ``environ``);
+    without a URL they wait in the outbox. The returned sender is not started.
+    """
+    plan = rollout.plan
+    folder = Path(reports_dir or plan.reports.dir)
+    reports = ReportWriter(folder)
+    sender: TelemetrySender | None = None
+    if events is None:
+        url = plan.telemetry.resolve_url(environ)
+        client = _client(url, plan.telemetry.app, plan.telemetry.timeout_s, transport)
+        sender = TelemetrySender(
+            Outbox(outbox_path_for(rollout, folder)), client, counters=_counters(meter_provider)
+        )
+        events = sender
+    effects = Effects(events=events, reports=reports)
+    rollout.add_listener(effects)
+    return effects, reports, sender
+
+
 def build_runtime(
     rollout: Rollout,
     signals: SignalReader,
@@ -67,37 +98,37 @@ def build_runtime(
     reports_dir: str | Path | None = None,
     transport: Any = None,
 ) -> Runtime:
-    """Wire an :class:`Autopilot` for ``rollout`` with the plan's telemetry and reports.
-
-    Unless ``events`` is given, telemetry events go through a durable outbox to
-    ``POST {url}/telemetry/ingest`` (the plan's ``url`` or ``url_env`` read from ``environ``);
-    without a URL they wait in the outbox. ``canary_plan.md`` is written at once.
-    """
-    plan = rollout.plan
-    folder = Path(reports_dir or plan.reports.dir)
-    reports = ReportWriter(folder)
-    reports.write_plan(render_plan_markdown(plan))
-    sender: TelemetrySender | None = None
-    if events is None:
-        url = plan.telemetry.resolve_url(environ)
-        client = (
-            IngestClient(
-                url, app=plan.telemetry.app, timeout_s=plan.telemetry.timeout_s, transport=transport
-            )
-            if url
-            else None
-        )
-        if url:
-            log.info("telemetry events go to %s/telemetry/ingest", redact_url(url))
-        sender = TelemetrySender(
-            Outbox(outbox_path_for(rollout, folder)), client, counters=_counters(meter_provider)
-        )
-        events = sender
-    effects = Effects(events=events, reports=reports)
-    rollout.add_listener(effects)
+    """Wire an :class:`Autopilot` for ``rollout`` with the plan's telemetry and reports
+    (see :func:`build_effects`) and the controller's metrics; ``canary_plan.md`` is written."""
+    effects, reports, sender = build_effects(
+        rollout,
+        environ=environ,
+        meter_provider=meter_provider,
+        events=events,
+        reports_dir=reports_dir,
+        transport=transport,
+    )
+    reports.write_plan(render_plan_markdown(rollout.plan))
     autopilot = Autopilot(rollout, signals, effects=effects)
     metrics = RolloutMetrics(rollout, autopilot, meter_provider)
     return Runtime(autopilot, reports, sender, metrics)
+
+
+def _client(url: str | None, app: str, timeout_s: float, transport: Any) -> IngestClient | None:
+    """The ingest client, or ``None`` (events wait in the outbox) when the URL is unusable.
+
+    A bad URL must not stop a service from serving its flags: it is logged loudly, and the
+    events are kept until the URL is fixed and the process restarted.
+    """
+    if not url:
+        return None
+    try:
+        client = IngestClient(url, app=app, timeout_s=timeout_s, transport=transport)
+    except IngestError as exc:
+        log.error("telemetry ingest disabled, events stay in the outbox: %s", exc)
+        return None
+    log.info("telemetry events go to %s", client.display_url)
+    return client
 
 
 def _counters(meter_provider: MeterProvider | None) -> Any:

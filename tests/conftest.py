@@ -35,6 +35,12 @@ def example_plan_path() -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _run_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs in its own folder, so reports and outboxes never land in the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
 def _clean_openfeature_api() -> Iterator[None]:
     """Each test gets a fresh global OpenFeature API (providers, hooks, handlers)."""
     from openfeature import api

@@ -492,3 +492,24 @@ def test_console_script_runs_commands_and_reports_errors(example_plan_path, tmp_
     refused = run_script("resume", READ)
     assert refused.returncode == 1
     assert refused.stderr == f"openfeature-canary: error: cannot resume {READ}: it is running\n"
+
+
+def test_rollback_by_operator_sends_event_and_appends_abort_report(
+    tmp_path, monkeypatch, example_plan_path
+):
+    from openfeature_canary._ingest_server import IngestServer
+
+    flag = "dataservice-read-canary"
+    store = f"file://{tmp_path}/state.json"
+    common = ["--plan", str(example_plan_path), "--store", store]
+    with IngestServer() as server:
+        monkeypatch.setenv("A8_URL", server.url)
+        assert main(["start", flag, *common]) == 0
+        assert main(["rollback", flag, "--reason", "manual_check", *common]) == 0
+        rollbacks = server.named("canary_rollback")
+    assert len(rollbacks) == 1
+    assert rollbacks[0]["app"] == "scholarship_api"
+    props = rollbacks[0]["properties"]
+    assert (props["from_pct"], props["reason"], props["flag"]) == (5, "manual_check", flag)
+    abort = (tmp_path / "canary-reports" / "canary_abort.md").read_text()
+    assert "manual_check" in abort and flag in abort
