@@ -193,6 +193,10 @@ class InProcessSignalSource:
         self._acc = Accumulator()
         self._lock = threading.Lock()
         self._cache: dict[tuple[float, float, str, str], _HistWindow] = {}
+        # (time, message) of the latest snapshot attempt if it failed: readings that reach
+        # that time carry the error, so a dead reader trips ``on_error`` instead of serving
+        # stale windows that look quiet.
+        self._failure: tuple[float, str] | None = None
 
     @property
     def retention_s(self) -> float:
@@ -202,8 +206,9 @@ class InProcessSignalSource:
     def snapshot(self, now: float) -> None:
         """Collect from the reader once and store the cumulative state at ``now``.
 
-        Raises ``SignalSourceError`` when the reader fails (nothing is stored then) and
-        ``ValueError`` when ``now`` is before the newest snapshot.
+        Raises ``SignalSourceError`` when the reader fails: nothing is stored, and until a
+        snapshot succeeds again every reading that reaches ``now`` carries the error.
+        Raises ``ValueError`` when ``now`` is before the newest snapshot.
         """
         _check_time("now", now)
         with self._lock:
@@ -215,7 +220,10 @@ class InProcessSignalSource:
                 data = self._reader.get_metrics_data()
                 snap = self._acc.ingest(data, now)
             except Exception as exc:
-                raise SignalSourceError(f"in-process metric reader failed: {exc!r}") from exc
+                message = f"in-process metric reader failed: {exc!r}"
+                self._failure = (now, message)
+                raise SignalSourceError(message) from exc
+            self._failure = None
             self._ring.add(snap)
             self._cache.clear()
 
@@ -232,6 +240,9 @@ class InProcessSignalSource:
         _check_time("now", now)
         with self._lock:
             span = self._span(now - window_s, now)
+            failure = self._failed_by(now)
+            if failure is not None:
+                return _empty(signal, span, now, failure)
             return self._compute(flag_key, signal, variant, base, span, now)
 
     def read_between(self, flag_key: str, signal: str, start: float, end: float) -> SignalReading:
@@ -246,7 +257,11 @@ class InProcessSignalSource:
         if start > end:
             raise ValueError(f"start {start} is after end {end}")
         with self._lock:
-            return self._compute(flag_key, signal, variant, base, self._span(start, end), end)
+            span = self._span(start, end)
+            failure = self._failed_by(end)
+            if failure is not None:
+                return _empty(signal, span, end, failure)
+            return self._compute(flag_key, signal, variant, base, span, end)
 
     def count_beyond(
         self,
@@ -276,6 +291,9 @@ class InProcessSignalSource:
         _check_time("now", now)
         with self._lock:
             span = self._span(now - window_s, now)
+            failure = self._failed_by(now)
+            if failure is not None:
+                return _empty(signal, span, now, failure)
             if span is None or span[0] is span[1]:
                 return _empty(signal, span, now)
             old, new = span
@@ -296,6 +314,11 @@ class InProcessSignalSource:
             return tuple(sorted(self._acc.flags))
 
     # -- internals (called with the lock held) --------------------------------------------
+
+    def _failed_by(self, at: float) -> str | None:
+        if self._failure is not None and self._failure[0] <= at:
+            return f"{self._failure[1]} (latest snapshot attempt, at {self._failure[0]:g})"
+        return None
 
     def _span(self, start: float, end: float) -> tuple[Snapshot, Snapshot] | None:
         last = self._ring.at_or_before(end)

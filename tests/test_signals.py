@@ -139,9 +139,17 @@ class ScriptedReader:
         return self._collections.pop(0)
 
 
-class FailingReader:
+class FlakyReader:
+    """A real reader that can be made to fail: a collector crash is not producible on demand."""
+
+    def __init__(self, reader: InMemoryMetricReader) -> None:
+        self.reader = reader
+        self.failing = False
+
     def get_metrics_data(self) -> MetricsData | None:
-        raise RuntimeError("collector is gone")
+        if self.failing:
+            raise RuntimeError("collector is gone")
+        return self.reader.get_metrics_data()
 
 
 def _collection(points: Sequence[tuple[str, int, Sequence[int]]]) -> MetricsData:
@@ -624,11 +632,30 @@ def test_retention_drops_old_snapshots_but_keeps_window_anchor() -> None:
     assert capped.read(FLAG, "requests", 100, 9.0).window_s == 2.0
 
 
-def test_snapshot_reader_failure_raises_signal_source_error() -> None:
-    source = InProcessSignalSource(FailingReader())
+def test_snapshot_reader_failure_raises_and_marks_readings_until_recovery() -> None:
+    app, clock = App(), ManualClock()
+    reader = FlakyReader(app.reader)
+    source = InProcessSignalSource(reader)
+    source.snapshot(clock.now())
+    app.requests([0.12] * 10)
+    source.snapshot(clock.advance(60))
+    reader.failing = True
     with pytest.raises(SignalSourceError, match="collector is gone") as info:
-        source.snapshot(0.0)
+        source.snapshot(clock.advance(60))
     assert isinstance(info.value.__cause__, RuntimeError)
+    now = clock.now()
+    # the stale history must not look like a quiet minute: every current reading has the error
+    stale = source.read(FLAG, "requests", 120, now)
+    assert stale.value is None and stale.error is not None and "collector is gone" in stale.error
+    lag = source.count_beyond(FLAG, "event_loop_lag_ms", 300, True, 60, now)
+    assert lag.error is not None
+    # a window that closed before the failure can still be judged
+    assert source.read_between(FLAG, "requests", 0, 60).value == 10
+    assert source.read_between(FLAG, "requests", 0, now).error is not None
+    reader.failing = False
+    source.snapshot(clock.advance(60))
+    recovered = source.read(FLAG, "requests", 180, clock.now())
+    assert (recovered.value, recovered.error) == (10, None)
 
 
 def test_snapshot_time_going_backwards_raises_value_error() -> None:
