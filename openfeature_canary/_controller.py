@@ -74,7 +74,21 @@ class Controller:
         self.flag = flag
         self.key = flag.key
         self._rollout = rollout
-        self._state = rollout.store.load(flag.key) or RolloutState(flag_key=flag.key)
+        try:
+            stored = rollout.store.load(flag.key)
+        except StateStoreError:
+            if not rollout.serve_unreadable:
+                raise
+            # Serving must not depend on a readable store: start on the safe side (0 %);
+            # commands will report the store error until it is repaired.
+            log.critical(
+                "%s: cannot read %s; serving 0 %% until it is repaired",
+                flag.key,
+                rollout.store.url,
+                exc_info=True,
+            )
+            stored = None
+        self._state = stored or RolloutState(flag_key=flag.key)
         self._mutex = threading.RLock()
         self.decider: Decider | None = None
 
@@ -236,7 +250,13 @@ class Controller:
     ) -> RolloutState:
         with self._mutex:
             for _ in range(_CAS_RETRIES):
-                current = self._rollout.store.load(self.key) or self._state
+                try:
+                    current = self._rollout.store.load(self.key) or self._state
+                except StateStoreError:
+                    if sticky_on_store_error:  # an unreadable store must not block a rollback
+                        self._check_allowed(command, self._state)
+                        self._force_local(self._state, build(self._state))
+                    raise
                 if current.version < self._state.version:
                     current = self._state
                 self._check_allowed(command, current)
@@ -270,6 +290,10 @@ class Controller:
     def _check_allowed(self, command: str, current: RolloutState) -> None:
         if current.status in ALLOWED[command]:
             return
+        if _already(command, current.status):
+            raise TransitionError(
+                f"cannot {command} {self.key}: it is {current.status.value} already"
+            )
         msg = f"cannot {command} {self.key}: it is {current.status.value}"
         if current.status is Status.ROLLED_BACK and current.reason:
             msg += f" (reason: {current.reason})"
@@ -315,10 +339,20 @@ class Controller:
         )
 
 
+def _already(command: str, status: Status) -> bool:
+    return (command, status) in {
+        ("pause", Status.PAUSED),
+        ("rollback", Status.ROLLED_BACK),
+        ("reset", Status.PENDING),
+        ("start", Status.RUNNING),
+    }
+
+
 class Rollout:
     """The controllers of one plan, sharing a store and a clock.
 
     ``store`` is a :class:`StateStore` or a URL (``memory://``, ``file:///path``).
+    ``serve_unreadable``: see the attribute.
     """
 
     def __init__(
@@ -327,10 +361,14 @@ class Rollout:
         *,
         store: StateStore | str = "memory://",
         clock: Clock | None = None,
+        serve_unreadable: bool = False,
     ) -> None:
         self.plan = plan
         self.store = open_store(store) if isinstance(store, str) else store
         self.clock: Clock = clock or SystemClock()
+        #: True (the provider) starts flags whose stored state cannot be read at 0 % instead
+        #: of raising: serving the old path beats not serving at all.
+        self.serve_unreadable = serve_unreadable
         self._listeners: list[TransitionListener] = []
         self._controllers = {key: Controller(flag, self) for key, flag in plan.flags.items()}
 

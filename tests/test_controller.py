@@ -84,12 +84,12 @@ EXPECTED: dict[tuple[str, Status], tuple[Status, int, float, str, str]] = {
 
 # (command, from status) -> what the refusal must say besides "cannot <command> <flag>: it is <s>"
 REFUSED: dict[tuple[str, Status], str] = {
-    ("start", Status.RUNNING): "",
+    ("start", Status.RUNNING): "already",
     ("start", Status.PAUSED): "resume it first",
     ("start", Status.COMPLETED): "reset it to run again",
     ("start", Status.ROLLED_BACK): "(reason: p95_breach); reset it first",
     ("pause", Status.PENDING): "start it first",
-    ("pause", Status.PAUSED): "",
+    ("pause", Status.PAUSED): "already",
     ("pause", Status.COMPLETED): "reset it to run again",
     ("pause", Status.ROLLED_BACK): "reset it first",
     ("resume", Status.PENDING): "start it first",
@@ -99,8 +99,8 @@ REFUSED: dict[tuple[str, Status], str] = {
     ("promote", Status.PENDING): "start it first",
     ("promote", Status.COMPLETED): "reset it to run again",
     ("promote", Status.ROLLED_BACK): "(reason: p95_breach); reset it first",
-    ("rollback", Status.ROLLED_BACK): "reset it first",
-    ("reset", Status.PENDING): "start it first",
+    ("rollback", Status.ROLLED_BACK): "already",
+    ("reset", Status.PENDING): "already",
 }
 
 

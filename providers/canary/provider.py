@@ -106,7 +106,10 @@ class CanaryProvider(AbstractProvider):
         super().__init__()
         self.plan = plan if isinstance(plan, RolloutPlan) else load_plan(plan)
         self.rollout = Rollout(
-            self.plan, store=store or self.plan.store or "memory://", clock=clock
+            self.plan,
+            store=store or self.plan.store or "memory://",
+            clock=clock,
+            serve_unreadable=True,
         )
         self.meter_provider = meter_provider
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
