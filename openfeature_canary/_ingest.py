@@ -428,10 +428,12 @@ class TelemetrySender:
             return delivered
 
     def _deliver(self, client: IngestClient, batch: list[OutboxEvent]) -> bool:
-        self.counters.sent(len(batch))
+        # ``sent`` is counted once the outcome is known, together with ``accepted``: counted
+        # before the POST, a scrape in between would see an in-flight batch as refused.
         try:
             client.send(batch)
         except IngestError as exc:
+            self.counters.sent(len(batch))
             attempts = max(e.attempts for e in batch) + 1
             delay = self.backoff_s(attempts)
             retry_at = self._clock() + delay
@@ -450,6 +452,7 @@ class TelemetrySender:
             except CanaryError as record_exc:
                 log.error("telemetry: cannot record the failed attempt: %s", record_exc)
             return False
+        self.counters.sent(len(batch))
         self.counters.accepted(len(batch))
         self._hold_until = float("-inf")
         try:
