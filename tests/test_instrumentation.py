@@ -67,6 +67,19 @@ def counts(reader: InMemoryMetricReader, name: str) -> dict[frozenset[tuple[str,
     }
 
 
+def settled_counts(
+    reader: InMemoryMetricReader, name: str, total: float
+) -> dict[frozenset[tuple[str, Any]], float]:
+    """``counts`` once they add up to ``total``: the server records a request after the
+    client already has the whole response, so the last one may land a moment later."""
+    deadline = time.monotonic() + 5
+    while True:
+        got = counts(reader, name)
+        if sum(got.values()) >= total or time.monotonic() > deadline:
+            return got
+        time.sleep(0.005)
+
+
 @pytest.fixture
 def reader() -> InMemoryMetricReader:
     return InMemoryMetricReader()
@@ -252,13 +265,13 @@ def test_canary_middleware_under_uvicorn_records_variant_status_and_route(
     base = serve(CanaryMiddleware(_starlette(client), flag_key=FLAG, meter_provider=mp))
 
     with httpx.Client(base_url=base, timeout=10) as http:
+        assert http.get("/health").status_code == 200  # first, so a wrong record would show
         assert http.get(f"/dash/{on}").text == "new"
         assert http.get(f"/dash/{off}").text == "old"
         assert http.get(f"/dash/{off}").text == "old"
         assert http.get(f"/sync/{on}").text == "new"
         assert http.get(f"/fail/{off}").status_code == 503
         assert http.get(f"/boom/{on}").status_code == 500
-        assert http.get("/health").status_code == 200
 
     def key(variant: str, status: int, route: str) -> frozenset[tuple[str, Any]]:
         return frozenset(
@@ -271,7 +284,7 @@ def test_canary_middleware_under_uvicorn_records_variant_status_and_route(
             }.items()
         )
 
-    assert counts(reader, DURATION) == {
+    assert settled_counts(reader, DURATION, 6) == {
         key("on", 200, "/dash/{user}"): 1,
         key("off", 200, "/dash/{user}"): 2,
         key("on", 200, "/sync/{user}"): 1,
@@ -294,7 +307,7 @@ def test_canary_middleware_record_unevaluated_records_without_variant(
         "http.request.method": "GET",
         "http.route": "/health",
     }
-    assert counts(reader, DURATION) == {frozenset(attrs.items()): 1}
+    assert settled_counts(reader, DURATION, 1) == {frozenset(attrs.items()): 1}
 
 
 # --------------------------------------------------------------------------- shadow compare
