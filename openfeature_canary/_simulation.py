@@ -67,9 +67,12 @@ class CohortModel:
 
 #: What each fault does to the canary cohort (or to the process, for ``lag``).
 FAULT_MODELS: Final = {
-    "latency": CohortModel(median_ms=150.0, p95_ms=190.0, error_rate=0.0002),  # P95 > 150
-    "errors": CohortModel(median_ms=70.0, p95_ms=105.0, error_rate=0.02),  # 5xx ≥ 0.5 %
-    "slow-gate": CohortModel(median_ms=105.0, p95_ms=145.0, error_rate=0.0002),  # gate, not trigger
+    # Every canary request slower than 150 ms: the windowed P95 breaches within one tick.
+    "latency": CohortModel(median_ms=210.0, p95_ms=260.0),
+    # DataService answers 503 to a quarter of the reads.
+    "errors": CohortModel(median_ms=70.0, p95_ms=105.0, error_rate=0.25),
+    # P95 ≈ 145 ms: over stage 2's 140 ms gate, under the 150 ms hard trigger.
+    "slow-gate": CohortModel(median_ms=105.0, p95_ms=145.0),
 }
 
 
@@ -78,11 +81,11 @@ class Fault:
     """Misbehaviour of ``flag_key``'s canary once it runs at stage ``at_stage`` or later,
     starting ``after_s`` into that stage and lasting ``duration_s`` (``None``: for good).
 
-    ``latency``: canary P95 ≈ 190 ms (hard trigger ``p95_breach`` after 5 min);
-    ``errors``: 2 % 5xx (``error_rate_breach`` after 2 min); ``mismatch``: 2 % of the shadow
+    ``latency``: canary P95 ≈ 260 ms (hard trigger ``p95_breach`` after 5 min);
+    ``errors``: 25 % 5xx (``error_rate_breach`` after 2 min); ``mismatch``: 2 % of the shadow
     comparisons of canary reads disagree (``ledger_mismatch`` at once); ``lag``: the event
     loop stalls 400 ms once a minute (``event_loop_lag`` on the second stall); ``ingest``: the
-    telemetry ingest refuses 3 % of the service's events (``telemetry_acceptance``);
+    telemetry ingest refuses 25 % of the service's events (``telemetry_acceptance``);
     ``slow-gate``: canary P95 ≈ 145 ms, under the hard trigger but over stage 2's 140 ms gate.
     """
 
@@ -160,9 +163,9 @@ class SimulatedService:
                     if self.first_mismatch_at is None:
                         self.first_mismatch_at = self.rollout.clock.now()
                 shadow_compare(flag_key, "same", shadow, meter_provider=self.meter_provider)
-        # The service's own telemetry: one event per ten requests to the ingest.
-        events = max(1, count // 10)
-        refused = sum(rng.random() < 0.03 for _ in range(events)) if kind == "ingest" else 0
+        # The service's own telemetry: one event per request to the ingest.
+        events = count
+        refused = events // 4 if kind == "ingest" else 0
         self._ingest.sent(events)
         if events - refused:
             self._ingest.accepted(events - refused)
@@ -179,7 +182,8 @@ class Simulation:
     """Drives virtual time: traffic, then a clock step, then a policy tick — until done.
 
     The request rate of each flag adapts to its stage so that every gate window sees about
-    four times its ``min_samples`` canary requests (a real service's traffic is what it is;
+    four times its ``min_samples`` canary requests, and at least ``min_canary_rps`` canary
+    requests a second reach the trigger windows (a real service's traffic is what it is;
     the demo's is chosen to be judged quickly).
     """
 
@@ -191,6 +195,7 @@ class Simulation:
         *,
         tick_s: float | None = None,
         base_rps: float = 1.0,
+        min_canary_rps: float = 2.0,
         max_rps: float = 100.0,
     ) -> None:
         self.rollout = rollout
@@ -198,6 +203,7 @@ class Simulation:
         self.service = service
         self.tick_s = tick_s or min(c.flag.tick_s for c in rollout.controllers())
         self.base_rps = base_rps
+        self.min_canary_rps = min_canary_rps
         self.max_rps = max_rps
         self._last_stall = -math.inf
         self.ticks = 0
@@ -208,7 +214,8 @@ class Simulation:
         if state.status is not Status.RUNNING or state.percent <= 0:
             return self.base_rps
         stage = flag.stage(state.stage)
-        wanted = 4 * stage.min_samples / (state.percent / 100.0 * stage.window_s)
+        share = state.percent / 100.0
+        wanted = max(4 * stage.min_samples / (share * stage.window_s), self.min_canary_rps / share)
         return min(self.max_rps, max(self.base_rps, wanted))
 
     def step(self) -> None:

@@ -1,0 +1,130 @@
+"""A whole rollout in virtual time, with real components, for the end-to-end tests.
+
+Real: the OpenFeature client, CanaryProvider, MetricsHook, the OpenTelemetry SDK and its
+in-process reader, InProcessSignalSource, the policy, the outbox and an ingest server on
+127.0.0.1. Simulated: the service (latency and errors per cohort) and the clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from openfeature import api
+from openfeature.contrib.hook.canary import MetricsHook
+from openfeature.contrib.provider.canary import CanaryProvider
+from openfeature.event import EventDetails, ProviderEvent
+
+from openfeature_canary import ManualClock, RolloutPlan, Status
+from openfeature_canary._ingest_server import IngestServer
+from openfeature_canary._simulation import Fault, SimulatedService, Simulation
+from openfeature_canary.signals import InProcessSignalSource
+from openfeature_canary.telemetry import Telemetry, setup_telemetry
+
+START = 1_800_000_000.0
+FLAG = "dataservice-read-canary"
+PHASE2 = "dataservice-user-read-canary"
+
+
+@dataclass
+class World:
+    plan: RolloutPlan
+    clock: ManualClock
+    telemetry: Telemetry
+    server: IngestServer
+    provider: CanaryProvider
+    service: SimulatedService
+    sim: Simulation
+    reports: Path
+    events: list[EventDetails] = field(default_factory=list)
+    #: Every decision of every flag: (flag, action, reason, virtual seconds since START).
+    decisions: list[tuple[str, str, str, float]] = field(default_factory=list)
+
+    def _record(self, old: Any, new: Any) -> None:
+        fresh = new.log[-(new.version - old.version) :] if new.version > old.version else ()
+        for e in fresh:
+            self.decisions.append((new.flag_key, e.action, e.reason, e.at - START))
+
+    @property
+    def rollout(self) -> Any:
+        return self.provider.rollout
+
+    def state(self, flag: str = FLAG) -> Any:
+        return self.provider.controller(flag).state
+
+    def promote_to(self, stage: int, flag: str = FLAG) -> None:
+        """Operator: start and promote until ``stage`` (no waiting for gates)."""
+        ctl = self.provider.controller(flag)
+        ctl.start()
+        while ctl.state.stage < stage:
+            ctl.promote()
+
+    def run_for(self, seconds: float) -> None:
+        end = self.clock.now() + seconds
+        while self.clock.now() < end:
+            self.sim.step()
+
+    def run_until_status(self, status: Status, max_s: float, flag: str = FLAG) -> float | None:
+        """Step until ``flag`` has ``status``; the virtual time it happened, or None."""
+        end = self.clock.now() + max_s
+        while self.clock.now() < end:
+            self.sim.step()
+            if self.state(flag).status is status:
+                return self.clock.now()
+        return None
+
+    def close(self) -> None:
+        # Another world's api.shutdown() may already have dropped the handler.
+        with contextlib.suppress(ValueError):
+            api.remove_handler(ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, self.events.append)
+        if self.provider.runtime is not None and self.provider.runtime.sender is not None:
+            self.provider.runtime.sender.stop()
+        api.clear_hooks()
+        api.shutdown()
+        self.server.stop()
+        self.telemetry.shutdown()
+
+
+def make_world(
+    plan: RolloutPlan,
+    tmp_path: Path,
+    *,
+    fault: Fault | None = None,
+    store: str = "memory://",
+    max_rps: float = 100.0,
+    min_canary_rps: float = 2.0,
+    seed: int = 7,
+) -> World:
+    clock = ManualClock(start=START)
+    telemetry = setup_telemetry(plan)
+    server = IngestServer().start()
+    reports = tmp_path / "reports"
+    provider = CanaryProvider(
+        plan,
+        store=store,
+        clock=clock,
+        meter_provider=telemetry.meter_provider,
+        environ={"A8_URL": server.url},
+        signals=InProcessSignalSource(telemetry.reader),
+        reports_dir=reports,
+        background=False,
+    )
+    events: list[EventDetails] = []
+    api.set_provider_and_wait(provider)
+    api.add_handler(ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, events.append)
+    api.add_hooks([MetricsHook(meter_provider=telemetry.meter_provider)])
+    service = SimulatedService(
+        api.get_client(),
+        provider.rollout,
+        meter_provider=telemetry.meter_provider,
+        fault=fault,
+        seed=seed,
+    )
+    sim = Simulation(
+        provider.rollout, clock, service, max_rps=max_rps, min_canary_rps=min_canary_rps
+    )
+    world = World(plan, clock, telemetry, server, provider, service, sim, reports, events)
+    provider.rollout.add_listener(world._record)
+    return world

@@ -1,0 +1,297 @@
+"""The reference plan running by itself, in virtual time, through real components."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from e2e_world import FLAG, PHASE2, START, World, make_world
+from openfeature import api
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.flag_evaluation import Reason
+
+from openfeature_canary import RolloutPlan, Status, load_plan
+from openfeature_canary._simulation import Fault
+from openfeature_canary.plan import FlagPlan
+
+STAGE_ACTIONS = ("start", "advance", "complete")
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "canary_plan.toml"
+
+
+@pytest.fixture(scope="module")
+def plan() -> RolloutPlan:
+    return load_plan(EXAMPLE)
+
+
+@pytest.fixture
+def worlds() -> Iterator[list[World]]:
+    made: list[World] = []
+    yield made
+    for world in made:
+        world.close()
+
+
+def with_flag(plan: RolloutPlan, key: str, **changes: object) -> RolloutPlan:
+    flags = dict(plan.flags)
+    flags[key] = replace(plan.flag(key), **changes)  # type: ignore[arg-type]
+    return replace(plan, flags=flags)
+
+
+def test_healthy_traffic_completes_both_phases_at_the_planned_times(
+    plan: RolloutPlan, tmp_path: Path, worlds: list[World]
+) -> None:
+    world = make_world(plan, tmp_path)
+    worlds.append(world)
+    world.provider.controller(FLAG).start()
+    assert world.run_until_status(Status.COMPLETED, 60 * 3600, flag=PHASE2)
+
+    for key in (FLAG, PHASE2):
+        assert world.state(key).status is Status.COMPLETED
+        assert world.state(key).percent == 100
+    # Stage ends, from the decision log: 10 min, +30 min, +60 min, +24 h; phase 2 right after.
+    starts = {
+        key: [(a, at) for f, a, _, at in world.decisions if f == key and a in STAGE_ACTIONS]
+        for key in (FLAG, PHASE2)
+    }
+    end1 = 600 + 1800 + 3600 + 86400
+    assert starts[FLAG] == [
+        ("start", 0),
+        ("advance", 600),
+        ("advance", 2400),
+        ("advance", 6000),
+        ("complete", end1),
+    ]
+    assert [a for a, _ in starts[PHASE2]] == ["start", "advance", "advance", "advance", "complete"]
+    assert starts[PHASE2][0][1] == end1
+    assert starts[PHASE2][-1][1] == 2 * end1
+
+    results = (world.reports / "canary_results.md").read_text()
+    for key in (FLAG, PHASE2):
+        assert key in results
+    assert results.count("gate_passed") == 8
+    assert world.provider.runtime is not None and world.provider.runtime.sender is not None
+    assert world.provider.runtime.sender.flush(10.0)
+    names = [e["event_name"] for e in world.server.events]
+    assert names.count("canary_completed") == 2
+    assert "canary_rollback" not in names
+
+
+# trigger -> (fault, earliest, latest) detection after the fault's onset, in virtual seconds
+TRIGGERS = {
+    "p95_breach": ("latency", 300, 310),  # sustained 5 min: not before, by 5 min + one tick
+    "error_rate_breach": ("errors", 120, 130),
+    "event_loop_lag": ("lag", 60, 70),  # the second stall comes 60 s after the first
+    "telemetry_acceptance": ("ingest", 0, 10),
+}
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3, 4])
+@pytest.mark.parametrize("trigger", [*TRIGGERS, "ledger_mismatch"])
+def test_each_trigger_at_each_stage_rolls_back_within_its_rule(
+    plan: RolloutPlan, tmp_path: Path, worlds: list[World], trigger: str, stage: int
+) -> None:
+    kind = TRIGGERS[trigger][0] if trigger in TRIGGERS else "mismatch"
+    world = make_world(plan, tmp_path, fault=Fault(kind, FLAG, at_stage=stage, after_s=120))  # type: ignore[arg-type]
+    worlds.append(world)
+    world.promote_to(stage)
+    from_pct = world.state().percent
+
+    at = world.run_until_status(Status.ROLLED_BACK, 900)
+
+    assert at is not None, f"{trigger} never rolled back at stage {stage}"
+    state = world.state()
+    assert (state.reason, state.percent, state.stage) == (trigger, 0.0, 0)
+    onset = world.service.onset_at
+    assert onset is not None
+    if trigger == "ledger_mismatch":
+        # Immediate: at the first tick after the first discrepancy was counted.
+        assert world.service.first_mismatch_at is not None
+        assert at == world.service.first_mismatch_at + world.sim.tick_s
+    else:
+        earliest, latest = TRIGGERS[trigger][1:]
+        assert earliest <= at - onset <= latest, (trigger, stage, at - onset)
+    rollback = state.log[-1]
+    assert rollback.numbers["from_pct"] == from_pct
+    assert rollback.numbers["threshold"] is not None
+
+
+def test_p95_breach_that_recovers_before_its_for_does_not_roll_back(
+    plan: RolloutPlan, tmp_path: Path, worlds: list[World]
+) -> None:
+    fault = Fault("latency", FLAG, at_stage=2, after_s=120, duration_s=240)
+    world = make_world(plan, tmp_path, fault=fault)
+    worlds.append(world)
+    world.promote_to(2)
+    world.run_for(20 * 60)
+    assert world.service.onset_at is not None
+    assert world.state().status is not Status.ROLLED_BACK
+
+
+def test_event_loop_lag_fires_on_the_second_stall_not_the_first(
+    plan: RolloutPlan, tmp_path: Path, worlds: list[World]
+) -> None:
+    world = make_world(plan, tmp_path, fault=Fault("lag", FLAG, at_stage=3, after_s=60))
+    worlds.append(world)
+    world.promote_to(3)
+    world.run_for(60 + 30)  # the first stall has happened
+    assert world.service.onset_at is not None
+    assert world.state().status is Status.RUNNING
+    at = world.run_until_status(Status.ROLLED_BACK, 120)
+    assert at is not None and at - world.service.onset_at == 70
+
+
+def test_low_traffic_never_passes_extends_then_pauses(
+    plan: RolloutPlan, tmp_path: Path, worlds: list[World]
+) -> None:
+    world = make_world(plan, tmp_path, max_rps=10, min_canary_rps=0)  # 30 per window < 60
+    worlds.append(world)
+    world.provider.controller(FLAG).start()
+    at = world.run_until_status(Status.PAUSED, 3600)
+    assert at == START + 2 * 600  # the stage's duration, then as long again of extension
+    state = world.state()
+    assert (state.stage, state.percent, state.reason) == (1, 5.0, "gate_inconclusive")
+    actions = [e.action for e in state.log]
+    assert "advance" not in actions and "extend" in actions
+    assert all(w.verdict.value == "inconclusive" for w in state.windows)
+
+
+def test_gate_breach_below_hard_trigger_is_no_go_at_stage_end(
+    plan: RolloutPlan, tmp_path: Path, worlds: list[World]
+) -> None:
+    # Canary P95 ~145 ms at stage 2: over its 140 ms gate, under the 150 ms hard trigger.
+    world = make_world(plan, tmp_path, fault=Fault("slow-gate", FLAG, at_stage=2))
+    worlds.append(world)
+    world.provider.controller(FLAG).start()
+    at = world.run_until_status(Status.ROLLED_BACK, 3 * 3600)
+    assert at == START + 600 + 1800  # decided exactly at the end of stage 2
+    assert world.state().reason == "gate_no_go"
+    results = (world.reports / "canary_results.md").read_text()
+    assert "gate_no_go" in results
+
+
+def test_gate_breach_pauses_when_on_no_go_is_pause(
+    plan: RolloutPlan, tmp_path: Path, worlds: list[World]
+) -> None:
+    flag: FlagPlan = plan.flag(FLAG)
+    stages = tuple(replace(s, on_no_go="pause") for s in flag.stages)
+    world = make_world(
+        with_flag(plan, FLAG, stages=stages), tmp_path, fault=Fault("slow-gate", FLAG, at_stage=2)
+    )
+    worlds.append(world)
+    world.provider.controller(FLAG).start()
+    at = world.run_until_status(Status.PAUSED, 3 * 3600)
+    assert at == START + 600 + 1800
+    assert (world.state().reason, world.state().percent) == ("gate_no_go", 25.0)
+
+
+def test_dry_run_logs_the_same_decisions_and_keeps_its_percentage(
+    plan: RolloutPlan, tmp_path: Path, worlds: list[World]
+) -> None:
+    decisions = {}
+    for dry in (False, True):
+        world = make_world(
+            with_flag(plan, FLAG, dry_run=dry),
+            tmp_path / str(dry),
+            fault=Fault("slow-gate", FLAG, at_stage=2),
+        )
+        worlds.append(world)
+        world.provider.controller(FLAG).start()
+        world.run_for(600 + 1800 + 10)
+        log = world.state().log
+        decisions[dry] = [(e.action, e.reason, e.at) for e in log if not e.action.startswith("w")]
+        if dry:
+            assert world.state().status is Status.RUNNING
+            assert world.state().percent == 5.0  # never changed by the policy
+            policy = [e for e in log if e.action not in ("start",) and not e.action.startswith("w")]
+            assert policy and all(e.numbers.get("dry_run") == 1 for e in policy)
+    assert decisions[True] == decisions[False]
+
+
+def test_after_rollback_every_thread_gets_off_disabled_and_the_event_fired(
+    plan: RolloutPlan, tmp_path: Path, worlds: list[World]
+) -> None:
+    world = make_world(plan, tmp_path, fault=Fault("mismatch", FLAG, at_stage=3))
+    worlds.append(world)
+    world.promote_to(3)
+    assert world.run_until_status(Status.ROLLED_BACK, 900)
+    client = api.get_client()
+    answers: list[tuple[object, object, object]] = []
+    lock = threading.Lock()
+
+    def evaluate(offset: int) -> None:
+        for i in range(500):
+            d = client.get_boolean_details(FLAG, True, EvaluationContext(f"u-{offset}-{i}"))
+            with lock:
+                answers.append((d.value, d.variant, d.reason))
+
+    threads = [threading.Thread(target=evaluate, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(answers) == 4000
+    assert set(answers) == {(False, "off", Reason.DISABLED)}
+    details = client.get_boolean_details(FLAG, True, EvaluationContext("x"))
+    assert details.flag_metadata["trigger"] == "ledger_mismatch"
+    # The SDK may deliver provider events from another thread: wait briefly for it.
+    pause = threading.Event()
+    for _ in range(100):
+        if any(FLAG in (e.flags_changed or []) for e in world.events):
+            break
+        pause.wait(0.02)
+    assert any(FLAG in (e.flags_changed or []) for e in world.events)
+
+
+def test_ingest_receives_exactly_one_rollback_with_the_spec_body(
+    plan: RolloutPlan, tmp_path: Path, worlds: list[World]
+) -> None:
+    world = make_world(plan, tmp_path, fault=Fault("latency", FLAG, at_stage=2, after_s=60))
+    worlds.append(world)
+    world.promote_to(2)
+    assert world.run_until_status(Status.ROLLED_BACK, 900)
+    assert world.provider.runtime is not None and world.provider.runtime.sender is not None
+    assert world.provider.runtime.sender.flush(10.0)
+    rollbacks = world.server.named("canary_rollback")
+    assert len(rollbacks) == 1
+    event = rollbacks[0]
+    assert (event["app"], event["event_name"]) == ("scholarship_api", "canary_rollback")
+    props = event["properties"]
+    assert (props["from_pct"], props["reason"], props["flag"], props["stage"]) == (
+        25,
+        "p95_breach",
+        FLAG,
+        2,
+    )
+    assert props["threshold"] == 150 and props["value"] > 150
+    assert props["at"].endswith("Z")
+
+
+def test_ingest_down_then_back_delivers_the_rollback_also_after_a_restart(
+    plan: RolloutPlan, tmp_path: Path, worlds: list[World]
+) -> None:
+    store = f"file://{tmp_path}/state.json"
+    world = make_world(plan, tmp_path, store=store, fault=Fault("errors", FLAG, at_stage=2))
+    worlds.append(world)
+    world.server.fail_with = 500
+    world.promote_to(2)
+    assert world.run_until_status(Status.ROLLED_BACK, 900)
+    sender = world.provider.runtime.sender  # type: ignore[union-attr]
+    assert sender is not None
+    assert not sender.flush(1.0)  # the ingest answers 500: the event stays queued
+    assert world.server.named("canary_rollback") == []
+    assert world.server.requests >= 1
+    world.close()
+    worlds.remove(world)
+
+    # A new process (provider) over the same store and outbox, with the ingest back.
+    again = make_world(plan, tmp_path, store=store)
+    worlds.append(again)
+    assert again.state().status is Status.ROLLED_BACK  # sticky across the restart
+    assert again.provider.runtime is not None and again.provider.runtime.sender is not None
+    assert again.provider.runtime.sender.flush(10.0)
+    rollbacks = again.server.named("canary_rollback")
+    assert len(rollbacks) == 1
+    assert rollbacks[0]["properties"]["reason"] == "error_rate_breach"
