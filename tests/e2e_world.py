@@ -17,7 +17,7 @@ from openfeature.contrib.hook.canary import MetricsHook
 from openfeature.contrib.provider.canary import CanaryProvider
 from openfeature.event import EventDetails, ProviderEvent
 
-from openfeature_canary import ManualClock, RolloutPlan, Status
+from openfeature_canary import ManualClock, RolloutPlan, StateStore, Status
 from openfeature_canary._ingest_server import IngestServer
 from openfeature_canary._simulation import Fault, SimulatedService, Simulation
 from openfeature_canary.signals import InProcessSignalSource
@@ -92,7 +92,7 @@ def make_world(
     tmp_path: Path,
     *,
     fault: Fault | None = None,
-    store: str = "memory://",
+    store: str | StateStore = "memory://",
     max_rps: float = 100.0,
     min_canary_rps: float = 2.0,
     seed: int = 7,

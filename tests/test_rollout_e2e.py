@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -13,7 +14,14 @@ from openfeature import api
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.flag_evaluation import Reason
 
-from openfeature_canary import RolloutPlan, Status, load_plan
+from openfeature_canary import (
+    MemoryStateStore,
+    RolloutPlan,
+    RolloutState,
+    StateStoreError,
+    Status,
+    load_plan,
+)
 from openfeature_canary._simulation import Fault
 from openfeature_canary.plan import FlagPlan
 
@@ -295,3 +303,36 @@ def test_ingest_down_then_back_delivers_the_rollback_also_after_a_restart(
     rollbacks = again.server.named("canary_rollback")
     assert len(rollbacks) == 1
     assert rollbacks[0]["properties"]["reason"] == "error_rate_breach"
+
+
+class _StoreThatCannotPersistRollbacks(MemoryStateStore):
+    """A store whose disk is gone just when a rollback must be written (a fault a real store
+    cannot produce on demand)."""
+
+    def save(self, state: RolloutState, expected_version: int) -> None:
+        if state.status is Status.ROLLED_BACK:
+            raise StateStoreError("memory://: disk full (injected)")
+        super().save(state, expected_version)
+
+
+def test_store_failing_to_persist_a_rollback_still_stops_the_canary_and_alarms(
+    plan: RolloutPlan, tmp_path: Path, worlds: list[World], caplog: pytest.LogCaptureFixture
+) -> None:
+    store = _StoreThatCannotPersistRollbacks()
+    world = make_world(plan, tmp_path, store=store, fault=Fault("mismatch", FLAG, at_stage=2))
+    worlds.append(world)
+    world.promote_to(2)
+    with (
+        caplog.at_level(logging.CRITICAL, logger="openfeature_canary"),
+        pytest.raises(StateStoreError, match="disk full"),
+    ):
+        world.run_for(900)
+    assert world.state().status is Status.ROLLED_BACK  # off in this process
+    assert store.load(FLAG).status is Status.RUNNING  # type: ignore[union-attr]
+    client = api.get_client()
+    details = client.get_boolean_details(FLAG, True, EvaluationContext("anyone"))
+    assert (details.value, details.variant, details.reason) == (False, "off", Reason.DISABLED)
+    assert any("ALARM" in r.getMessage() for r in caplog.records)
+    # Later ticks keep it off: the local rollback is not undone by the stale store.
+    world.run_for(60)
+    assert world.state().status is Status.ROLLED_BACK
