@@ -22,6 +22,8 @@ from openfeature_canary._store import FileStateStore, MemoryStateStore, StateSto
 from openfeature_canary.bucketing import bucket, in_rollout
 from openfeature_canary.clock import Clock, ManualClock, SystemClock
 from openfeature_canary.plan import FlagPlan, RolloutPlan, Stage, Trigger, load_plan, parse_plan
+from openfeature_canary.signals import InProcessSignalSource, SignalReading, SignalSource
+from openfeature_canary.telemetry import Telemetry, setup_telemetry
 
 __all__ = [
     "ALLOWED",
@@ -30,6 +32,7 @@ __all__ = [
     "Controller",
     "FileStateStore",
     "FlagPlan",
+    "InProcessSignalSource",
     "LogEntry",
     "ManualClock",
     "MemoryStateStore",
@@ -37,6 +40,8 @@ __all__ = [
     "Rollout",
     "RolloutPlan",
     "RolloutState",
+    "SignalReading",
+    "SignalSource",
     "SignalSourceError",
     "Stage",
     "StaleStateError",
@@ -44,6 +49,7 @@ __all__ = [
     "StateStoreError",
     "Status",
     "SystemClock",
+    "Telemetry",
     "TransitionError",
     "Trigger",
     "UnknownFlagError",
@@ -52,6 +58,7 @@ __all__ = [
     "load_plan",
     "open_store",
     "parse_plan",
+    "setup_telemetry",
 ]
 
 __version__ = "0.1.0"

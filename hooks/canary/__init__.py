@@ -1,5 +1,6 @@
-"""OpenFeature contrib hooks for canary rollouts: ``MetricsHook`` (and ``PolicyHook``)."""
+"""OpenFeature contrib hooks for canary rollouts: ``MetricsHook`` and ``PolicyHook``."""
 
 from openfeature.contrib.hook.canary.metrics import MetricsHook
+from openfeature.contrib.hook.canary.policy import PolicyHook
 
-__all__ = ["MetricsHook"]
+__all__ = ["MetricsHook", "PolicyHook"]
