@@ -28,7 +28,9 @@ class PolicyHook(Hook):
     - **With CanaryProvider** it is optional: the provider's own background thread ticks the
       policy every ``tick`` and its answers already follow rollbacks. Add the hook only when
       the background thread cannot be relied on (e.g. a worker that freezes idle threads) —
-      each registered hook costs about 4 µs per evaluation in the SDK itself.
+      each registered hook costs about 4 µs per evaluation in the SDK itself. Given the
+      provider, the hook leaves that provider's answers alone (a rolled-back flag stays
+      ``off`` / ``DISABLED``, whatever the caller's default) and guards only other providers.
 
     A due tick runs on the evaluating thread at most once per ``tick`` (a non-blocking lock:
     no evaluation ever waits for another's tick); a background thread covers idle times.
@@ -37,12 +39,18 @@ class PolicyHook(Hook):
     """
 
     def __init__(self, target: Any, *, background: bool = True, interval: float = 0.5) -> None:
-        rollout, runner = _resolve(target)
+        rollout, runner, provider = _resolve(target)
         self.rollout: Rollout = rollout
+        # Our CanaryProvider already serves a rolled-back flag as ``off``: refusing its
+        # evaluation would hand out the caller's default instead (``True`` for some callers).
+        # The SDK passes the answering provider's ``get_metadata()``, the same object each time.
+        get_metadata = getattr(provider, "get_metadata", None)
+        self._own_metadata: object = get_metadata() if callable(get_metadata) else object()
         self._clock = rollout.clock
         self._tick_s = min(c.flag.tick_s for c in rollout.controllers())
         self._next_due = float("-inf")
         self._lock = threading.Lock()
+        self._track_lock = threading.Lock()
         self._blocked: dict[str, str] = {}
         for ctl in rollout.controllers():
             self._track(ctl.state)
@@ -54,18 +62,21 @@ class PolicyHook(Hook):
             self._runner.start()
 
     def _track(self, state: RolloutState) -> None:
-        # Copy-on-write so that ``before`` reads a dict nobody mutates under it.
-        blocked = dict(self._blocked)
-        if state.status is Status.ROLLED_BACK:
-            blocked[state.flag_key] = state.reason or "rolled back"
-        else:
-            blocked.pop(state.flag_key, None)
-        self._blocked = blocked
+        # Copy-on-write so that ``before`` reads a dict nobody mutates under it. Listeners of
+        # different flags run under different controller locks: without this lock two
+        # concurrent transitions could each copy the old dict and one of them would be lost.
+        with self._track_lock:
+            blocked = dict(self._blocked)
+            if state.status is Status.ROLLED_BACK:
+                blocked[state.flag_key] = state.reason or "rolled back"
+            else:
+                blocked.pop(state.flag_key, None)
+            self._blocked = blocked
 
     def before(self, hook_context: HookContext, hints: HookHints) -> None:
         """Refuse a rolled-back flag (the SDK then returns the caller's default)."""
         reason = self._blocked.get(hook_context.flag_key)
-        if reason is not None:
+        if reason is not None and hook_context.provider_metadata is not self._own_metadata:
             raise GeneralError(
                 f"{hook_context.flag_key} is rolled back by the canary policy ({reason})"
             )
@@ -97,15 +108,16 @@ class PolicyHook(Hook):
             self._runner.stop()
 
 
-def _resolve(target: Any) -> tuple[Rollout, BackgroundRunner | None]:
+def _resolve(target: Any) -> tuple[Rollout, BackgroundRunner | None, Any]:
+    """(rollout, the provider's runner, the provider) for a provider; no runner otherwise."""
     if isinstance(target, Rollout):
-        return target, None
+        return target, None, None
     if isinstance(target, Controller):
-        return target._rollout, None
+        return target._rollout, None, None
     rollout = getattr(target, "rollout", None)
     if isinstance(rollout, Rollout):  # a CanaryProvider: it runs its own background thread
         runner = getattr(target, "runner", None)
-        return rollout, runner if isinstance(runner, BackgroundRunner) else None
+        return rollout, runner if isinstance(runner, BackgroundRunner) else None, target
     raise TypeError(
         f"PolicyHook needs a CanaryProvider, a Rollout or a Controller, got {type(target).__name__}"
     )
