@@ -1,0 +1,194 @@
+"""The controller's own metrics (spec §7) as Prometheus scrapes them from ``/metrics``.
+
+A whole world in virtual time (e2e_world: real OpenFeature client, CanaryProvider, OpenTelemetry
+SDK, policy) with the telemetry of ``setup_telemetry(plan, prometheus_port=0)``: a real
+``/metrics`` on 127.0.0.1, fetched with httpx and parsed with prometheus_client. The names are
+those the OpenTelemetry Prometheus exporter produces: dots become underscores, the counter gets
+``_total``, and the ``%`` unit adds no suffix to a name that already ends in ``percent``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import e2e_world
+import httpx
+import pytest
+from e2e_world import FLAG, PHASE2, World, make_world
+from prometheus_client.parser import text_string_to_metric_families
+
+from openfeature_canary import RolloutPlan, Status, load_plan
+from openfeature_canary._simulation import Fault
+from openfeature_canary.telemetry import Telemetry, setup_telemetry
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "canary_plan.toml"
+TRIGGERS = (
+    "p95_breach",
+    "error_rate_breach",
+    "ledger_mismatch",
+    "telemetry_acceptance",
+    "event_loop_lag",
+)
+GAUGES = (
+    "canary_rollout_percent",
+    "canary_rollout_stage",
+    "canary_rollout_status",
+    "canary_trigger_value",
+    "canary_trigger_threshold",
+)
+
+#: (sample name, labels without the otel_scope_* ones) -> value
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@pytest.fixture(scope="module")
+def plan() -> RolloutPlan:
+    return load_plan(EXAMPLE)
+
+
+@pytest.fixture
+def world(plan: RolloutPlan, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    """Canary 5xx from 120 s into stage 2 on: ``error_rate_breach`` after 2 min more."""
+
+    def with_prometheus(p: RolloutPlan) -> Telemetry:
+        return setup_telemetry(p, prometheus_port=0)
+
+    monkeypatch.setattr(e2e_world, "setup_telemetry", with_prometheus)
+    made = make_world(plan, tmp_path, fault=Fault("errors", FLAG, at_stage=2, after_s=120))
+    yield made
+    made.close()
+
+
+def scrape(world: World) -> tuple[Samples, dict[str, str]]:
+    """The samples of the exposition, and each canary family's type."""
+    url = world.telemetry.metrics_url
+    assert url is not None and url.startswith("http://127.0.0.1:")
+    response = httpx.get(url, timeout=5.0)
+    assert response.status_code == 200
+    samples: Samples = {}
+    types: dict[str, str] = {}
+    for family in text_string_to_metric_families(response.text):
+        if not family.name.startswith("canary_"):
+            continue
+        types[family.name] = family.type
+        for s in family.samples:
+            labels = frozenset((k, v) for k, v in s.labels.items() if not k.startswith("otel_"))
+            key = (s.name, labels)
+            assert key not in samples, f"duplicate series {key}"
+            samples[key] = s.value
+    return samples, types
+
+
+def flag_labels(flag: str, **extra: str) -> frozenset[tuple[str, str]]:
+    return frozenset({("feature_flag_key", flag), *extra.items()})
+
+
+def trigger_labels(flag: str, trigger: str) -> frozenset[tuple[str, str]]:
+    return flag_labels(flag, canary_trigger_name=trigger)
+
+
+def series(samples: Samples, name: str) -> dict[frozenset[tuple[str, str]], float]:
+    return {labels: v for (n, labels), v in samples.items() if n == name}
+
+
+def assert_status(samples: Samples, flag: str, current: Status) -> None:
+    for status in Status:
+        labels = flag_labels(flag, canary_rollout_status=status.value)
+        assert samples[("canary_rollout_status", labels)] == int(status is current), status
+
+
+def test_rollout_metrics_after_promote_show_stage_percent_status_and_triggers(
+    world: World, plan: RolloutPlan
+) -> None:
+    world.promote_to(2)
+    world.run_for(60)  # healthy ticks before the fault's onset
+
+    samples, types = scrape(world)
+
+    assert {name: types[name] for name in GAUGES} == dict.fromkeys(GAUGES, "gauge")
+    assert series(samples, "canary_rollout_percent") == {
+        flag_labels(FLAG): 25.0,
+        flag_labels(PHASE2): 0.0,
+    }
+    assert series(samples, "canary_rollout_stage") == {
+        flag_labels(FLAG): 2.0,
+        flag_labels(PHASE2): 0.0,
+    }
+    assert len(series(samples, "canary_rollout_status")) == 2 * len(Status)
+    assert_status(samples, FLAG, Status.RUNNING)
+    assert_status(samples, PHASE2, Status.PENDING)
+    thresholds = {
+        trigger_labels(key, t.name): t.threshold
+        for key in (FLAG, PHASE2)
+        for t in plan.flag(key).triggers
+    }
+    assert series(samples, "canary_trigger_threshold") == thresholds
+    assert {dict(labels)["canary_trigger_name"] for labels in thresholds} == set(TRIGGERS)
+    # Each trigger's last reading, as the policy saw it at its last tick.
+    runtime = world.provider.runtime
+    assert runtime is not None
+    last = runtime.autopilot.last(FLAG)
+    assert last is not None and last.at == world.clock.now()
+    expected = {
+        trigger_labels(FLAG, name): r.value
+        for name, r in last.triggers.items()
+        if r.value is not None
+    }
+    values = {
+        k: v
+        for k, v in series(samples, "canary_trigger_value").items()
+        if (("feature_flag_key", FLAG) in k)
+    }
+    assert values == expected
+    assert values[trigger_labels(FLAG, "p95_breach")] < 150  # healthy canary
+    assert values[trigger_labels(FLAG, "error_rate_breach")] == 0.0
+    assert series(samples, "canary_rollbacks_total") == {}
+
+
+def test_rollout_metrics_after_rollback_count_the_trigger_exactly_once(world: World) -> None:
+    world.promote_to(2)
+    assert world.run_until_status(Status.ROLLED_BACK, 900) is not None
+    decision = world.state().log[-1]
+    assert (decision.action, decision.reason) == ("rollback", "error_rate_breach")
+
+    samples, types = scrape(world)
+
+    assert types["canary_rollbacks"] == "counter"
+    assert series(samples, "canary_rollbacks_total") == {
+        trigger_labels(FLAG, "error_rate_breach"): 1.0
+    }
+    assert samples[("canary_rollout_percent", flag_labels(FLAG))] == 0.0
+    assert samples[("canary_rollout_stage", flag_labels(FLAG))] == 0.0
+    assert_status(samples, FLAG, Status.ROLLED_BACK)
+    assert_status(samples, PHASE2, Status.PENDING)
+    # The gauge holds the reading that fired, the same number the decision log has.
+    value = samples[("canary_trigger_value", trigger_labels(FLAG, "error_rate_breach"))]
+    assert value == decision.numbers["value"]
+    assert value >= samples[("canary_trigger_threshold", trigger_labels(FLAG, "error_rate_breach"))]
+
+    world.run_for(120)  # the rollback is sticky: later ticks count nothing more
+    samples, _ = scrape(world)
+    assert series(samples, "canary_rollbacks_total") == {
+        trigger_labels(FLAG, "error_rate_breach"): 1.0
+    }
+    assert_status(samples, FLAG, Status.ROLLED_BACK)
+
+
+def test_rollout_metrics_each_rollback_counts_under_its_own_trigger(world: World) -> None:
+    world.promote_to(2)
+    assert world.run_until_status(Status.ROLLED_BACK, 900) is not None
+    ctl = world.provider.controller(FLAG)
+    ctl.reset()
+    ctl.start()
+    ctl.rollback("p95_breach")  # an operator acting on what they saw
+    ctl.reset()
+
+    samples, _ = scrape(world)
+
+    assert series(samples, "canary_rollbacks_total") == {
+        trigger_labels(FLAG, "error_rate_breach"): 1.0,
+        trigger_labels(FLAG, "p95_breach"): 1.0,
+    }
+    assert_status(samples, FLAG, Status.PENDING)
+    assert samples[("canary_rollout_percent", flag_labels(FLAG))] == 0.0
