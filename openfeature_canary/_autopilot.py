@@ -26,6 +26,7 @@ from openfeature_canary._policy import (
     Memory,
     Reading,
     Readings,
+    baseline_breaches,
     baseline_signal,
     counts_samples,
     decide,
@@ -101,6 +102,7 @@ class Autopilot:
         self._lock = threading.Lock()
         for ctl in rollout.controllers():
             ctl.decider = self._decide
+            ctl.start_guard = self._baseline_loud
 
     def last(self, flag_key: str) -> TickResult | None:
         """The flag's last tick (decision and trigger readings), if any."""
@@ -147,6 +149,21 @@ class Autopilot:
             self.source.snapshot(now)
         except SignalSourceError as exc:
             log.error("signal source snapshot failed: %s", exc)
+
+    def _baseline_loud(self, ctl: Controller, now: float) -> list[str]:
+        """Stage 0's gate for an operator's ``start``: triggers breaching on the baseline."""
+        with self._lock:
+            if self._snapshot_at != now:
+                self._snapshot_source(now)
+            readings = Readings(
+                MappingProxyType(
+                    {
+                        t.name: self._read_trigger(ctl.key, t, baseline_signal(t.signal), now)
+                        for t in ctl.flag.triggers
+                    }
+                )
+            )
+        return baseline_breaches(ctl.flag, readings)
 
     def _gather(self, flag: FlagPlan, state: RolloutState, now: float) -> Readings:
         if state.status is Status.ROLLED_BACK or (

@@ -51,6 +51,9 @@ TransitionListener = Callable[[RolloutState, RolloutState], None]
 #: The policy seam: given the controller and now, return the state to move to (or ``None``).
 Decider = Callable[["Controller", float], "RolloutState | None"]
 
+#: Stage 0's gate: given the controller and now, the triggers loud on the baseline.
+StartGuard = Callable[["Controller", float], "list[str]"]
+
 _CAS_RETRIES: Final = 3
 
 
@@ -91,6 +94,8 @@ class Controller:
         self._state = stored or RolloutState(flag_key=flag.key)
         self._mutex = threading.RLock()
         self.decider: Decider | None = None
+        #: Stage 0's gate: returns the triggers that are loud on the baseline (set by the policy).
+        self.start_guard: StartGuard | None = None
 
     # ------------------------------------------------------------------ reading
 
@@ -110,12 +115,24 @@ class Controller:
 
     # ------------------------------------------------------------------ commands
 
-    def start(self) -> RolloutState:
-        """Move from ``pending`` (0 %) to stage 1, once any ``after`` flag has completed."""
+    def start(self, *, force: bool = False) -> RolloutState:
+        """Move from ``pending`` (0 %) to stage 1, once any ``after`` flag has completed.
+
+        With a policy attached, stage 0's gate applies first: every trigger must be quiet on
+        the baseline (the traffic that does not get the canary), otherwise
+        :class:`TransitionError` names the loud ones. ``force=True`` skips that check.
+        """
         now = self._rollout.clock.now()
 
         def build(cur: RolloutState) -> RolloutState:
             self._check_after()
+            if not force and self.start_guard is not None:
+                loud = self.start_guard(self, now)
+                if loud:
+                    raise TransitionError(
+                        f"cannot start {self.key}: the baseline is not quiet ({', '.join(loud)}); "
+                        "fix it or start with force"
+                    )
             first = self.flag.stages[0]
             return cur.evolve(
                 _entry(now, "start", "operator", to_stage=1, to_pct=first.percent),

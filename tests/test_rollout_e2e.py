@@ -20,6 +20,7 @@ from openfeature_canary import (
     RolloutState,
     StateStoreError,
     Status,
+    TransitionError,
     load_plan,
 )
 from openfeature_canary._simulation import Fault
@@ -286,6 +287,10 @@ def test_ingest_down_then_back_delivers_the_rollback_also_after_a_restart(
     world.server.fail_with = 500
     world.promote_to(2)
     assert world.run_until_status(Status.ROLLED_BACK, 900)
+    # The ingest refusing our own events is itself a trigger (telemetry_acceptance); either
+    # that or the injected 5xx rolls the flag back first.
+    reason = world.state().reason
+    assert reason in ("error_rate_breach", "telemetry_acceptance")
     sender = world.provider.runtime.sender  # type: ignore[union-attr]
     assert sender is not None
     assert not sender.flush(1.0)  # the ingest answers 500: the event stays queued
@@ -302,7 +307,7 @@ def test_ingest_down_then_back_delivers_the_rollback_also_after_a_restart(
     assert again.provider.runtime.sender.flush(10.0)
     rollbacks = again.server.named("canary_rollback")
     assert len(rollbacks) == 1
-    assert rollbacks[0]["properties"]["reason"] == "error_rate_breach"
+    assert rollbacks[0]["properties"]["reason"] == reason
 
 
 class _StoreThatCannotPersistRollbacks(MemoryStateStore):
@@ -336,3 +341,29 @@ def test_store_failing_to_persist_a_rollback_still_stops_the_canary_and_alarms(
     # Later ticks keep it off: the local rollback is not undone by the stale store.
     world.run_for(60)
     assert world.state().status is Status.ROLLED_BACK
+
+
+def test_start_is_refused_while_a_trigger_is_loud_on_the_baseline(
+    plan: RolloutPlan, tmp_path: Path, worlds: list[World]
+) -> None:
+    world = make_world(plan, tmp_path)
+    worlds.append(world)
+    world.run_for(60)  # healthy baseline traffic, flag pending
+    # The ingest refuses half of the service's events: telemetry_acceptance is loud.
+    world.service._ingest.sent(100)
+    world.service._ingest.accepted(50)
+    world.clock.advance(1)
+    ctl = world.provider.controller(FLAG)
+    with pytest.raises(TransitionError, match=r"baseline is not quiet \(telemetry_acceptance"):
+        ctl.start()
+    assert ctl.state.status is Status.PENDING
+    assert ctl.start(force=True).status is Status.RUNNING
+
+
+def test_start_on_a_quiet_baseline_is_allowed(
+    plan: RolloutPlan, tmp_path: Path, worlds: list[World]
+) -> None:
+    world = make_world(plan, tmp_path)
+    worlds.append(world)
+    world.run_for(60)
+    assert world.provider.controller(FLAG).start().status is Status.RUNNING
