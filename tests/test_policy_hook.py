@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from openfeature import api
 from openfeature.client import OpenFeatureClient
-from openfeature.contrib.hook.canary.policy import PolicyHook
+from openfeature.contrib.hook.canary import PolicyHook
 from openfeature.contrib.provider.canary import CanaryProvider
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.exception import ErrorCode
