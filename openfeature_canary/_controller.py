@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Final
 
 from openfeature_canary._errors import StaleStateError, StateStoreError, TransitionError
+from openfeature_canary._forksafe import renew_locks_after_fork
 from openfeature_canary._state import LogEntry, Number, RolloutState, Status
 from openfeature_canary._store import StateStore, open_store
 from openfeature_canary.clock import Clock, SystemClock
@@ -93,6 +94,10 @@ class Controller:
             stored = None
         self._state = stored or RolloutState(flag_key=flag.key)
         self._mutex = threading.RLock()
+        self._due_lock = threading.Lock()
+        renew_locks_after_fork(self, "_mutex", factory=threading.RLock)
+        renew_locks_after_fork(self, "_due_lock")
+        self._next_due = float("-inf")
         self.decider: Decider | None = None
         #: Stage 0's gate: returns the triggers that are loud on the baseline (set by the policy).
         self.start_guard: StartGuard | None = None
@@ -110,7 +115,7 @@ class Controller:
             stored = self._rollout.store.load(self.key)
             if stored is not None and stored.version > self._state.version:
                 old, self._state = self._state, stored
-                self._rollout._notify(old, stored)
+                self._rollout._notify(old, stored, local=False)
             return self._state
 
     # ------------------------------------------------------------------ commands
@@ -227,9 +232,16 @@ class Controller:
     def tick(self) -> RolloutState | None:
         """Evaluate the policy now; return the new state when it changed something.
 
-        Without a decider (no policy configured) this only re-reads the store.
+        Without a decider (no policy configured) this only re-reads the store. An unreadable
+        store does not stop the policy: it decides on the last known state (a rollback then
+        takes effect in this process and raises for the alarm).
         """
-        self.refresh()
+        try:
+            self.refresh()
+        except StateStoreError:
+            if self.decider is None:
+                raise
+            log.error("%s: store unreadable; deciding on the last known state", self.key)
         if self.decider is None:
             return None
         with self._mutex:
@@ -237,6 +249,17 @@ class Controller:
             if target is None:
                 return None
             return self.apply(target)
+
+    def tick_if_due(self) -> RolloutState | None:
+        """Tick when the flag's ``tick`` has passed since the last due tick (by the rollout's
+        clock). The background runner and the PolicyHook share this schedule, so a flag is
+        ticked once per period however many drivers there are."""
+        now = self._rollout.clock.now()
+        with self._due_lock:
+            if now < self._next_due:
+                return None
+            self._next_due = now + self.flag.tick_s
+        return self.tick()
 
     # ------------------------------------------------------------------ internals
 
@@ -386,7 +409,7 @@ class Rollout:
         #: True (the provider) starts flags whose stored state cannot be read at 0 % instead
         #: of raising: serving the old path beats not serving at all.
         self.serve_unreadable = serve_unreadable
-        self._listeners: list[TransitionListener] = []
+        self._listeners: list[tuple[TransitionListener, bool]] = []
         self._controllers = {key: Controller(flag, self) for key, flag in plan.flags.items()}
 
     def controller(self, flag_key: str) -> Controller:
@@ -398,17 +421,24 @@ class Rollout:
         """All controllers, in plan order."""
         return tuple(self._controllers.values())
 
-    def add_listener(self, listener: TransitionListener) -> None:
-        """Call ``listener(old, new)`` after every applied transition of any flag."""
-        self._listeners.append(listener)
+    def add_listener(self, listener: TransitionListener, *, local_only: bool = False) -> None:
+        """Call ``listener(old, new)`` after every transition of any flag.
+
+        By default also for transitions another process made (seen in the store).
+        ``local_only=True`` is for effects that must happen once per transition, not once per
+        process that notices it: the telemetry event, the reports, the rollback counter.
+        """
+        self._listeners.append((listener, local_only))
 
     def refresh(self) -> None:
         """Re-read every flag from the store (another process may have acted)."""
         for ctl in self._controllers.values():
             ctl.refresh()
 
-    def _notify(self, old: RolloutState, new: RolloutState) -> None:
-        for listener in tuple(self._listeners):
+    def _notify(self, old: RolloutState, new: RolloutState, *, local: bool = True) -> None:
+        for listener, local_only in tuple(self._listeners):
+            if local_only and not local:
+                continue
             try:
                 listener(old, new)
             except Exception:  # a failing listener must not undo a persisted change

@@ -56,7 +56,7 @@ class RolloutMetrics:
         self._rollbacks = meter.create_counter(
             "canary.rollbacks", description="Rollbacks to 0 %, by flag and trigger"
         )
-        rollout.add_listener(self._on_transition)
+        rollout.add_listener(self._on_transition, local_only=True)
 
     def _on_transition(self, old: RolloutState, new: RolloutState) -> None:
         if new.status is Status.ROLLED_BACK and old.status is not Status.ROLLED_BACK:

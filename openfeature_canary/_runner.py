@@ -36,7 +36,6 @@ class BackgroundRunner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._token: object = rollout.store.change_token()
-        self._next_tick: dict[str, float] = {}
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _restart_in_child(ref))
 
@@ -70,13 +69,9 @@ class BackgroundRunner:
             self.rollout.refresh()
         if self.on_poll is not None:
             self.on_poll()
-        now = self.rollout.clock.now()
         for ctl in self.rollout.controllers():
-            if ctl.decider is None:
-                continue
-            if now >= self._next_tick.get(ctl.key, float("-inf")):
-                self._next_tick[ctl.key] = now + ctl.flag.tick_s
-                ctl.tick()
+            if ctl.decider is not None:
+                ctl.tick_if_due()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -90,8 +85,5 @@ def _restart_in_child(ref: weakref.ref[BackgroundRunner]) -> None:
     runner = ref()
     if runner is None or runner._thread is None:
         return
-    # A lock held by a thread that does not exist in the child would never be released.
-    for ctl in runner.rollout.controllers():
-        ctl._mutex = threading.RLock()
     runner._thread = None
     runner.start()

@@ -84,7 +84,7 @@ def build_effects(
         )
         events = sender
     effects = Effects(events=events, reports=reports)
-    rollout.add_listener(effects)
+    rollout.add_listener(effects, local_only=True)
     return effects, reports, sender
 
 

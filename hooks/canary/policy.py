@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -10,9 +11,12 @@ from openfeature.flag_evaluation import FlagEvaluationDetails, FlagValueType
 from openfeature.hook import Hook, HookContext, HookHints
 
 from openfeature_canary import Controller, Rollout, RolloutState, Status
+from openfeature_canary._forksafe import renew_locks_after_fork
 from openfeature_canary._runner import BackgroundRunner
 
 __all__ = ["PolicyHook"]
+
+log = logging.getLogger("openfeature_canary")
 
 
 class PolicyHook(Hook):
@@ -51,6 +55,7 @@ class PolicyHook(Hook):
         self._next_due = float("-inf")
         self._lock = threading.Lock()
         self._track_lock = threading.Lock()
+        renew_locks_after_fork(self, "_lock", "_track_lock")
         self._blocked: dict[str, str] = {}
         for ctl in rollout.controllers():
             self._track(ctl.state)
@@ -97,8 +102,14 @@ class PolicyHook(Hook):
                 return
             self._next_due = now + self._tick_s
             for ctl in self.rollout.controllers():
-                if ctl.decider is not None:
-                    ctl.tick()
+                if ctl.decider is None:
+                    continue
+                # The schedule is the controller's, shared with the background runner, so a
+                # flag is ticked once per period whoever gets there first.
+                try:
+                    ctl.tick_if_due()
+                except Exception:  # one flag's failure must not starve the others
+                    log.exception("openfeature-canary: policy tick of %s failed", ctl.key)
         finally:
             self._lock.release()
 
