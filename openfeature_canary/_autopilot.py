@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from openfeature_canary._controller import Controller, Rollout
 from openfeature_canary._effects import Effects
 from openfeature_canary._errors import SignalSourceError
+from openfeature_canary._forksafe import renew_locks_after_fork
 from openfeature_canary._policy import (
     Action,
     Decision,
@@ -100,6 +101,7 @@ class Autopilot:
         self._last: dict[str, TickResult] = {}
         self._snapshot_at: float | None = None
         self._lock = threading.Lock()
+        renew_locks_after_fork(self, "_lock")
         for ctl in rollout.controllers():
             ctl.decider = self._decide
             ctl.start_guard = self._baseline_loud
@@ -304,5 +306,6 @@ def _stage_result(flag: FlagPlan, state: RolloutState, d: Decision, now: float) 
         windows_failed=sum(w.verdict is Verdict.FAIL for w in windows),
         windows_inconclusive=sum(w.verdict is Verdict.INCONCLUSIVE for w in windows),
         decision=d.action,
-        reason=d.reason,
+        # A dry run's decisions are reported but never applied: say so in the results.
+        reason=f"{d.reason} (dry run)" if flag.dry_run else d.reason,
     )

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
+from openfeature_canary._forksafe import renew_locks_after_fork
 from openfeature_canary._policy import Action
 from openfeature_canary._reports import AbortRecord, StageResult
 from openfeature_canary._state import LogEntry, RolloutState, Status
@@ -53,6 +54,7 @@ class Effects:
         self._extra = dict(extra_properties or {})
         self._stage_results: dict[str, StageResult] = {}
         self._lock = threading.Lock()
+        renew_locks_after_fork(self, "_lock")
 
     def stage_ending(self, flag_key: str, result: StageResult | None) -> None:
         """Remember the results row of a stage whose ending decision is being applied."""

@@ -31,6 +31,7 @@ from typing import Any, Final
 
 from openfeature_canary._durations import format_duration
 from openfeature_canary._errors import CanaryError
+from openfeature_canary._forksafe import renew_locks_after_fork
 from openfeature_canary._signal_names import MS_SIGNALS, RATE_SIGNALS
 from openfeature_canary._state import LogEntry, Number
 
@@ -172,6 +173,7 @@ class ReportWriter:
     def __init__(self, dir: Path | str) -> None:
         self.dir = Path(dir)
         self._thread_lock = threading.Lock()
+        renew_locks_after_fork(self, "_thread_lock")
 
     def __repr__(self) -> str:
         return f"ReportWriter({str(self.dir)!r})"

@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
 
 from openfeature_canary._errors import StaleStateError, StateStoreError
+from openfeature_canary._forksafe import renew_locks_after_fork
 from openfeature_canary._state import RolloutState
 
 __all__ = ["FileStateStore", "MemoryStateStore", "StateStore", "open_store"]
@@ -61,6 +62,7 @@ class MemoryStateStore:
         self.url = "memory://"
         self._states: dict[str, RolloutState] = {}
         self._lock = threading.Lock()
+        renew_locks_after_fork(self, "_lock")
         self._changes = 0
 
     def load(self, flag_key: str) -> RolloutState | None:
@@ -96,6 +98,7 @@ class FileStateStore:
         self.url = f"file://{self.path}"
         self._lock_path = self.path.with_name(self.path.name + ".lock")
         self._thread_lock = threading.Lock()
+        renew_locks_after_fork(self, "_thread_lock")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -29,6 +29,7 @@ from typing import Final, Protocol, runtime_checkable
 from opentelemetry.sdk.metrics.export import MetricsData
 
 from openfeature_canary._errors import SignalSourceError
+from openfeature_canary._forksafe import renew_locks_after_fork
 from openfeature_canary._quantile import count_above, count_at_least, histogram_quantile
 from openfeature_canary._signal_names import KNOWN_SIGNALS
 from openfeature_canary._snapshots import (
@@ -192,6 +193,7 @@ class InProcessSignalSource:
         self._ring = SnapshotRing(retention_s, max_snapshots)
         self._acc = Accumulator()
         self._lock = threading.Lock()
+        renew_locks_after_fork(self, "_lock")
         self._cache: dict[tuple[float, float, str, str], _HistWindow] = {}
         # (time, message) of the latest snapshot attempt if it failed: readings that reach
         # that time carry the error, so a dead reader trips ``on_error`` instead of serving
