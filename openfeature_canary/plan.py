@@ -297,7 +297,10 @@ def _flag(r: _Reader, key: str, data: Any) -> FlagPlan:
             r.fail(f"{path}.triggers[{i}].name", f"duplicate trigger name {trigger.name!r}")
         triggers.append(trigger)
     scheme = r.choice(t, path, "scheme", SCHEMES, "flagd")
-    bucket_by = r.opt_str(t, path, "bucket_by") or "targetingKey"
+    bucket_by = r.opt_str(t, path, "bucket_by")
+    if bucket_by is not None and not bucket_by.strip():
+        r.fail(f"{path}.bucket_by", "must name the targeting key or a context attribute")
+    bucket_by = bucket_by or "targetingKey"
     env = r.opt_str(t, path, "env_override")
     if env is not None and not env.strip():
         r.fail(f"{path}.env_override", "must be a non-empty environment variable name")

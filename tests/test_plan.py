@@ -96,6 +96,11 @@ INVALID: list[tuple[str, Mutation, str]] = [
     ),
     ("bucket-by-type", _set("flags", F1, "bucket_by", value=7), "bucket_by: must be a string"),
     (
+        "bucket-by-empty",
+        _set("flags", F1, "bucket_by", value=" "),
+        "bucket_by: must name the targeting key or a context attribute",
+    ),
+    (
         "env-override-blank",
         _set("flags", F1, "env_override", value=" "),
         f"flags.{F1}.env_override: must be a non-empty environment variable name",

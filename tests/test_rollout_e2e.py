@@ -216,6 +216,7 @@ def test_dry_run_logs_the_same_decisions_and_keeps_its_percentage(
             assert world.state().percent == 5.0  # never changed by the policy
             policy = [e for e in log if e.action not in ("start",) and not e.action.startswith("w")]
             assert policy and all(e.numbers.get("dry_run") == 1 for e in policy)
+            assert "(dry run)" in (world.reports / "canary_results.md").read_text()
     assert decisions[True] == decisions[False]
 
 
