@@ -7,7 +7,8 @@ tick's readings), so they cost nothing between scrapes:
 - ``canary.rollout.status``: 1 for the current status, 0 for the others
   (attribute ``canary.rollout.status``), so a dashboard can graph each status;
 - ``canary.trigger.value`` / ``canary.trigger.threshold``: per flag and ``canary.trigger.name``;
-- ``canary.rollbacks``: a counter per flag and ``canary.trigger.name`` (the rollback reason).
+- ``canary.rollbacks``: a counter per flag and ``canary.trigger.name`` (the trigger, ``gate_no_go``,
+  ``signal_source_error``, or ``operator`` for an operator's free-text reason).
 """
 
 from __future__ import annotations
@@ -56,11 +57,17 @@ class RolloutMetrics:
         self._rollbacks = meter.create_counter(
             "canary.rollbacks", description="Rollbacks to 0 %, by flag and trigger"
         )
+        self._reasons = frozenset(
+            {t.name for f in rollout.plan.flags.values() for t in f.triggers}
+            | {"gate_no_go", "signal_source_error"}
+        )
         rollout.add_listener(self._on_transition, local_only=True)
 
     def _on_transition(self, old: RolloutState, new: RolloutState) -> None:
         if new.status is Status.ROLLED_BACK and old.status is not Status.ROLLED_BACK:
-            self._rollbacks.add(1, {_KEY: new.flag_key, _TRIGGER: new.reason})
+            # Operators write free text as a reason; a label must stay a small set.
+            trigger = new.reason if new.reason in self._reasons else "operator"
+            self._rollbacks.add(1, {_KEY: new.flag_key, _TRIGGER: trigger})
 
     def _states(self) -> Iterable[RolloutState]:
         return (c.state for c in self.rollout.controllers())

@@ -192,3 +192,30 @@ def test_rollout_metrics_each_rollback_counts_under_its_own_trigger(world: World
     }
     assert_status(samples, FLAG, Status.PENDING)
     assert samples[("canary_rollout_percent", flag_labels(FLAG))] == 0.0
+
+
+def test_operator_free_text_reason_is_counted_under_operator() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from openfeature_canary import Rollout
+    from openfeature_canary._rollout_metrics import RolloutMetrics
+
+    reader = InMemoryMetricReader()
+    rollout = Rollout(load_plan(EXAMPLE))
+    RolloutMetrics(rollout, None, MeterProvider(metric_readers=[reader]))
+    flag = "dataservice-read-canary"
+    rollout.controller(flag).start()
+    rollout.controller(flag).rollback("saw odd numbers on the dashboard at 3am")
+    data = reader.get_metrics_data()
+    points = [
+        p
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "canary.rollbacks"
+        for p in m.data.data_points
+    ]
+    assert [(dict(p.attributes)["canary.trigger.name"], p.value) for p in points] == [
+        ("operator", 1)
+    ]
