@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import threading
 import uuid
 import weakref
@@ -36,6 +35,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
+from openfeature_canary._atomicfile import atomic_write_text, fsync_dir
 from openfeature_canary._errors import CanaryError
 
 __all__ = ["JsonScalar", "Outbox", "OutboxError", "OutboxEvent"]
@@ -232,7 +232,7 @@ class Outbox:
             finally:
                 os.close(fd)
             if not existed:
-                _fsync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
             self._compact_if_due()
 
     def _replay(self) -> _Replay:
@@ -271,7 +271,7 @@ class Outbox:
             + "\n"
             for e in replay.events.values()
         )
-        _atomic_write(self.path, text)
+        atomic_write_text(self.path, text)
 
 
 def _parse(raw: bytes) -> _Replay:
@@ -312,33 +312,6 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
-
-
-def _fsync_dir(folder: Path) -> None:
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    try:
-        mode = path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        mode = 0o644
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            os.fchmod(fh.fileno(), mode)  # keep the journal's mode, not mkstemp's 0600
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _reset_after_fork(ref: weakref.ref[Outbox]) -> None:

@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -29,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Final
 
+from openfeature_canary._atomicfile import atomic_write_text
 from openfeature_canary._durations import format_duration
 from openfeature_canary._errors import CanaryError
 from openfeature_canary._forksafe import renew_locks_after_fork
@@ -274,17 +274,7 @@ class ReportWriter:
 
     def _atomic_write(self, path: Path, text: str) -> None:
         try:
-            fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    os.fchmod(fh.fileno(), 0o644)  # mkstemp's 0600 would hide reports
-                    fh.write(text)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write_text(path, text, mode=0o644)  # mkstemp's 0600 would hide reports
         except OSError as exc:
             raise ReportError(f"{path}: cannot write: {exc.strerror or exc}") from exc
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
 
+from openfeature_canary._atomicfile import atomic_write_text
 from openfeature_canary._errors import StaleStateError, StateStoreError
 from openfeature_canary._forksafe import renew_locks_after_fork
 from openfeature_canary._state import RolloutState
@@ -144,21 +143,7 @@ class FileStateStore:
             "format": _FORMAT,
             "flags": {k: s.to_dict() for k, s in states.items()},
         }
-        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(payload, fh, indent=1, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write_text(self.path, json.dumps(payload, indent=1, sort_keys=True))
 
     def change_token(self) -> object:
         """See :class:`StateStore`: the file's inode and mtime change with every rename."""
