@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any
 
 from openfeature_canary._controller import Controller, Rollout
 from openfeature_canary._effects import Effects
@@ -36,30 +36,11 @@ from openfeature_canary._policy import (
 from openfeature_canary._reports import StageResult
 from openfeature_canary._state import LogEntry, Number, RolloutState, Status, Verdict, WindowRecord
 from openfeature_canary.plan import FlagPlan, Trigger
+from openfeature_canary.signals import SignalSource
 
-__all__ = ["Autopilot", "SignalReader", "TickResult"]
+__all__ = ["Autopilot", "TickResult"]
 
 log = logging.getLogger("openfeature_canary")
-
-
-class SignalReader(Protocol):
-    """The part of ``signals.SignalSource`` the autopilot uses."""
-
-    def snapshot(self, now: float) -> None: ...
-
-    def read(self, flag_key: str, signal: str, window_s: float, now: float) -> Reading: ...
-
-    def read_between(self, flag_key: str, signal: str, start: float, end: float) -> Reading: ...
-
-    def count_beyond(
-        self,
-        flag_key: str,
-        signal: str,
-        threshold: float,
-        inclusive: bool,
-        window_s: float,
-        now: float,
-    ) -> Reading: ...
 
 
 @dataclass(frozen=True)
@@ -88,7 +69,7 @@ class Autopilot:
     def __init__(
         self,
         rollout: Rollout,
-        source: SignalReader,
+        source: SignalSource,
         *,
         effects: Effects | None = None,
         on_decision: Callable[[str, Decision], None] | None = None,

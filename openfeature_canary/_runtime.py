@@ -14,7 +14,7 @@ from typing import Any
 
 from opentelemetry.metrics import MeterProvider
 
-from openfeature_canary._autopilot import Autopilot, SignalReader
+from openfeature_canary._autopilot import Autopilot
 from openfeature_canary._controller import Rollout
 from openfeature_canary._effects import Effects, EventSink
 from openfeature_canary._ingest import IngestClient, IngestError, TelemetrySender
@@ -23,6 +23,7 @@ from openfeature_canary._render import render_plan_markdown
 from openfeature_canary._reports import ReportWriter
 from openfeature_canary._rollout_metrics import RolloutMetrics
 from openfeature_canary._store import FileStateStore
+from openfeature_canary.signals import SignalSource
 
 __all__ = ["Runtime", "build_effects", "build_runtime", "outbox_path_for"]
 
@@ -90,7 +91,7 @@ def build_effects(
 
 def build_runtime(
     rollout: Rollout,
-    signals: SignalReader,
+    signals: SignalSource,
     *,
     meter_provider: MeterProvider | None = None,
     environ: Mapping[str, str],

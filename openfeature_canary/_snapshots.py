@@ -27,6 +27,14 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.util.types import Attributes
 
+from openfeature_canary.instrumentation import (
+    EVENT_LOOP_LAG_NAME,
+    LEDGER_MISMATCHES_NAME,
+    REQUEST_DURATION_NAME,
+    TELEMETRY_ACCEPTED_NAME,
+    TELEMETRY_SENT_NAME,
+)
+
 __all__ = [
     "EVENT_LOOP_LAG",
     "INSTRUMENTS",
@@ -42,11 +50,12 @@ __all__ = [
     "SnapshotRing",
 ]
 
-REQUEST_DURATION: Final = "http.server.request.duration"
-LEDGER_MISMATCHES: Final = "canary.ledger.mismatches"
-TELEMETRY_SENT: Final = "canary.telemetry.sent"
-TELEMETRY_ACCEPTED: Final = "canary.telemetry.accepted"
-EVENT_LOOP_LAG: Final = "canary.event_loop.lag"
+# One source of truth for the names: the instrumentation that records them.
+REQUEST_DURATION: Final = REQUEST_DURATION_NAME
+LEDGER_MISMATCHES: Final = LEDGER_MISMATCHES_NAME
+TELEMETRY_SENT: Final = TELEMETRY_SENT_NAME
+TELEMETRY_ACCEPTED: Final = TELEMETRY_ACCEPTED_NAME
+EVENT_LOOP_LAG: Final = EVENT_LOOP_LAG_NAME
 _HISTOGRAMS: Final = frozenset((REQUEST_DURATION, EVENT_LOOP_LAG))
 _COUNTERS: Final = frozenset((LEDGER_MISMATCHES, TELEMETRY_SENT, TELEMETRY_ACCEPTED))
 INSTRUMENTS: Final = _HISTOGRAMS | _COUNTERS

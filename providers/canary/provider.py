@@ -26,12 +26,12 @@ from openfeature_canary import (
     UnknownFlagError,
     load_plan,
 )
-from openfeature_canary._autopilot import SignalReader
 from openfeature_canary._effects import EventSink
 from openfeature_canary._runner import BackgroundRunner
 from openfeature_canary._runtime import Runtime, build_runtime
 from openfeature_canary._snapshot import ON, FlagView, build_view
 from openfeature_canary.bucketing import bucket
+from openfeature_canary.signals import SignalSource
 
 __all__ = ["CanaryProvider"]
 
@@ -96,7 +96,7 @@ class CanaryProvider(AbstractProvider):
         clock: Clock | None = None,
         meter_provider: Any = None,
         environ: Mapping[str, str] | None = None,
-        signals: SignalReader | None = None,
+        signals: SignalSource | None = None,
         events: EventSink | None = None,
         reports_dir: str | Path | None = None,
         background: bool = True,
