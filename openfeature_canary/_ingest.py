@@ -1,4 +1,6 @@
-"""Telemetry-ingest client and the background sender that drains the outbox into it.
+"""Telemetry-ingest client: ``POST {base_url}/telemetry/ingest``, with URL redaction.
+
+The background sender that drains the outbox into it is :mod:`._sender`.
 
 The pieces::
 
@@ -17,20 +19,15 @@ URLs are only ever shown through :func:`redact_url` (no ``user:password@``, no q
 from __future__ import annotations
 
 import logging
-import os
-import random
-import threading
-import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from typing import Any, Final, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import httpx
 
 from openfeature_canary._errors import CanaryError
-from openfeature_canary._outbox import JsonScalar, Outbox, OutboxEvent
+from openfeature_canary._outbox import OutboxEvent
 
 __all__ = [
     "INGEST_PATH",
@@ -38,7 +35,6 @@ __all__ = [
     "IngestCounters",
     "IngestError",
     "NoopIngestCounters",
-    "TelemetrySender",
     "redact_url",
 ]
 
@@ -255,261 +251,3 @@ class IngestClient:
                 f"{response.reason_phrase}" + (f": {preview}" if preview else ""),
                 status_code=response.status_code,
             )
-
-
-class TelemetrySender:
-    """Drains an :class:`Outbox` into an :class:`IngestClient` from a background thread.
-
-    Use one per process that emits rollout events::
-
-        sender = TelemetrySender(Outbox(path), IngestClient(url, app="scholarship_api"))
-        sender.start()
-        sender.enqueue("canary_rollback", {"from_pct": 25, "reason": "p95_breach"})
-        ...
-        sender.flush(5.0); sender.stop()
-
-    Pending events go out in batches of up to ``batch_size`` per POST. A failed batch is kept
-    with one more attempt and a retry time ``now + uniform(0, min(max_backoff_s,
-    base_backoff_s * 2 ** (attempts - 1)))`` (exponential backoff, full jitter) persisted in
-    the outbox; the sender also holds back further POSTs until then. Delivery problems are
-    logged with the redacted URL, never raised. With ``client=None`` (no URL configured)
-    events stay in the outbox and one warning is logged.
-
-    ``rng`` and ``clock`` (seconds, ``time.time`` by default) are injectable for tests; the
-    thread's own waits use real time, at most ``poll_interval_s`` at a stretch, so it also
-    notices events that other processes put into a shared outbox.
-    """
-
-    def __init__(
-        self,
-        outbox: Outbox,
-        client: IngestClient | None,
-        *,
-        counters: IngestCounters | None = None,
-        max_backoff_s: float = 300,
-        base_backoff_s: float = 1.0,
-        rng: random.Random | None = None,
-        clock: Callable[[], float] = time.time,
-        batch_size: int = 100,
-        poll_interval_s: float = 1.0,
-    ) -> None:
-        if base_backoff_s <= 0 or max_backoff_s < base_backoff_s:
-            raise ValueError(
-                f"TelemetrySender: need 0 < base_backoff_s <= max_backoff_s, got "
-                f"{base_backoff_s} and {max_backoff_s}"
-            )
-        if batch_size < 1:
-            raise ValueError(f"TelemetrySender: batch_size must be >= 1, got {batch_size}")
-        self.outbox = outbox
-        self.client = client
-        self.counters: IngestCounters = counters or NoopIngestCounters()
-        self.max_backoff_s = max_backoff_s
-        self.base_backoff_s = base_backoff_s
-        self.batch_size = batch_size
-        self.poll_interval_s = poll_interval_s
-        self._rng = rng or random.Random()
-        self._clock = clock
-        self._hold_until = float("-inf")
-        self._warned_no_client = False
-        self._round_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._force = False
-        self._progress = threading.Condition()
-        self._thread: threading.Thread | None = None
-        ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _restart_in_child(ref))
-
-    # ------------------------------------------------------------------ public
-
-    @property
-    def running(self) -> bool:
-        """True while the background thread is alive."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self) -> None:
-        """Start the background thread (idempotent)."""
-        if self.running:
-            return
-        if self.client is None:
-            self._warn_no_client()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._loop, name="openfeature-canary-telemetry", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop the thread and wait up to ``timeout_s`` for it; pending events stay queued."""
-        self._stop.set()
-        self._wake.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout_s)
-
-    def enqueue(self, event_name: str, properties: Mapping[str, JsonScalar]) -> OutboxEvent:
-        """Queue an event durably, then wake the sender; return the queued event.
-
-        An ``event_id`` property (the outbox id) is added unless one is given, so that the
-        ingest can drop the duplicates that at-least-once delivery may produce. Raises
-        ``ValueError`` for a property that is not a JSON scalar and
-        :class:`~openfeature_canary._outbox.OutboxError` when the event could not be written.
-        """
-        event = OutboxEvent.create(event_name, properties, now=self._clock())
-        if "event_id" not in event.properties:
-            event = replace(event, properties={**event.properties, "event_id": event.id})
-        self.outbox.enqueue(event)
-        self._wake.set()
-        return event
-
-    def deliver_once(self) -> int:
-        """One synchronous delivery round over the due events; return how many were accepted.
-
-        Stops at the first failed batch (the rest waits for the backoff). Never raises for
-        delivery problems.
-        """
-        return self._round(force=False)
-
-    def flush(self, timeout_s: float) -> bool:
-        """Deliver now (ignoring backoff once) and wait until the outbox is empty.
-
-        Returns ``True`` when nothing is pending, ``False`` when ``timeout_s`` ran out first
-        (or there is no client to deliver with). Without a running thread the rounds run on
-        the calling thread.
-        """
-        deadline = time.monotonic() + timeout_s
-        if self.client is None:
-            self._warn_no_client()
-            return not self._pending_safely()
-        if not self.running:
-            self._round(force=True)
-            while self._pending_safely():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                time.sleep(min(remaining, self._wait_s()))
-                self._round(force=False)
-            return True
-        with self._progress:
-            self._force = True
-            self._wake.set()
-            return self._progress.wait_for(
-                lambda: not self._pending_safely(),
-                timeout=max(0.0, deadline - time.monotonic()),
-            )
-
-    def backoff_s(self, attempts: int) -> float:
-        """The delay before retry number ``attempts`` (1 = after the first failure)."""
-        cap = min(self.max_backoff_s, self.base_backoff_s * 2.0 ** max(0, attempts - 1))
-        return self._rng.uniform(0.0, cap)
-
-    # ------------------------------------------------------------------ internals
-
-    def _round(self, *, force: bool) -> int:
-        with self._round_lock:
-            if self.client is None:
-                self._warn_no_client()
-                return 0
-            now = self._clock()
-            if not force and now < self._hold_until:
-                return 0
-            try:
-                pending = self.outbox.pending()
-            except CanaryError as exc:
-                log.error("telemetry: cannot read the outbox: %s", exc)
-                return 0
-            due = [e for e in pending if force or e.next_attempt_at <= now]
-            delivered = 0
-            for start in range(0, len(due), self.batch_size):
-                batch = due[start : start + self.batch_size]
-                if not self._deliver(self.client, batch):
-                    break
-                delivered += len(batch)
-            return delivered
-
-    def _deliver(self, client: IngestClient, batch: list[OutboxEvent]) -> bool:
-        # ``sent`` is counted once the outcome is known, together with ``accepted``: counted
-        # before the POST, a scrape in between would see an in-flight batch as refused.
-        try:
-            client.send(batch)
-        except IngestError as exc:
-            self.counters.sent(len(batch))
-            attempts = max(e.attempts for e in batch) + 1
-            delay = self.backoff_s(attempts)
-            retry_at = self._clock() + delay
-            self._hold_until = retry_at
-            log.warning(
-                "telemetry: delivery of %d event(s) to %s failed (attempt %d), retrying in "
-                "%.1fs: %s",
-                len(batch),
-                client.display_url,
-                attempts,
-                delay,
-                exc,
-            )
-            try:
-                self.outbox.record_attempts((e.id for e in batch), str(exc), retry_at)
-            except CanaryError as record_exc:
-                log.error("telemetry: cannot record the failed attempt: %s", record_exc)
-            return False
-        self.counters.sent(len(batch))
-        self.counters.accepted(len(batch))
-        self._hold_until = float("-inf")
-        try:
-            self.outbox.mark_delivered(e.id for e in batch)
-        except CanaryError as exc:
-            # They will be posted again later; the ingest drops them by event_id.
-            log.error("telemetry: delivered but cannot mark in the outbox: %s", exc)
-        return True
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.clear()
-            with self._progress:
-                force, self._force = self._force, False
-            try:
-                self._round(force=force)
-            except Exception:  # keep the sender alive; the next round retries
-                log.exception("telemetry: delivery round failed")
-            with self._progress:
-                self._progress.notify_all()
-            self._wake.wait(self._wait_s())
-
-    def _wait_s(self) -> float:
-        """Real seconds until the next round is worth running (at most the poll interval)."""
-        try:
-            pending = self.outbox.pending()
-        except CanaryError:
-            return self.poll_interval_s
-        if not pending:
-            return self.poll_interval_s
-        due_at = max(min(e.next_attempt_at for e in pending), self._hold_until)
-        return min(self.poll_interval_s, max(0.0, due_at - self._clock()))
-
-    def _pending_safely(self) -> bool:
-        try:
-            return bool(self.outbox.pending())
-        except CanaryError:
-            return True
-
-    def _warn_no_client(self) -> None:
-        if not self._warned_no_client:
-            self._warned_no_client = True
-            log.warning(
-                "telemetry: no ingest URL configured; events stay in the outbox %s until a "
-                "sender with a URL delivers them",
-                self.outbox.path,
-            )
-
-
-def _restart_in_child(ref: weakref.ref[TelemetrySender]) -> None:
-    sender = ref()
-    if sender is None:
-        return
-    was_running = sender._thread is not None
-    # Locks held by threads that do not exist in the child would never be released.
-    sender._round_lock = threading.Lock()
-    sender._progress = threading.Condition()
-    sender._thread = None
-    if was_running:
-        sender.start()

@@ -17,11 +17,12 @@ from opentelemetry.metrics import MeterProvider
 from openfeature_canary._autopilot import Autopilot
 from openfeature_canary._controller import Rollout
 from openfeature_canary._effects import Effects, EventSink
-from openfeature_canary._ingest import IngestClient, IngestError, TelemetrySender
+from openfeature_canary._ingest import IngestClient, IngestError
 from openfeature_canary._outbox import Outbox
 from openfeature_canary._render import render_plan_markdown
 from openfeature_canary._reports import ReportWriter
 from openfeature_canary._rollout_metrics import RolloutMetrics
+from openfeature_canary._sender import TelemetrySender
 from openfeature_canary._store import FileStateStore
 from openfeature_canary.signals import SignalSource
 

@@ -26,10 +26,10 @@ from openfeature_canary._ingest import (
     IngestClient,
     IngestCounters,
     IngestError,
-    TelemetrySender,
     redact_url,
 )
 from openfeature_canary._outbox import JsonScalar, Outbox, OutboxEvent
+from openfeature_canary._sender import TelemetrySender
 
 APP = "scholarship_api"
 ROLLBACK_PROPS: dict[str, JsonScalar] = {
@@ -514,7 +514,7 @@ def test_sender_child_process_enqueues_and_exits_parent_delivers(
     child = textwrap.dedent(
         f"""
         import os, sys
-        from openfeature_canary._ingest import TelemetrySender
+        from openfeature_canary._sender import TelemetrySender
         from openfeature_canary._outbox import Outbox
         sender = TelemetrySender(Outbox({str(path)!r}), None)
         event = sender.enqueue("canary_rollback", {{"from_pct": 25, "reason": "p95_breach"}})
