@@ -12,16 +12,15 @@ broken rule raises :class:`PlanError` naming the file, the exact path and the ru
 from __future__ import annotations
 
 import json
-import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final, Literal, NoReturn, cast
+from typing import Any, Final, Literal
 
-from openfeature_canary._durations import parse_duration
 from openfeature_canary._errors import PlanError, UnknownFlagError
+from openfeature_canary._plan_reader import Reader
 from openfeature_canary._signal_names import KNOWN_SIGNALS, MS_SIGNALS, RATE_SIGNALS
 from openfeature_canary.bucketing import SCHEMES
 
@@ -236,7 +235,7 @@ def load_plan(path: str | Path) -> RolloutPlan:
 
 def parse_plan(data: Mapping[str, Any], *, source: str = "<plan>") -> RolloutPlan:
     """Validate a plan given as plain data (what TOML or JSON decode to)."""
-    r = _Reader(source)
+    r = Reader(source)
     top = r.table(data, "", {"telemetry", "reports", "flags", "store", "signals"})
     flags_data = r.table(top.get("flags"), "flags", None, required=True)
     if not flags_data:
@@ -255,7 +254,7 @@ def parse_plan(data: Mapping[str, Any], *, source: str = "<plan>") -> RolloutPla
     )
 
 
-def _flag(r: _Reader, key: str, data: Any) -> FlagPlan:
+def _flag(r: Reader, key: str, data: Any) -> FlagPlan:
     path = f"flags.{key}"
     t = r.table(
         data,
@@ -320,7 +319,7 @@ def _flag(r: _Reader, key: str, data: Any) -> FlagPlan:
 
 
 def _stage(
-    r: _Reader, path: str, data: Any, prev: float | None, defaults: Mapping[str, Any]
+    r: Reader, path: str, data: Any, prev: float | None, defaults: Mapping[str, Any]
 ) -> Stage:
     t = r.table(
         data,
@@ -370,7 +369,7 @@ def _stage(
     )
 
 
-def _trigger(r: _Reader, path: str, data: Any) -> Trigger:
+def _trigger(r: Reader, path: str, data: Any) -> Trigger:
     t = r.table(
         data,
         path,
@@ -413,7 +412,7 @@ def _trigger(r: _Reader, path: str, data: Any) -> Trigger:
     )
 
 
-def _telemetry(r: _Reader, data: Any) -> TelemetryConfig:
+def _telemetry(r: Reader, data: Any) -> TelemetryConfig:
     if data is None:
         return TelemetryConfig()
     t = r.table(data, "telemetry", {"url", "url_env", "app", "timeout"})
@@ -430,14 +429,14 @@ def _telemetry(r: _Reader, data: Any) -> TelemetryConfig:
     )
 
 
-def _reports(r: _Reader, data: Any) -> ReportsConfig:
+def _reports(r: Reader, data: Any) -> ReportsConfig:
     if data is None:
         return ReportsConfig()
     t = r.table(data, "reports", {"dir"})
     return ReportsConfig(dir=r.opt_str(t, "reports", "dir") or "canary-reports")
 
 
-def _signals(r: _Reader, data: Any) -> dict[str, str]:
+def _signals(r: Reader, data: Any) -> dict[str, str]:
     if data is None:
         return {}
     t = r.table(data, "signals", None)
@@ -451,7 +450,7 @@ def _signals(r: _Reader, data: Any) -> dict[str, str]:
     return out
 
 
-def _check_after(r: _Reader, flags: Mapping[str, FlagPlan]) -> None:
+def _check_after(r: Reader, flags: Mapping[str, FlagPlan]) -> None:
     # Every name first: the cycle walk below may then follow any chain without a KeyError.
     for key, flag in flags.items():
         if flag.after is not None and flag.after not in flags:
@@ -471,97 +470,3 @@ def _check_after(r: _Reader, flags: Mapping[str, FlagPlan]) -> None:
 
 def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
-
-
-class _Reader:
-    """Typed access to decoded TOML/JSON that fails with the exact path."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, path: str, message: str) -> NoReturn:
-        raise PlanError(message, path=path, source=self.source)
-
-    def table(
-        self, data: Any, path: str, allowed: set[str] | None, *, required: bool = False
-    ) -> Mapping[str, Any]:
-        if data is None:
-            if required:
-                self.fail(path, "is required")
-            return {}
-        if not isinstance(data, Mapping):
-            self.fail(path or "<top>", f"must be a table, got {type(data).__name__}")
-        table = cast(Mapping[str, Any], data)
-        if allowed is not None:
-            for key in table:
-                if key not in allowed:
-                    where = f"{path}.{key}" if path else str(key)
-                    self.fail(where, f"unknown key (allowed: {', '.join(sorted(allowed))})")
-        return table
-
-    def array(self, data: Any, path: str, *, required: bool = False) -> Sequence[Any]:
-        if data is None:
-            if required:
-                self.fail(path, "is required")
-            return ()
-        if not isinstance(data, list):
-            self.fail(path, f"must be an array of tables, got {type(data).__name__}")
-        return cast(Sequence[Any], data)
-
-    def opt_str(self, t: Mapping[str, Any], path: str, key: str) -> str | None:
-        value = t.get(key)
-        if value is not None and not isinstance(value, str):
-            self.fail(_join(path, key), f"must be a string, got {type(value).__name__}")
-        return value
-
-    def number(
-        self, t: Mapping[str, Any], path: str, key: str, *, required: bool = False
-    ) -> float | None:
-        value = t.get(key)
-        if value is None:
-            if required:
-                self.fail(_join(path, key), "is required")
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.fail(_join(path, key), f"must be a number, got {type(value).__name__}")
-        if not math.isfinite(value):
-            self.fail(_join(path, key), "must be a finite number")
-        return float(value)
-
-    def int_(self, t: Mapping[str, Any], path: str, key: str, default: int, *, minimum: int) -> int:
-        value = t.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(_join(path, key), f"must be an integer, got {type(value).__name__}")
-        if value < minimum:
-            self.fail(_join(path, key), f"must be >= {minimum}, got {value}")
-        return int(value)
-
-    def bool_(self, t: Mapping[str, Any], path: str, key: str, default: bool) -> bool:
-        value = t.get(key, default)
-        if not isinstance(value, bool):
-            self.fail(_join(path, key), f"must be true or false, got {value!r}")
-        return bool(value)
-
-    def choice(
-        self, t: Mapping[str, Any], path: str, key: str, options: Sequence[str], default: str
-    ) -> Any:
-        value = t.get(key, default)
-        if value not in options:
-            self.fail(_join(path, key), f"must be one of {', '.join(options)}, got {value!r}")
-        return value
-
-    def duration(self, t: Mapping[str, Any], path: str, key: str, default: str | None) -> float:
-        value = t.get(key, default)
-        if value is None:
-            self.fail(_join(path, key), "is required")
-        try:
-            seconds = parse_duration(value)
-        except ValueError as exc:
-            self.fail(_join(path, key), str(exc))
-        if seconds <= 0:
-            self.fail(_join(path, key), f"must be a positive duration, got {value!r}")
-        return seconds
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key

@@ -1,0 +1,110 @@
+"""Typed, path-aware access to decoded TOML/JSON for the plan validator.
+
+Every failure raises :class:`PlanError` naming the source file, the exact path
+(``flags.x.stages[2].percent``) and the rule.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn, cast
+
+from openfeature_canary._durations import parse_duration
+from openfeature_canary._errors import PlanError
+
+__all__ = ["Reader"]
+
+
+class Reader:
+    """Typed access to decoded TOML/JSON that fails with the exact path."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, path: str, message: str) -> NoReturn:
+        raise PlanError(message, path=path, source=self.source)
+
+    def table(
+        self, data: Any, path: str, allowed: set[str] | None, *, required: bool = False
+    ) -> Mapping[str, Any]:
+        if data is None:
+            if required:
+                self.fail(path, "is required")
+            return {}
+        if not isinstance(data, Mapping):
+            self.fail(path or "<top>", f"must be a table, got {type(data).__name__}")
+        table = cast(Mapping[str, Any], data)
+        if allowed is not None:
+            for key in table:
+                if key not in allowed:
+                    where = f"{path}.{key}" if path else str(key)
+                    self.fail(where, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        return table
+
+    def array(self, data: Any, path: str, *, required: bool = False) -> Sequence[Any]:
+        if data is None:
+            if required:
+                self.fail(path, "is required")
+            return ()
+        if not isinstance(data, list):
+            self.fail(path, f"must be an array of tables, got {type(data).__name__}")
+        return cast(Sequence[Any], data)
+
+    def opt_str(self, t: Mapping[str, Any], path: str, key: str) -> str | None:
+        value = t.get(key)
+        if value is not None and not isinstance(value, str):
+            self.fail(_join(path, key), f"must be a string, got {type(value).__name__}")
+        return value
+
+    def number(
+        self, t: Mapping[str, Any], path: str, key: str, *, required: bool = False
+    ) -> float | None:
+        value = t.get(key)
+        if value is None:
+            if required:
+                self.fail(_join(path, key), "is required")
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(_join(path, key), f"must be a number, got {type(value).__name__}")
+        if not math.isfinite(value):
+            self.fail(_join(path, key), "must be a finite number")
+        return float(value)
+
+    def int_(self, t: Mapping[str, Any], path: str, key: str, default: int, *, minimum: int) -> int:
+        value = t.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(_join(path, key), f"must be an integer, got {type(value).__name__}")
+        if value < minimum:
+            self.fail(_join(path, key), f"must be >= {minimum}, got {value}")
+        return int(value)
+
+    def bool_(self, t: Mapping[str, Any], path: str, key: str, default: bool) -> bool:
+        value = t.get(key, default)
+        if not isinstance(value, bool):
+            self.fail(_join(path, key), f"must be true or false, got {value!r}")
+        return bool(value)
+
+    def choice(
+        self, t: Mapping[str, Any], path: str, key: str, options: Sequence[str], default: str
+    ) -> Any:
+        value = t.get(key, default)
+        if value not in options:
+            self.fail(_join(path, key), f"must be one of {', '.join(options)}, got {value!r}")
+        return value
+
+    def duration(self, t: Mapping[str, Any], path: str, key: str, default: str | None) -> float:
+        value = t.get(key, default)
+        if value is None:
+            self.fail(_join(path, key), "is required")
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            self.fail(_join(path, key), str(exc))
+        if seconds <= 0:
+            self.fail(_join(path, key), f"must be a positive duration, got {value!r}")
+        return seconds
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
