@@ -22,6 +22,7 @@ from openfeature.contrib.provider.canary import CanaryProvider
 from openfeature.evaluation_context import EvaluationContext
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
+from otel_points import points
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -45,18 +46,6 @@ from openfeature_canary.instrumentation import (
 
 FLAG = "dataservice-read-canary"
 DURATION = "http.server.request.duration"
-
-
-def points(reader: InMemoryMetricReader, name: str) -> list[tuple[dict[str, Any], Any]]:
-    """(attributes, data point) of every point of metric ``name`` in one collection."""
-    data = reader.get_metrics_data()
-    found = []
-    for rm in data.resource_metrics if data else ():
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                if metric.name == name:
-                    found += [(dict(p.attributes or {}), p) for p in metric.data.data_points]
-    return found
 
 
 def counts(reader: InMemoryMetricReader, name: str) -> dict[frozenset[tuple[str, Any]], float]:

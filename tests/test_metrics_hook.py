@@ -24,6 +24,7 @@ from openfeature.provider import AbstractProvider, Metadata
 from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
+from otel_points import points
 from prometheus_client.parser import text_string_to_metric_families
 
 from openfeature_canary import load_plan
@@ -33,18 +34,6 @@ from openfeature_canary.telemetry import Telemetry, setup_telemetry
 
 FLAG = "dataservice-read-canary"
 PROVIDER = "CanaryProvider"
-
-
-def points(reader: InMemoryMetricReader, name: str) -> list[tuple[dict[str, Any], Any]]:
-    """(attributes, data point) of every point of metric ``name`` in one collection."""
-    data = reader.get_metrics_data()
-    found = []
-    for rm in data.resource_metrics if data else ():
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                if metric.name == name:
-                    found += [(dict(p.attributes or {}), p) for p in metric.data.data_points]
-    return found
 
 
 def value(reader: InMemoryMetricReader, name: str, **attrs: Any) -> float:

@@ -16,6 +16,7 @@ import e2e_world
 import httpx
 import pytest
 from e2e_world import FLAG, PHASE2, World, make_world
+from otel_points import points
 from prometheus_client.parser import text_string_to_metric_families
 
 from openfeature_canary import RolloutPlan, Status, load_plan
@@ -207,15 +208,5 @@ def test_operator_free_text_reason_is_counted_under_operator() -> None:
     flag = "dataservice-read-canary"
     rollout.controller(flag).start()
     rollout.controller(flag).rollback("saw odd numbers on the dashboard at 3am")
-    data = reader.get_metrics_data()
-    points = [
-        p
-        for rm in data.resource_metrics
-        for sm in rm.scope_metrics
-        for m in sm.metrics
-        if m.name == "canary.rollbacks"
-        for p in m.data.data_points
-    ]
-    assert [(dict(p.attributes)["canary.trigger.name"], p.value) for p in points] == [
-        ("operator", 1)
-    ]
+    rollbacks = points(reader, "canary.rollbacks")
+    assert [(a["canary.trigger.name"], p.value) for a, p in rollbacks] == [("operator", 1)]

@@ -11,6 +11,7 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 from opentelemetry.sdk.resources import Resource
+from otel_points import points
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -41,15 +42,7 @@ def started() -> Iterator[list[Telemetry]]:
 
 
 def _histogram_points(reader: InMemoryMetricReader, name: str) -> list[HistogramDataPoint]:
-    data = reader.get_metrics_data()
-    return [
-        p
-        for rm in (data.resource_metrics if data else ())
-        for sm in rm.scope_metrics
-        for m in sm.metrics
-        if m.name == name
-        for p in m.data.data_points
-    ]
+    return [p for _, p in points(reader, name)]
 
 
 def test_histogram_bounds_s_holds_every_plan_threshold_in_seconds(plan: RolloutPlan) -> None:
