@@ -7,10 +7,10 @@ format can be tested by value.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
 from typing import Any
 
-from openfeature_canary._render import format_span
+from openfeature_canary._durations import iso_utc
+from openfeature_canary._render import format_number, format_span
 from openfeature_canary._state import LogEntry, RolloutState, Status
 from openfeature_canary.bucketing import bucket, in_rollout
 from openfeature_canary.plan import FlagPlan
@@ -20,7 +20,6 @@ __all__ = [
     "flag_summary",
     "format_decision",
     "format_pct",
-    "iso_utc",
     "state_line",
     "status_json",
     "status_table",
@@ -32,13 +31,7 @@ STATUS_COLUMNS = ("FLAG", "STATUS", "STAGE", "PERCENT", "SINCE", "REASON", "LAST
 
 def format_pct(percent: float) -> str:
     """``5.0`` → ``"5%"``, ``12.5`` → ``"12.5%"`` (compact, for aligned columns)."""
-    return f"{_num(percent)}%"
-
-
-def iso_utc(epoch_s: float) -> str:
-    """Epoch seconds as ISO-8601 UTC to the second: ``"2025-01-02T03:04:05Z"``."""
-    moment = datetime.fromtimestamp(epoch_s, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{format_number(percent)}%"
 
 
 def _since(state: RolloutState) -> str | None:
@@ -176,9 +169,5 @@ def _align(rows: Iterable[Sequence[str]]) -> str:
 
 def _value(v: object) -> str:
     if isinstance(v, float):
-        return _num(v)
+        return format_number(v)
     return str(v)
-
-
-def _num(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"

@@ -1,10 +1,11 @@
-"""Parse and format durations such as ``"90s"``, ``"10m"``, ``"1h30m"``, ``"24h"``."""
+"""Parse and format durations such as ``"90s"``, ``"10m"``, ``"1h30m"``, ``"24h"``, and instants."""
 
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
 
-__all__ = ["format_duration", "parse_duration"]
+__all__ = ["format_duration", "iso_utc", "parse_duration"]
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -43,3 +44,8 @@ def format_duration(seconds: float) -> str:
             count, rest = divmod(rest, size)
             parts.append(f"{count}{unit}")
     return "".join(parts) or "0s"
+
+
+def iso_utc(epoch_s: float) -> str:
+    """Epoch seconds as ISO-8601 UTC to the second: ``"2025-01-02T03:04:05Z"``."""
+    return datetime.fromtimestamp(epoch_s, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

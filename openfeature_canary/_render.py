@@ -19,6 +19,7 @@ from openfeature_canary._durations import format_duration
 from openfeature_canary.plan import DEFAULT_MIN_SAMPLES, FlagPlan, RolloutPlan, Stage
 
 __all__ = [
+    "format_number",
     "format_percent",
     "format_rate",
     "format_span",
@@ -32,7 +33,7 @@ _BASELINE_ROW: Final = ("0", "0 %", _DASH, "baseline", "all triggers quiet on th
 
 def format_percent(percent: float) -> str:
     """Traffic share as people write it: ``5`` → ``"5 %"``, ``12.5`` → ``"12.5 %"``."""
-    return f"{_num(percent)} %"
+    return f"{format_number(percent)} %"
 
 
 def format_rate(rate: float) -> str:
@@ -166,9 +167,9 @@ def _stage_row(flag: FlagPlan, index: int) -> tuple[str, ...]:
 def _gate(stage: Stage) -> str:
     parts: list[str] = []
     if stage.max_p95_ms is not None:
-        parts.append(f"P95 ≤ {_num(stage.max_p95_ms)} ms")
+        parts.append(f"P95 ≤ {format_number(stage.max_p95_ms)} ms")
     if stage.max_p99_ms is not None:
-        parts.append(f"P99 ≤ {_num(stage.max_p99_ms)} ms")
+        parts.append(f"P99 ≤ {format_number(stage.max_p99_ms)} ms")
     if stage.max_error_rate is not None:
         parts.append(f"5xx ≤ {format_rate(stage.max_error_rate)}")
     return ", ".join(parts) or "no gate (time only)"
@@ -213,5 +214,6 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _num(value: float) -> str:
+def format_number(value: float) -> str:
+    """``5.0`` → ``"5"``, ``12.5`` → ``"12.5"``: whole numbers without a trailing ``.0``."""
     return str(int(value)) if float(value).is_integer() else f"{value:g}"

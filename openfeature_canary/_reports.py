@@ -24,12 +24,11 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Final
 
 from openfeature_canary._atomicfile import atomic_write_text
-from openfeature_canary._durations import format_duration
+from openfeature_canary._durations import format_duration, iso_utc
 from openfeature_canary._errors import CanaryError
 from openfeature_canary._forksafe import renew_locks_after_fork
 from openfeature_canary._signal_names import MS_SIGNALS, RATE_SIGNALS
@@ -357,7 +356,7 @@ def fmt_time(at: float | None) -> str:
     """ISO-8601 UTC to the second: ``2025-01-01T00:10:00Z``; an en dash for ``None``."""
     if at is None:
         return _DASH
-    return datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso_utc(at)
 
 
 def fmt_ms(value: float | None) -> str:
