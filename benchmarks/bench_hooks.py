@@ -1,6 +1,7 @@
 """What ``MetricsHook`` costs per flag evaluation, measured the way a service runs.
 
-Run: ``python benchmarks/bench_hooks.py [--rounds 15] [--size 2000]``
+Run: ``python benchmarks/bench_hooks.py [--rounds 15] [--size 2000] [--threads 2000]
+[--baseline OLD_METRICS_PY]``
 
 Every scenario evaluates a boolean flag through a real OpenFeature client, with the
 application's ``MeterProvider`` holding two readers (an ``InMemoryMetricReader``, as the canary
@@ -17,14 +18,25 @@ Scenarios:
 * ``canary+MetricsHook``: ours;
 * ``canary+naive``: a hook that records five OpenTelemetry instruments per evaluation
   (active count up and down, requests, success, duration), as a straightforward port of the
-  other SDKs' metrics hooks would.
+  other SDKs' metrics hooks would;
+* ``canary+baseline`` (with ``--baseline FILE``): the ``MetricsHook`` of another version of
+  ``hooks/canary/metrics.py``, e.g. ``git show HEAD:hooks/canary/metrics.py > /tmp/old.py``,
+  so that a change to the hook is measured in the same process, round after round.
+
+Then, threads: what one collection (both readers) costs with one evaluating thread, and again
+after ``--threads`` short-lived threads (run in batches) evaluated a few times each and ended,
+as under a thread-per-request server (and the same for the baseline hook); the ratio should
+stay near 1 (the counts of ended threads are folded into one total) and the counts must stay
+exact.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -132,7 +144,7 @@ def _scenario(
     registry = CollectorRegistry()
     reader = InMemoryMetricReader()
     mp = MeterProvider(metric_readers=[reader, PrometheusMetricReader(registry=registry)])
-    api.set_provider(provider, domain=name)
+    api.set_provider_and_wait(provider, domain=name)
     client = api.get_client(domain=name)
     if hook is not None:
         client.add_hooks([hook(mp)])
@@ -167,14 +179,91 @@ def _sum_points(reader: InMemoryMetricReader, name: str) -> float:
     return total
 
 
+def _collect_s(s: Scenario) -> float:
+    """Seconds one collection takes: the in-memory reader's and a Prometheus scrape."""
+    start = time.perf_counter()
+    s.reader.get_metrics_data()
+    generate_latest(s.registry)
+    return time.perf_counter() - start
+
+
+def _median_collect_us(s: Scenario, repeats: int) -> float:
+    return statistics.median(_collect_s(s) for _ in range(repeats)) * 1e6
+
+
+def _load_hook(path: Path) -> Callable[[MeterProvider], Hook]:
+    """``MetricsHook`` of another version of the hook's module (it imports as the real one)."""
+    spec = importlib.util.spec_from_file_location("bench_baseline_metrics", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    hook: Callable[[MeterProvider], Hook] = module.MetricsHook
+    return hook
+
+
+def bench_threads(
+    label: str,
+    hook: Callable[[MeterProvider], Hook],
+    threads: int,
+    batch: int = 50,
+    per_thread: int = 5,
+    repeats: int = 200,
+) -> bool:
+    """Collection cost with one evaluating thread, then after ``threads`` short-lived ones."""
+    provider = CanaryProvider(PLAN, name="CanaryProvider")
+    provider.controller(FLAG).start()
+    s = _scenario(f"threads+{label}", provider, FLAG, hook)
+    get = s.client.get_boolean_value
+    user = iter(range(10**9))
+
+    def evaluate(times: int = per_thread) -> None:
+        for _ in range(times):
+            get(FLAG, False, EvaluationContext(targeting_key=f"user-{next(user)}"))
+
+    # The collecting thread evaluates too, as a service's main thread may, enough to have
+    # seen both variants: the time series are then the same before and after the threads.
+    evaluate(400)
+    one_thread = _median_collect_us(s, repeats)
+    for first in range(0, threads, batch):
+        workers = [threading.Thread(target=evaluate) for _ in range(min(batch, threads - first))]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    first_after = _collect_s(s) * 1e6  # the first collection also folds the ended threads
+    after = _median_collect_us(s, repeats)
+
+    print(
+        f"  {label:<12} 1 evaluating thread {one_thread:6.0f} µs; after them {after:6.0f} µs "
+        f"({after / one_thread:5.2f}x); the first collection after them {first_after:6.0f} µs"
+    )
+    evaluations = 400 + threads * per_thread
+    requests = _sum_points(s.reader, "feature_flag.evaluation_requests_total")
+    timed = _sum_points(s.reader, "feature_flag.evaluation.duration")
+    active = _sum_points(s.reader, "feature_flag.evaluation_active_count")
+    exact = requests == timed == evaluations and active == 0
+    print(
+        f"  {'':<12} {evaluations} evaluations, {requests:.0f} counted, {timed:.0f} timed, "
+        f"{active:.0f} in flight -> {'exact' if exact else 'MISMATCH'}"
+    )
+    return exact
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds per scenario")
     parser.add_argument("--size", type=int, default=2000, help="evaluations per round")
+    parser.add_argument(
+        "--threads", type=int, default=2000, help="short-lived threads (0: skip that part)"
+    )
+    parser.add_argument(
+        "--baseline", type=Path, help="another metrics.py whose MetricsHook to compare with"
+    )
     args = parser.parse_args(argv)
+    baseline = _load_hook(args.baseline) if args.baseline else None
 
     in_memory = InMemoryProvider({FLAG: InMemoryFlag("on", {"on": True, "off": False})})
-    canary = [CanaryProvider(PLAN, name="CanaryProvider") for _ in range(3)]
+    canary = [CanaryProvider(PLAN, name="CanaryProvider") for _ in range(4)]
     for provider in canary:
         provider.controller(FLAG).start()  # 5 %: both variants are served
     scenarios = [
@@ -183,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         _scenario("canary+MetricsHook", canary[1], FLAG, MetricsHook),
         _scenario("canary+naive", canary[2], FLAG, NaiveMetricsHook),
     ]
+    if baseline is not None:
+        scenarios.append(_scenario("canary+baseline", canary[3], FLAG, baseline))
     contexts = [EvaluationContext(targeting_key=f"user-{i}") for i in range(args.size)]
     for s in scenarios:  # warm-up: first-seen attribute sets, caches
         _round(s, contexts)
@@ -205,6 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  added by MetricsHook   {ours:7.2f} µs")
     print(f"  added by naive hook    {naive:7.2f} µs")
     print(f"  added-cost ratio ours/naive: {ours / naive:.2f}")
+    if baseline is not None:
+        old = per_eval["canary+baseline"] - base
+        print(f"  added by baseline      {old:7.2f} µs")
+        print(
+            f"  MetricsHook/baseline: whole evaluation "
+            f"{per_eval['canary+MetricsHook'] / per_eval['canary+baseline']:.3f}, "
+            f"added cost {ours / old:.3f}"
+        )
 
     ok = True
     for s in scenarios[2:]:
@@ -216,6 +315,14 @@ def main(argv: list[str] | None = None) -> int:
             f"  {s.name}: {s.evaluations} evaluations, {requests:.0f} counted, "
             f"{timed:.0f} timed -> {'exact' if exact else 'MISMATCH'}"
         )
+    if args.threads:
+        print(
+            f"\none collection (2 readers), median of 200, before and after {args.threads} "
+            "short-lived threads (50 at a time, 5 evaluations each) evaluated and ended"
+        )
+        ok &= bench_threads("MetricsHook", MetricsHook, args.threads)
+        if baseline is not None:
+            bench_threads("baseline", baseline, args.threads)  # its counts: informative only
     api.shutdown()
     return 0 if ok else 1
 

@@ -2,17 +2,35 @@
 
 Design (why it is cheap): an OpenTelemetry ``Counter.add`` with attributes costs about as
 much as a whole flag evaluation, so the counters are not touched per evaluation. Each thread
-counts outcomes in plain Python ints of its own (no lock, no contention, exact); the counters
-are *observable* instruments whose callbacks add the threads' counts up when a reader
-collects. Only the duration histogram is recorded per evaluation (OpenTelemetry has no
-observable histogram, and a histogram's count can only grow by one per ``record``), with an
-attribute dict built once per outcome.
+counts outcomes in plain Python ints of its own, a *shard* (no lock, no contention, exact); the
+counters are *observable* instruments whose callbacks add the shards up when a reader collects.
+Only the duration histogram is recorded per evaluation (OpenTelemetry has no observable
+histogram, and a histogram's count can only grow by one per ``record``), with an attribute dict
+built once per outcome.
+
+Threads come and go (a thread-per-request server starts one per request), so a shard lives only
+as long as its thread: an ended thread's counts are folded into one shared total, and a
+collection costs as much after thousands of short-lived threads as with one. The thread's
+``threading.local`` storage holds a token besides its shard, and CPython frees that storage
+when the thread ends, after its last evaluation; a weak-reference callback on the token then
+moves the shard's (final) counts into the total. Folding and collection take one lock, which
+the evaluation path never takes: a new thread announces its shard with an atomic
+``deque.append``, and an ending thread that finds the lock busy queues its shard the same way
+for the holder (or the next collection) to fold. A collection reads the total and the live
+shards under that lock, so a thread ending meanwhile is counted once, live or folded.
+
+In a child process forked from a threaded one, only the forking thread exists: the other
+threads' shards are folded at the fork (their evaluations in flight then never finish there),
+and the fork waits for a collection under way to end, so no fold is left half done.
 """
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Iterable
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable
 from time import perf_counter
 from typing import Any, Final
 
@@ -53,7 +71,8 @@ _OutcomeKey = tuple[str, str, Any, Any, Any]
 
 
 class _Outcome:
-    """Counts of one outcome in one thread; attribute dicts built once."""
+    """Counts of one outcome in one thread (or ``count`` only: ended threads' total);
+    attribute dicts built once."""
 
     __slots__ = (
         "count",
@@ -84,14 +103,23 @@ class _Outcome:
             self.duration_attrs[ERROR_TYPE] = error_type
 
 
-class _Shard:
-    """One thread's counts. Only its thread writes; collection reads ints (atomic)."""
+class _Token:
+    """Held only by its thread's ``threading.local`` storage: freed when the thread ends."""
 
-    __slots__ = ("outcomes", "started")
+    __slots__ = ("__weakref__",)
+
+
+class _Shard:
+    """One live thread's counts. Only its thread writes; collection reads ints (atomic)."""
+
+    __slots__ = ("outcomes", "started", "token")
 
     def __init__(self) -> None:
         self.outcomes: dict[_OutcomeKey, _Outcome] = {}
         self.started: dict[str, int] = {}  # per flag key: evaluations whose ``before`` ran
+        #: Weak reference to the thread's token, whose callback folds this shard (it is kept
+        #: here so that the callback runs); None once folded.
+        self.token: weakref.ref[_Token] | None = None
 
 
 class MetricsHook(Hook):
@@ -127,17 +155,25 @@ class MetricsHook(Hook):
     It also remembers the variant each flag gave the current request
     (``openfeature_canary.instrumentation.current_variant``) for the request middleware.
 
-    Counts are exact (no sampling) and are added up when a reader collects. Use one
-    ``MetricsHook`` per meter provider: OpenTelemetry keeps only the first callbacks of an
-    instrument name, so a second hook on the same provider would count in vain.
+    Counts are exact (no sampling) and are added up when a reader collects; the counts of
+    threads that have ended are kept as one total, so short-lived threads cost nothing once
+    gone. Use one ``MetricsHook`` per meter provider: OpenTelemetry keeps only the first
+    callbacks of an instrument name, so a second hook on the same provider would count in
+    vain.
     """
 
     def __init__(self, meter_provider: MeterProvider | None = None) -> None:
         mp = meter_provider if meter_provider is not None else get_meter_provider()
         meter = mp.get_meter(METER_NAME)
         self._local = threading.local()
-        self._shards: list[_Shard] = []
-        self._shards_lock = threading.Lock()
+        # Taken by collection and folding only, never by the evaluation path.
+        self._lock = threading.Lock()
+        self._fork_locked = False
+        self._shards: set[_Shard] = set()  # live threads' shards (under the lock)
+        self._joined: deque[_Shard] = deque()  # new threads' shards, not yet in ``_shards``
+        self._ended: deque[_Shard] = deque()  # ended threads' shards, not yet folded
+        self._folded: dict[_OutcomeKey, _Outcome] = {}  # ended threads' counts (under the lock)
+        self._ended_flags: set[str] = set()  # flags started by ended threads: 0 in flight
         self._duration = meter.create_histogram(
             DURATION,
             unit="s",
@@ -168,14 +204,26 @@ class MetricsHook(Hook):
             unit="{evaluation}",
             description="Feature flag evaluations in flight.",
         )
+        if hasattr(os, "register_at_fork"):  # not on Windows
+            ref = weakref.ref(self)
+            os.register_at_fork(
+                before=lambda: _call(ref, MetricsHook._before_fork),
+                after_in_parent=lambda: _call(ref, MetricsHook._after_fork_in_parent),
+                after_in_child=lambda: _call(ref, MetricsHook._after_fork_in_child),
+            )
 
     # ------------------------------------------------------------------ evaluation path
     # Hot path: about 1 µs of our own work per evaluation besides one Histogram.record.
 
     def _new_shard(self) -> _Shard:
-        shard = self._local.shard = _Shard()
-        with self._shards_lock:
-            self._shards = [*self._shards, shard]  # copy on write: collection iterates freely
+        """A thread's first evaluation: its shard, announced without a lock."""
+        shard = _Shard()
+        token = _Token()
+        shard.token = weakref.ref(token, lambda _: self._thread_ended(shard))
+        local = self._local
+        local.token = token  # the thread's storage is the only owner of the token
+        local.shard = shard
+        self._joined.append(shard)  # atomic; folding and collection take it in
         return shard
 
     def before(self, hook_context: HookContext, hints: HookHints) -> None:
@@ -215,30 +263,116 @@ class MetricsHook(Hook):
             self._duration.record(end - start, outcome.duration_attrs)
         remember_variant(flag_key, None if error_code else variant)
 
+    # ------------------------------------------------------------------ ended threads
+
+    def _thread_ended(self, shard: _Shard) -> None:
+        """The token's callback, on the ending thread after its last evaluation: fold.
+
+        Never waits for the lock: if a collection (or another ending thread) holds it, the
+        shard is queued, and whoever holds the lock sees the queue when releasing it.
+        """
+        self._ended.append(shard)
+        self._fold_ended()
+
+    def _fold_ended(self) -> None:
+        # Queue first, then try the lock; a holder re-checks the queue after releasing: a
+        # shard queued while the lock was busy is never left behind.
+        while self._ended and self._lock.acquire(blocking=False):
+            try:
+                self._settle()
+            finally:
+                self._lock.release()
+
+    def _settle(self) -> set[_Shard]:
+        """Take in the new shards, fold the ended ones; return the live shards. Lock held."""
+        shards = self._shards
+        joined = self._joined
+        while joined:  # only a lock holder takes from the queues
+            shard = joined.popleft()
+            if shard.token is not None:  # not folded yet (its thread may be gone already)
+                shards.add(shard)
+        ended = self._ended
+        while ended:
+            self._fold(ended.popleft())
+        return shards
+
+    def _fold(self, shard: _Shard) -> None:
+        """Add an ended thread's counts (final: nothing writes them any more) to the total.
+
+        Lock held. The shard may still wait in ``_joined`` (a thread that ended right after
+        it began), whose draining then skips it.
+        """
+        if shard.token is None:  # folded already (a fork folds without the callback)
+            return
+        shard.token = None
+        self._shards.discard(shard)
+        folded = self._folded
+        for key, o in shard.outcomes.items():
+            total = folded.get(key)
+            if total is None:
+                total = folded[key] = _Outcome(key)
+            total.count += o.count
+        # An ended thread has no evaluation in flight (``timed`` only serves to count a live
+        # thread's): its flags stay reported, at 0 in flight.
+        self._ended_flags.update(shard.started)
+
+    # ------------------------------------------------------------------ fork
+
+    def _before_fork(self) -> None:
+        # No fold half done in the child: wait for the collection under way, if any.
+        self._lock.acquire()
+        self._fork_locked = True
+
+    def _after_fork_in_parent(self) -> None:
+        if self._fork_locked:
+            self._fork_locked = False
+            self._lock.release()
+            self._fold_ended()  # threads that ended during the fork
+
+    def _after_fork_in_child(self) -> None:
+        # Only this thread exists here: fold every other thread's shard. The fork may have
+        # freed their storage (their callbacks, finding the lock held, queued their shards)
+        # or not all of it (what their stacks referred to leaks): either way, fold here.
+        self._lock = threading.Lock()
+        self._fork_locked = False
+        mine = getattr(self._local, "shard", None)
+        with self._lock:
+            for shard in tuple(self._settle()):
+                if shard is not mine:
+                    self._fold(shard)
+
     # ------------------------------------------------------------------ collection
+    # Each callback reads the total and the live shards under the lock, so a thread that
+    # ends meanwhile is counted once, live or folded; cumulative counts never go back.
 
     def _outcomes(self) -> list[_Outcome]:
+        """Every outcome's counts: the ended threads' totals and each live thread's. Lock held."""
         # ``tuple(dict.values())`` runs in C under the GIL: safe while the owner inserts.
-        return [o for shard in self._shards for o in tuple(shard.outcomes.values())]
+        live = [o for shard in self._settle() for o in tuple(shard.outcomes.values())]
+        return [*self._folded.values(), *live]
 
     def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:
         totals: dict[tuple[str, str], int] = {}
-        for o in self._outcomes():
-            flag = (o.flag_key, o.provider)
-            totals[flag] = totals.get(flag, 0) + o.count
+        with self._lock:
+            for o in self._outcomes():
+                flag = (o.flag_key, o.provider)
+                totals[flag] = totals.get(flag, 0) + o.count
+        self._fold_ended()
         return [
             Observation(n, {FLAG_KEY: flag_key, PROVIDER_NAME: provider})
             for (flag_key, provider), n in totals.items()
         ]
 
     def _observe_outcomes(self, success: bool) -> list[Observation]:
-        # Two threads' outcomes with equal keys have equal attributes: add them up.
+        # Outcomes with equal keys (threads', ended threads') have equal attributes: add up.
         totals: dict[tuple[tuple[str, AttributeValue], ...], tuple[int, Attributes]] = {}
-        for o in self._outcomes():
-            if o.success is success:
-                ident = tuple(o.outcome_attrs.items())
-                n, attrs = totals.get(ident, (0, o.outcome_attrs))
-                totals[ident] = (n + o.count, attrs)
+        with self._lock:
+            for o in self._outcomes():
+                if o.success is success:
+                    ident = tuple(o.outcome_attrs.items())
+                    n, attrs = totals.get(ident, (0, o.outcome_attrs))
+                    totals[ident] = (n + o.count, attrs)
+        self._fold_ended()
         return [Observation(n, attrs) for n, attrs in totals.values()]
 
     def _observe_successes(self, options: CallbackOptions) -> Iterable[Observation]:
@@ -248,16 +382,22 @@ class MetricsHook(Hook):
         return self._observe_outcomes(False)
 
     def _observe_active(self, options: CallbackOptions) -> Iterable[Observation]:
-        # Read what finished before what started: an evaluation ending in between is then
-        # seen as still in flight, never as a negative count.
-        finished: dict[str, int] = {}
-        for o in self._outcomes():
-            finished[o.flag_key] = finished.get(o.flag_key, 0) + o.timed
-        active: dict[str, int] = {}
-        for shard in self._shards:
-            for flag_key, n in tuple(shard.started.items()):
-                active[flag_key] = active.get(flag_key, 0) + n
-        return [
-            Observation(n - finished.get(flag_key, 0), {FLAG_KEY: flag_key})
-            for flag_key, n in active.items()
-        ]
+        with self._lock:
+            active = dict.fromkeys(self._ended_flags, 0)
+            for shard in self._settle():
+                # Read what finished before what started: an evaluation ending in between
+                # is then seen as still in flight, never as a negative count.
+                for o in tuple(shard.outcomes.values()):
+                    if o.timed:
+                        active[o.flag_key] = active.get(o.flag_key, 0) - o.timed
+                for flag_key, n in tuple(shard.started.items()):
+                    active[flag_key] = active.get(flag_key, 0) + n
+        self._fold_ended()
+        return [Observation(n, {FLAG_KEY: flag_key}) for flag_key, n in active.items()]
+
+
+def _call(ref: weakref.ref[MetricsHook], method: Callable[[MetricsHook], None]) -> None:
+    """Run a fork handler of a hook that still exists."""
+    hook = ref()
+    if hook is not None:
+        method(hook)
