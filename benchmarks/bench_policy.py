@@ -45,9 +45,9 @@ from openfeature.evaluation_context import EvaluationContext
 from openfeature.flag_evaluation import FlagEvaluationDetails, FlagType, Reason
 from openfeature.hook import Hook, HookContext, HookHints
 
-from openfeature_canary import ManualClock, RolloutPlan, Status, load_plan
-from openfeature_canary._policy import Memory, Readings, decide
-from openfeature_canary._simulation import Fault, FaultKind, SimulatedService, Simulation
+from openfeature_canary import Autopilot, ManualClock, RolloutPlan, Status, load_plan
+from openfeature_canary.demo._simulation import Fault, FaultKind, SimulatedService, Simulation
+from openfeature_canary.policy._decide import Memory, Readings, decide
 from openfeature_canary.signals import InProcessSignalSource, SignalReading
 from openfeature_canary.telemetry import Telemetry, setup_telemetry
 
@@ -203,9 +203,9 @@ def bench_tick(plan: RolloutPlan, ticks: int, warmup: int) -> None:
         assert (state.status, state.stage) == (Status.RUNNING, 2), state
         judged = len(state.windows)
 
-        runtime = world.provider.runtime
-        assert runtime is not None
-        last = runtime.autopilot.last(FLAG)
+        policy = world.provider.rollout.policy
+        assert isinstance(policy, Autopilot)
+        last = policy.last(FLAG)
         assert last is not None
         flag = plan.flag(FLAG)
         readings = Readings(triggers=last.triggers)

@@ -1,5 +1,5 @@
 """``python -m openfeature_canary`` is the ``openfeature-canary`` command."""
 
-from openfeature_canary._cli import main
+from openfeature_canary.cli import main
 
 raise SystemExit(main())

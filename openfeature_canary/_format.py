@@ -1,11 +1,24 @@
-"""Parse and format durations such as ``"90s"``, ``"10m"``, ``"1h30m"``, ``"24h"``, and instants."""
+"""The one place numbers, percentages, durations and instants are turned into text.
+
+The CLI, the plan renderer, the reports and the demo all format through these functions, so
+the same value reads the same everywhere (``5 %``, ``0.1 %``, ``1h30m``, ``24h``).
+"""
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime, timezone
 
-__all__ = ["format_duration", "iso_utc", "parse_duration"]
+__all__ = [
+    "format_duration",
+    "format_number",
+    "format_percent",
+    "format_rate",
+    "format_span",
+    "iso_utc",
+    "parse_duration",
+]
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -49,3 +62,35 @@ def format_duration(seconds: float) -> str:
 def iso_utc(epoch_s: float) -> str:
     """Epoch seconds as ISO-8601 UTC to the second: ``"2025-01-02T03:04:05Z"``."""
     return datetime.fromtimestamp(epoch_s, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def format_span(seconds: float) -> str:
+    """Like :func:`format_duration`, but a day-long span stays in hours (``"24h"``, ``"36h"``).
+
+    Plans and runbooks say "24 h soak"; ``"1d"`` would read as a different number.
+    """
+    if 86400 <= seconds < 2 * 86400:
+        hours, rest = divmod(round(seconds), 3600)
+        return f"{hours}h" + (format_duration(rest) if rest else "")
+    return format_duration(seconds)
+
+
+def format_number(value: float, significant: int = 6) -> str:
+    """``5.0`` → ``"5"``, ``12.5`` → ``"12.5"``: whole numbers without a trailing ``.0``, others
+    to ``significant`` digits; ``nan``/``inf`` as Python writes them."""
+    if not math.isfinite(value):
+        return str(value)
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:.{significant}g}"
+
+
+def format_percent(percent: float, sep: str = " ") -> str:
+    """Traffic share as people write it: ``5`` → ``"5 %"``, ``12.5`` → ``"12.5 %"``
+    (``sep=""`` gives the compact ``"5%"`` of aligned columns)."""
+    return f"{format_number(percent)}{sep}%"
+
+
+def format_rate(rate: float) -> str:
+    """A ratio in [0, 1] as a percentage: ``0.001`` → ``"0.1 %"``."""
+    return format_percent(round(rate * 100, 6))

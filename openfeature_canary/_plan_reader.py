@@ -10,8 +10,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn, cast
 
-from openfeature_canary._durations import parse_duration
-from openfeature_canary._errors import PlanError
+from openfeature_canary._format import parse_duration
+from openfeature_canary.errors import PlanError
 
 __all__ = ["Reader"]
 

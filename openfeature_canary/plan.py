@@ -19,10 +19,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
-from openfeature_canary._errors import PlanError, UnknownFlagError
 from openfeature_canary._plan_reader import Reader
-from openfeature_canary._signal_names import KNOWN_SIGNALS, MS_SIGNALS, RATE_SIGNALS
 from openfeature_canary.bucketing import SCHEMES
+from openfeature_canary.errors import PlanError, UnknownFlagError
+from openfeature_canary.signals._names import KNOWN_SIGNALS, MS_SIGNALS, RATE_SIGNALS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -110,7 +110,7 @@ class Trigger:
     @property
     def rule(self) -> str:
         """Human-readable rule, e.g. ``latency_p95_ms > 150 for 5m``."""
-        from openfeature_canary._durations import format_duration
+        from openfeature_canary._format import format_duration
 
         symbol = {"above": ">", "at_least": "≥", "below": "<", "at_most": "≤"}[self.op]
         text = f"{self.signal} {symbol} {_num(self.threshold)}"

@@ -137,6 +137,9 @@ class RolloutState:
     version: int = 0
     log: tuple[LogEntry, ...] = ()
     windows: tuple[WindowRecord, ...] = ()
+    #: An operator's command waiting for the process that runs the policy (``"start"``: a
+    #: start asked for from a process without signals, carried out once the baseline is quiet).
+    requested: str = ""
 
     @property
     def last_decision(self) -> LogEntry | None:
@@ -160,6 +163,7 @@ class RolloutState:
             "version": self.version,
             "log": [e.to_dict() for e in self.log],
             "windows": [w.to_dict() for w in self.windows],
+            **({"requested": self.requested} if self.requested else {}),
         }
 
     @classmethod
@@ -175,4 +179,5 @@ class RolloutState:
             version=int(data["version"]),
             log=tuple(LogEntry.from_dict(e) for e in data.get("log", ())),
             windows=tuple(WindowRecord.from_dict(w) for w in data.get("windows", ())),
+            requested=str(data.get("requested", "")),
         )

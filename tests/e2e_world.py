@@ -13,14 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from openfeature import api
-from openfeature.contrib.hook.canary import MetricsHook
 from openfeature.contrib.provider.canary import CanaryProvider
 from openfeature.event import EventDetails, ProviderEvent
 
 from openfeature_canary import ManualClock, RolloutPlan, StateStore, Status
-from openfeature_canary._ingest_server import IngestServer
-from openfeature_canary._simulation import Fault, SimulatedService, Simulation
-from openfeature_canary.signals import InProcessSignalSource
+from openfeature_canary.demo._ingest_server import IngestServer
+from openfeature_canary.demo._simulation import Fault, SimulatedService, Simulation
 from openfeature_canary.telemetry import Telemetry, setup_telemetry
 
 START = 1_800_000_000.0
@@ -79,8 +77,7 @@ class World:
         # Another world's api.shutdown() may already have dropped the handler.
         with contextlib.suppress(ValueError):
             api.remove_handler(ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, self.events.append)
-        if self.provider.runtime is not None and self.provider.runtime.sender is not None:
-            self.provider.runtime.sender.stop()
+        self.provider.shutdown()
         api.clear_hooks()
         api.shutdown()
         self.server.stop()
@@ -105,16 +102,14 @@ def make_world(
         plan,
         store=store,
         clock=clock,
-        meter_provider=telemetry.meter_provider,
+        telemetry=telemetry,
         environ={"A8_URL": server.url},
-        signals=InProcessSignalSource(telemetry.reader),
         reports_dir=reports,
         background=False,
     )
     events: list[EventDetails] = []
     api.set_provider_and_wait(provider)
     api.add_handler(ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, events.append)
-    api.add_hooks([MetricsHook(meter_provider=telemetry.meter_provider)])
     service = SimulatedService(
         api.get_client(),
         provider.rollout,
@@ -126,5 +121,5 @@ def make_world(
         provider.rollout, clock, service, max_rps=max_rps, min_canary_rps=min_canary_rps
     )
     world = World(plan, clock, telemetry, server, provider, service, sim, reports, events)
-    provider.rollout.add_listener(world._record)
+    provider.rollout.add_observer(world._record)
     return world

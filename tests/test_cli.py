@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from openfeature_canary import ManualClock, bucket, in_rollout, load_plan
-from openfeature_canary._cli import main, run
-from openfeature_canary._cli_format import format_pct
-from openfeature_canary._render import format_span
+from openfeature_canary._format import format_span
+from openfeature_canary.cli import main, run
+from openfeature_canary.cli._format import format_pct
 
 READ = "dataservice-read-canary"
 USER = "dataservice-user-read-canary"
@@ -44,6 +44,8 @@ def cli(capsys, example_plan_path):
 
 @pytest.fixture
 def store(tmp_path):
+    # A file store's folder must exist (the store does not create it), as on a real host.
+    (tmp_path / "state").mkdir()
     return f"file://{tmp_path / 'state' / 'state.json'}"
 
 
@@ -137,8 +139,8 @@ def test_plan_without_action_exits_2(cli):
 # --------------------------------------------------------------------------- status
 
 
-def test_status_fresh_store_lists_every_flag_pending(cli):
-    code, out, err = cli("status")
+def test_status_fresh_store_lists_every_flag_pending(cli, store):
+    code, out, err = cli("status", "--store", store)
     assert (code, err) == (0, "")
     header, *rows = out.splitlines()
     assert header.split() == [
@@ -161,7 +163,7 @@ def test_status_fresh_store_lists_every_flag_pending(cli):
 
 
 def test_status_json_parses_with_fields(cli, store):
-    assert cli("start", READ, "--store", store)[0] == 0
+    assert cli("start", READ, "--force", "--store", store)[0] == 0
     code, out, err = cli("status", "--json", "--store", store)
     assert (code, err) == (0, "")
     data = json.loads(out)
@@ -177,6 +179,7 @@ def test_status_json_parses_with_fields(cli, store):
         "since": "2026-01-01T00:00:00Z",
         "since_epoch": T0,
         "reason": "started",
+        "requested": None,
         "version": 1,
         "last_decision": {
             "at": "2026-01-01T00:00:00Z",
@@ -191,8 +194,8 @@ def test_status_json_parses_with_fields(cli, store):
     assert user["last_decision"] is None
 
 
-def test_status_one_flag_shows_only_that_flag(cli):
-    code, out, _ = cli("status", USER)
+def test_status_one_flag_shows_only_that_flag(cli, store):
+    code, out, _ = cli("status", USER, "--store", store)
     assert code == 0
     assert [line.split()[0] for line in out.splitlines()] == ["FLAG", USER]
 
@@ -208,7 +211,11 @@ def test_status_unknown_flag_exits_2_naming_known_flags(cli):
 
 def test_commands_full_sequence_over_file_store_persist_between_runs(cli, store):
     steps = [
-        (("start", READ), f"{READ}: running, stage 1/4, 5%", ("running", 1, 5.0, "started")),
+        (
+            ("start", READ, "--force"),
+            f"{READ}: running, stage 1/4, 5%",
+            ("running", 1, 5.0, "started"),
+        ),
         (("promote", READ), f"{READ}: running, stage 2/4, 25%", ("running", 2, 25.0, "operator")),
         (
             ("pause", READ),
@@ -246,7 +253,7 @@ def test_commands_full_sequence_over_file_store_persist_between_runs(cli, store)
 
 
 def test_promote_after_rollback_refused_exit_1_state_kept(cli, store):
-    for argv in (("start", READ), ("rollback", READ, "--reason", "ledger_mismatch")):
+    for argv in (("start", READ, "--force"), ("rollback", READ, "--reason", "ledger_mismatch")):
         assert cli(*argv, "--store", store)[0] == 0
     code, out, err = cli("promote", READ, "--store", store)
     assert (code, out) == (1, "")
@@ -255,14 +262,16 @@ def test_promote_after_rollback_refused_exit_1_state_kept(cli, store):
     assert (shown["status"], shown["version"]) == ("rolled_back", 2)
 
 
-def test_start_after_flag_not_completed_refused_exit_1(cli, store):
-    code, _, err = cli("start", USER, "--store", store)
+@pytest.mark.parametrize("force", [(), ("--force",)], ids=["request", "force"])
+def test_start_after_flag_not_completed_refused_exit_1(cli, store, force):
+    code, _, err = cli("start", USER, *force, "--store", store)
     assert code == 1
     _assert_one_error_line(err, f"runs after {READ}, which is pending")
+    assert _status_json(cli, store, USER)[USER]["version"] == 0
 
 
 def test_promote_past_last_stage_completes(cli, store):
-    cli("start", READ, "--store", store)
+    cli("start", READ, "--force", "--store", store)
     lines = [cli("promote", READ, "--store", store)[1].strip() for _ in range(4)]
     assert lines == [
         f"{READ}: running, stage 2/4, 25%",
@@ -271,20 +280,114 @@ def test_promote_past_last_stage_completes(cli, store):
         f"{READ}: completed, stage 4/4, 100%",
     ]
     # phase 2 may start now
-    assert cli("start", USER, "--store", store)[:2] == (0, f"{USER}: running, stage 1/4, 5%\n")
+    assert cli("start", USER, "--force", "--store", store)[:2] == (
+        0,
+        f"{USER}: running, stage 1/4, 5%\n",
+    )
 
 
-def test_state_change_memory_store_warns_not_kept(cli):
-    code, out, err = cli("start", READ)
+def test_start_records_request_flag_stays_pending(cli, store):
+    code, out, err = cli("start", READ, "--store", store)
+    assert (code, err) == (0, "")
+    line, hint = out.splitlines()
+    assert line == f"{READ}: pending, stage 0/4, 0% (start requested)"
+    assert "the process that runs the policy starts it" in hint
+    assert "start --force" in hint
+    shown = _status_json(cli, store, READ)[READ]
+    assert {k: shown[k] for k in ("status", "stage", "percent", "requested", "reason")} == {
+        "status": "pending",
+        "stage": 0,
+        "percent": 0.0,
+        "requested": "start",
+        "reason": "start requested",
+    }
+    # the status itself was not written: no "since" for a flag that never left pending
+    assert (shown["since"], shown["since_epoch"], shown["version"]) == (None, None, 1)
+    assert shown["last_decision"]["action"] == "request_start"
+    code, out, _ = cli("status", READ, "--store", store)
+    assert code == 0
+    assert out.splitlines()[1].split()[:6] == [
+        READ,
+        "pending",
+        "(start",
+        "requested)",
+        "0/4",
+        "0%",
+    ]
+    assert out.splitlines()[1].split()[6] == "-"  # since
+
+
+def test_start_already_requested_refused_exit_1(cli, store):
+    assert cli("start", READ, "--store", store)[0] == 0
+    code, out, err = cli("start", READ, "--store", store)
+    assert (code, out) == (1, "")
+    _assert_one_error_line(err, f"cannot start {READ}: a start is requested already")
+    assert _status_json(cli, store, READ)[READ]["version"] == 1
+
+
+def test_start_force_starts_at_stage_one(cli, store):
+    code, out, err = cli("start", READ, "--force", "--store", store)
+    assert (code, out, err) == (0, f"{READ}: running, stage 1/4, 5%\n", "")
+    shown = _status_json(cli, store, READ)[READ]
+    assert (shown["status"], shown["stage"], shown["percent"], shown["requested"]) == (
+        "running",
+        1,
+        5.0,
+        None,
+    )
+
+
+def test_start_force_after_request_starts_and_clears_request(cli, store):
+    assert cli("start", READ, "--store", store)[0] == 0
+    code, out, _ = cli("start", READ, "--force", "--store", store)
     assert (code, out) == (0, f"{READ}: running, stage 1/4, 5%\n")
-    assert err.startswith("openfeature-canary: warning: the store is memory://")
-    assert "not kept after the command" in err
-    # and indeed: the next command starts from pending again
-    assert cli("start", READ)[0] == 0
+    shown = _status_json(cli, store, READ)[READ]
+    assert (shown["status"], shown["requested"], shown["version"]) == ("running", None, 2)
 
 
-def test_status_memory_store_no_warning(cli):
-    assert cli("status")[2] == ""
+ROLLOUT_COMMANDS = [
+    ("status",),
+    ("start", READ),
+    ("start", READ, "--force"),
+    ("promote", READ),
+    ("pause", READ),
+    ("resume", READ),
+    ("rollback", READ, "--reason", "manual_check"),
+    ("reset", READ),
+]
+
+
+@pytest.mark.parametrize("argv", ROLLOUT_COMMANDS, ids=lambda a: " ".join(a[:1] + a[2:3]))
+def test_rollout_command_memory_store_refused_exit_2(cli, argv):
+    # memory:// is no service's store: a change there would be lost, a status meaningless.
+    code, out, err = cli(*argv, "--store", "memory://")
+    assert (code, out) == (2, "")
+    _assert_one_error_line(err, "memory://", "--store file://")
+
+
+@pytest.mark.parametrize("argv", ROLLOUT_COMMANDS, ids=lambda a: " ".join(a[:1] + a[2:3]))
+def test_rollout_command_no_store_anywhere_exits_2_naming_plan(cli, argv):
+    code, out, err = cli(*argv)  # the example plan has no `store`
+    assert (code, out) == (2, "")
+    _assert_one_error_line(err, "no store", "--store file://", str(cli.plan))
+
+
+def test_rollout_command_absolute_path_store_suggests_file_url(cli, tmp_path):
+    path = tmp_path / "state.json"
+    code, out, err = cli("start", READ, "--store", str(path))
+    assert (code, out) == (2, "")
+    _assert_one_error_line(err, f"did you mean file://{path}?")  # file:///abs/path
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("argv", ROLLOUT_COMMANDS, ids=lambda a: " ".join(a[:1] + a[2:3]))
+def test_rollout_command_file_store_folder_missing_exits_2_creates_nothing(cli, tmp_path, argv):
+    missing = tmp_path / "missing"
+    code, out, err = cli(*argv, "--store", f"file://{missing / 'state.json'}")
+    assert (code, out) == (2, "")
+    _assert_one_error_line(err, f"folder {missing} does not exist")
+    # no folder, state, lock, outbox or report: tmp_path is also the current folder
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_store_from_plan_used_when_no_option(capsys, example_plan_path, tmp_path):
@@ -293,11 +396,13 @@ def test_store_from_plan_used_when_no_option(capsys, example_plan_path, tmp_path
     plan.write_text(f'store = "file://{state}"\n' + example_plan_path.read_text("utf-8"))
     assert main(["start", READ, "--plan", str(plan)]) == 0
     assert capsys.readouterr().err == ""
-    assert json.loads(state.read_text())["flags"][READ]["status"] == "running"
+    stored = json.loads(state.read_text())["flags"][READ]
+    assert (stored["status"], stored["requested"]) == ("pending", "start")
 
 
 def test_options_before_command_accepted(cli, store):
-    code, out, _ = cli("--plan", str(cli.plan), "--store", store, "start", READ, plan=False)
+    argv = ("--plan", str(cli.plan), "--store", store, "start", READ, "--force")
+    code, out, _ = cli(*argv, plan=False)
     assert (code, out) == (0, f"{READ}: running, stage 1/4, 5%\n")
 
 
@@ -403,8 +508,8 @@ def test_help_exits_0_and_lists_commands(capsys):
 
 
 @pytest.mark.parametrize("unit", ["user-42", "req-0001", "7c9e6679-7425-40de-944b-e07fc1f90ae7"])
-def test_bucket_output_agrees_with_bucketing(cli, unit):
-    code, out, err = cli("bucket", READ, unit)
+def test_bucket_output_agrees_with_bucketing(cli, store, unit):
+    code, out, err = cli("bucket", READ, unit, "--store", store)
     assert (code, err) == (0, "")
     first, *stage_lines, now = out.splitlines()
     assert re.search(r"is in bucket (\d+) of 0\.\.9999", first).group(1) == str(bucket(READ, unit))
@@ -414,6 +519,15 @@ def test_bucket_output_agrees_with_bucketing(cli, unit):
         expected = "in" if in_rollout(READ, unit, stage.percent) else "out"
         assert line.split() == ["stage", str(i), format_pct(stage.percent), expected]
     assert now == "now: pending, stage 0/4, 0%  out"
+
+
+def test_bucket_no_store_shows_stages_without_current_state(cli, tmp_path):
+    code, out, err = cli("bucket", READ, "user-42")  # the example plan has no `store`
+    assert (code, err) == (0, "")
+    first, *stage_lines = out.splitlines()
+    assert "is in bucket" in first
+    assert [line.split()[:2] for line in stage_lines] == [["stage", str(i)] for i in range(1, 5)]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bucket_cbor_scheme_flag_uses_its_scheme(capsys, tmp_path):
@@ -429,7 +543,7 @@ def test_bucket_cbor_scheme_flag_uses_its_scheme(capsys, tmp_path):
 
 def test_bucket_running_flag_now_line_reflects_current_percent(cli, store):
     unit_in = next(u for u in (f"u{i}" for i in range(10_000)) if bucket(READ, u) < 500)
-    cli("start", READ, "--store", store)
+    cli("start", READ, "--force", "--store", store)
     code, out, _ = cli("bucket", READ, unit_in, "--store", store)
     assert code == 0
     assert out.splitlines()[1].split() == ["stage", "1", "5%", "in"]
@@ -439,24 +553,25 @@ def test_bucket_running_flag_now_line_reflects_current_percent(cli, store):
 # --------------------------------------------------------------------------- demo
 
 
-def test_demo_absent_prints_not_available_exit_2(capsys, monkeypatch):
-    # None in sys.modules makes the import fail exactly as if the module did not exist.
-    monkeypatch.setitem(sys.modules, "openfeature_canary._demo", None)
-    assert main(["demo", "--fault", "latency"]) == 2
+def test_demo_help_handed_to_the_demo_exit_0(capsys):
+    # `demo --help` is the demo's own help (its options), not this CLI's.
+    assert main(["demo", "--help"]) == 0
     captured = capsys.readouterr()
-    assert (captured.out, captured.err) == ("", "demo: not yet available\n")
+    assert captured.out.startswith("usage: openfeature-canary demo ")
+    assert "--fault" in captured.out
+    assert captured.err == ""
 
 
 def test_demo_present_receives_its_arguments(monkeypatch):
     received: list[list[str]] = []
-    demo = types.ModuleType("openfeature_canary._demo")
+    demo = types.ModuleType("openfeature_canary.demo")
 
     def fake_main(argv: list[str]) -> int:
         received.append(argv)
         return 0
 
     demo.main = fake_main  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "openfeature_canary._demo", demo)
+    monkeypatch.setitem(sys.modules, "openfeature_canary.demo", demo)
     argv = ["--plan", "p.toml", "demo", "--fault", "latency", "--metrics-port", "9464", "--help"]
     assert main(argv) == 0
     assert received == [
@@ -480,7 +595,7 @@ def test_console_script_runs_commands_and_reports_errors(example_plan_path, tmp_
             check=False,
         )
 
-    started = run_script("start", READ)
+    started = run_script("start", READ, "--force")
     assert (started.returncode, started.stdout, started.stderr) == (
         0,
         f"{READ}: running, stage 1/4, 5%\n",
@@ -497,14 +612,14 @@ def test_console_script_runs_commands_and_reports_errors(example_plan_path, tmp_
 def test_rollback_by_operator_sends_event_and_appends_abort_report(
     tmp_path, monkeypatch, example_plan_path
 ):
-    from openfeature_canary._ingest_server import IngestServer
+    from openfeature_canary.demo._ingest_server import IngestServer
 
     flag = "dataservice-read-canary"
     store = f"file://{tmp_path}/state.json"
     common = ["--plan", str(example_plan_path), "--store", store]
     with IngestServer() as server:
         monkeypatch.setenv("A8_URL", server.url)
-        assert main(["start", flag, *common]) == 0
+        assert main(["start", flag, "--force", *common]) == 0
         assert main(["rollback", flag, "--reason", "manual_check", *common]) == 0
         rollbacks = server.named("canary_rollback")
     assert len(rollbacks) == 1
@@ -513,3 +628,17 @@ def test_rollback_by_operator_sends_event_and_appends_abort_report(
     assert (props["from_pct"], props["reason"], props["flag"]) == (5, "manual_check", flag)
     abort = (tmp_path / "canary-reports" / "canary_abort.md").read_text()
     assert "manual_check" in abort and flag in abort
+
+
+def test_bucket_undecodable_unit_exits_2_with_one_line(example_plan_path: Path) -> None:
+    """A unit that is not valid text (bytes from the shell that are not UTF-8) is refused with
+    one line, never a crash inside murmur3 nor a traceback."""
+    argv = [sys.executable, "-m", "openfeature_canary", "bucket", READ, "\udcff"]
+    done = subprocess.run(
+        [*argv, "--plan", str(example_plan_path)],
+        capture_output=True,
+        text=True,
+        errors="surrogateescape",
+    )
+    assert done.returncode == 2, done.stderr
+    _assert_one_error_line(done.stderr, "not valid UTF-8 text")

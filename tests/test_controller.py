@@ -27,6 +27,37 @@ F2 = "dataservice-user-read-canary"
 T0 = 1000.0
 COMMANDS = ("start", "pause", "resume", "promote", "rollback", "reset")
 
+Decide = Callable[[Controller, float], RolloutState | None]
+
+
+class FakePolicy:
+    """A policy whose decisions a test scripts (the ``Policy`` protocol): ``decide`` calls
+    ``decide_fn`` (nothing to do by default); the baseline's ``loud`` triggers are fixed."""
+
+    def __init__(self, decide_fn: Decide | None = None, loud: tuple[str, ...] = ()) -> None:
+        self.decide_fn = decide_fn
+        self.loud = loud
+
+    def decide(self, ctl: Controller, now: float) -> RolloutState | None:
+        return None if self.decide_fn is None else self.decide_fn(ctl, now)
+
+    def baseline_loud(self, ctl: Controller, now: float) -> list[str]:
+        return list(self.loud)
+
+
+def _no_evidence(planned_p95_ms: float, planned_error_rate: float) -> dict[str, object]:
+    """The stage evidence numbers of a stage that gathered no window."""
+    return {
+        "planned_p95_ms": planned_p95_ms,
+        "observed_p95_ms": None,
+        "planned_error_rate": planned_error_rate,
+        "observed_error_rate": None,
+        "samples": 0,
+        "windows_passed": 0,
+        "windows_failed": 0,
+        "windows_inconclusive": 0,
+    }
+
 
 @pytest.fixture
 def plan(example_plan_path: Path) -> RolloutPlan:
@@ -119,7 +150,7 @@ def test_controller_allowed_command_moves_state_persists_and_logs(
     _bring_to(ctl, clock, status)
     before = ctl.state
     seen: list[tuple[RolloutState, RolloutState]] = []
-    rollout.add_listener(lambda old, new: seen.append((old, new)))
+    rollout.add_observer(lambda old, new: seen.append((old, new)))
     now = clock.advance(30)
 
     new = _run(ctl, command)
@@ -195,7 +226,14 @@ def test_controller_advance_log_entry_carries_stage_numbers(
     ctl.start()
     entry = ctl.promote("gate passed").log[-1]
     assert entry.reason == "gate passed"
-    assert dict(entry.numbers) == {"from_stage": 1, "to_stage": 2, "to_pct": 25.0}
+    # The stage numbers, and the evidence of the stage it ended (its results row is built
+    # from these): stage 1 plans P95 <= 150 ms and 5xx <= 0.1 %, and saw no window here.
+    assert dict(entry.numbers) == {
+        "from_stage": 1,
+        "to_stage": 2,
+        "to_pct": 25.0,
+        **_no_evidence(150.0, 0.001),
+    }
 
 
 def test_controller_rollback_records_from_stage_and_numbers(
@@ -208,6 +246,7 @@ def test_controller_rollback_records_from_stage_and_numbers(
     assert dict(entry.numbers) == {
         "from_stage": 2,
         "from_pct": 25.0,
+        **_no_evidence(140.0, 0.002),
         "value": 162.0,
         "threshold": 150,
     }
@@ -315,7 +354,7 @@ def test_controller_rollback_when_store_fails_still_turns_flag_off_here(
     store = _UnwritableStore()
     rollout = Rollout(plan, store=store, clock=clock)
     seen: list[Status] = []
-    rollout.add_listener(lambda _old, new: seen.append(new.status))
+    rollout.add_observer(lambda _old, new: seen.append(new.status))
     ctl = rollout.controller(F1)
     ctl.start()
     store.broken = True
@@ -357,29 +396,136 @@ def test_rollout_reopened_on_same_store_continues_from_persisted_state(
     first = Rollout(plan, store=store, clock=clock)
     first.controller(F1).start()
     first.controller(F1).promote()
-    again = Rollout(plan, store=store, clock=clock).controller(F1).state
+    reopened = Rollout(plan, store=store, clock=clock)
+    # Building a rollout reads nothing: the flag is pending (the safe side) until load().
+    assert reopened.controller(F1).state == RolloutState(flag_key=F1)
+    reopened.load()
+    again = reopened.controller(F1).state
     assert (again.status, again.stage, again.version) == (Status.RUNNING, 2, 2)
+    # The next command builds on the persisted state.
+    assert reopened.controller(F1).promote().version == 3
 
 
-def test_controller_tick_applies_decider_target_with_now(
-    rollout: Rollout, clock: ManualClock
+def test_controller_tick_applies_policy_target_with_now(
+    plan: RolloutPlan, clock: ManualClock
 ) -> None:
-    ctl = rollout.controller(F1)
-    ctl.start()
+    store = MemoryStateStore()
     calls: list[float] = []
 
-    def decider(c: Controller, now: float) -> RolloutState | None:
+    def decide(c: Controller, now: float) -> RolloutState | None:
         calls.append(now)
         return None if len(calls) == 1 else c.state.evolve(c.state.log[-1], reason="decided")
 
-    assert ctl.tick() is None  # no decider: a tick only re-reads the store
+    plain = Rollout(plan, store=store, clock=clock)
+    plain.controller(F1).start()
+    assert plain.controller(F1).tick() is None  # no policy: a tick only re-reads the store
+    rollout = Rollout(plan, store=store, clock=clock, policy=FakePolicy(decide))
+    ctl = rollout.controller(F1)
     clock.advance(10)
-    ctl.decider = decider
     assert ctl.tick() is None
     decided = ctl.tick()
     assert decided is not None and decided.reason == "decided"
     assert ctl.state == decided == rollout.store.load(F1)
     assert calls == [T0 + 10, T0 + 10]
+
+
+def test_controller_tick_without_policy_adopts_another_writers_state(
+    plan: RolloutPlan, clock: ManualClock
+) -> None:
+    store = MemoryStateStore()
+    here = Rollout(plan, store=store, clock=clock)
+    seen: list[tuple[RolloutState, RolloutState]] = []
+    here.add_observer(lambda old, new: seen.append((old, new)))
+    there = Rollout(plan, store=store, clock=clock)
+    started = there.controller(F1).start()
+
+    assert here.controller(F1).tick() is None
+
+    assert here.controller(F1).state == started
+    assert seen == [(RolloutState(flag_key=F1), started)]
+
+
+def test_controller_tick_losing_compare_and_set_returns_none_and_adopts_winner(
+    plan: RolloutPlan, clock: ManualClock
+) -> None:
+    store = MemoryStateStore()
+    other = Rollout(plan, store=store, clock=clock)  # another process on the same store
+
+    def decide(c: Controller, now: float) -> RolloutState | None:
+        target = c.state.evolve(c.state.log[-1], reason="decided")
+        other.controller(F1).rollback("ledger_mismatch")  # it writes while we decide
+        return target
+
+    rollout = Rollout(plan, store=store, clock=clock, policy=FakePolicy(decide))
+    ctl = rollout.controller(F1)
+    ctl.start()
+    seen: list[Status] = []
+    rollout.add_observer(lambda _old, new: seen.append(new.status))
+
+    assert ctl.tick() is None  # no StaleStateError: the other writer's word wins
+
+    winner = store.load(F1)
+    assert winner is not None
+    assert (winner.status, winner.reason, winner.version) == (
+        Status.ROLLED_BACK,
+        "ledger_mismatch",
+        2,
+    )
+    assert ctl.state == winner
+    assert seen == [Status.ROLLED_BACK]
+
+
+def test_controller_start_with_policy_and_loud_baseline_raises_unless_forced(
+    plan: RolloutPlan, clock: ManualClock
+) -> None:
+    policy = FakePolicy(loud=("p95_breach", "error_rate_breach"))
+    rollout = Rollout(plan, clock=clock, policy=policy)
+    ctl = rollout.controller(F1)
+
+    with pytest.raises(TransitionError) as info:
+        ctl.start()
+
+    assert str(info.value) == (
+        f"cannot start {F1}: the baseline is not quiet (p95_breach, error_rate_breach); "
+        "fix it or start with force"
+    )
+    assert ctl.state.status is Status.PENDING
+    assert rollout.store.load(F1) is None
+    forced = ctl.start(force=True)
+    assert (forced.status, forced.stage, forced.percent) == (Status.RUNNING, 1, 5.0)
+    policy.loud = ()
+    ctl.reset()
+    assert ctl.start().status is Status.RUNNING  # a quiet baseline: the gate passes
+
+
+def test_controller_request_start_records_request_and_stays_pending(
+    rollout: Rollout, clock: ManualClock
+) -> None:
+    ctl = rollout.controller(F1)
+    now = clock.advance(5)
+
+    requested = ctl.request_start()
+
+    assert (requested.status, requested.percent, requested.requested, requested.version) == (
+        Status.PENDING,
+        0.0,
+        "start",
+        1,
+    )
+    assert (requested.log[-1].at, requested.log[-1].action) == (now, "request_start")
+    assert rollout.store.load(F1) == requested
+    with pytest.raises(TransitionError, match="a start is requested already"):
+        ctl.request_start()
+    started = ctl.start()
+    assert (started.status, started.requested) == (Status.RUNNING, "")
+
+
+def test_controller_request_start_phase_two_before_phase_one_completes_raises(
+    rollout: Rollout,
+) -> None:
+    with pytest.raises(TransitionError, match=f"it runs after {F1}, which is pending"):
+        rollout.controller(F2).request_start()
+    assert rollout.store.load(F2) is None
 
 
 def test_rollout_unknown_flag_raises_unknown_flag_error(rollout: Rollout) -> None:

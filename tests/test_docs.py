@@ -1,7 +1,9 @@
 """The documentation tells the truth: its code runs and its links lead somewhere.
 
 - The README's quick start runs as a user would paste it (in a folder holding the example
-  plan as ``canary_plan.toml``; only the machine-specific store path and port are swapped).
+  plan as ``canary_plan.toml``, with the store's folder created first as the README asks; only
+  the machine-specific store path and port are swapped), and the README's ``start`` command
+  is carried out by the service it starts.
 - The Python examples of docs/plan.md, docs/policy.md and docs/architecture.md run, and the
   asserts they contain hold.
 - Every relative link in README.md and docs/*.md points to an existing file (and heading).
@@ -9,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -48,10 +51,33 @@ def _run_python(code: str, cwd: Path, timeout: float = 60) -> subprocess.Complet
 
 
 def _user_folder(tmp_path: Path) -> Path:
+    """The service's folder (holding the plan), and the state store's folder, which must exist
+    (the README says so: the store does not create it)."""
     folder = tmp_path / "service"
     folder.mkdir()
     shutil.copy(EXAMPLE_PLAN, folder / "canary_plan.toml")
+    (tmp_path / "state").mkdir()
     return folder
+
+
+README_STORE = "file:///var/lib/canary/state.json"
+FLAG = "dataservice-read-canary"
+
+
+def _store(tmp_path: Path) -> str:
+    return f"file://{tmp_path / 'state' / 'state.json'}"
+
+
+def _run_cli(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "openfeature_canary", *argv],
+        cwd=cwd,
+        env={k: v for k, v in os.environ.items() if k != "A8_URL"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 # --------------------------------------------------------------------------- README
@@ -64,27 +90,39 @@ def _quick_start() -> str:
     return blocks[0]
 
 
-def _adapted_quick_start(tmp_path: Path) -> str:
+def _adapted_quick_start(tmp_path: Path, then: str = "") -> str:
+    """The quick start with this machine's store and port, followed by ``then`` (code run
+    after it); the result is reported back as JSON for the asserts."""
     code = _quick_start()
-    store = "file:///var/lib/canary/state.json"
     port = "prometheus_port=9464"
-    assert store in code and port in code, "README quick start changed: update this test"
-    code = code.replace(store, f"file://{tmp_path / 'state' / 'state.json'}")
+    assert README_STORE in code and port in code, "README quick start changed: update this test"
+    code = code.replace(README_STORE, _store(tmp_path))
     code = code.replace(port, "prometheus_port=0")
-    # request_id is the caller's; the result is reported back as JSON for the asserts.
+    # request_id is the caller's.
     return (
         'request_id = "req-42"\n'
         + code
-        + "\nimport json as _json\n"
+        + "\n"
+        + then
+        + "import json as _json\n"
         + "print(_json.dumps({'value': use_dataservice,"
-        + " 'percent': provider.view('dataservice-read-canary').percent}))\n"
+        + f" 'percent': provider.view({FLAG!r}).percent}}))\n"
         + "provider.shutdown()\ntelemetry.shutdown()\n"
     )
 
 
-def _result(proc: subprocess.CompletedProcess[str]) -> dict[str, object]:
-    import json
+#: Run after the quick start: wait (at most 20 s) for the service's policy to carry out a start
+#: requested from the command line, then evaluate the flag again.
+_AWAIT_STAGE_ONE = f"""
+import time as _time
+_deadline = _time.monotonic() + 20
+while provider.view({FLAG!r}).percent == 0 and _time.monotonic() < _deadline:
+    _time.sleep(0.05)
+use_dataservice = client.get_boolean_value({FLAG!r}, False, ctx)
+"""
 
+
+def _result(proc: subprocess.CompletedProcess[str]) -> dict[str, object]:
     assert proc.returncode == 0, proc.stderr[-3000:]
     data: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
     return data
@@ -104,23 +142,24 @@ def test_readme_quick_start_after_the_start_command_serves_stage_one(tmp_path: P
     match = re.search(r"`(openfeature-canary start [^`]+)`", readme)
     assert match is not None, "README.md: the `openfeature-canary start …` command is gone"
     argv = match.group(1).split()[1:]
-    store = f"file://{tmp_path / 'state' / 'state.json'}"
-    argv = [store if a == "file:///var/lib/canary/state.json" else a for a in argv]
-    assert store in argv
-    started = subprocess.run(
-        [sys.executable, "-m", "openfeature_canary", *argv],
-        cwd=folder,
-        env={k: v for k, v in os.environ.items() if k != "A8_URL"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    assert README_STORE in argv, "README start command changed: update this test"
+    argv = [_store(tmp_path) if a == README_STORE else a for a in argv]
+    # The command records a request: the flag stays pending until the service starts it.
+    started = _run_cli(argv, folder)
     assert started.returncode == 0, started.stderr
+    assert started.stdout.startswith(f"{FLAG}: pending, stage 0/4, 0% (start requested)\n")
 
-    result = _result(_run_python(_adapted_quick_start(tmp_path), folder))
+    # The service (the quick start, which runs the policy) carries it out: the baseline is
+    # quiet (no traffic breaches a trigger), so its policy starts stage 1.
+    result = _result(_run_python(_adapted_quick_start(tmp_path, then=_AWAIT_STAGE_ONE), folder))
     assert isinstance(result["value"], bool)
     assert result["percent"] == 5.0
+
+    status = _run_cli(["status", FLAG, "--json", "--store", _store(tmp_path)], folder)
+    assert status.returncode == 0, status.stderr
+    (shown,) = json.loads(status.stdout)["flags"]
+    assert (shown["status"], shown["stage"], shown["requested"]) == ("running", 1, None)
+    assert shown["last_decision"]["action"] == "start"
 
 
 # --------------------------------------------------------------------------- examples

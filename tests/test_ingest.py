@@ -21,15 +21,15 @@ from typing import Any
 import httpx
 import pytest
 
-from openfeature_canary import _outbox
-from openfeature_canary._ingest import (
+from openfeature_canary.events import _outbox
+from openfeature_canary.events._ingest import (
     IngestClient,
     IngestCounters,
     IngestError,
     redact_url,
 )
-from openfeature_canary._outbox import JsonScalar, Outbox, OutboxEvent
-from openfeature_canary._sender import TelemetrySender
+from openfeature_canary.events._outbox import JsonScalar, Outbox, OutboxEvent
+from openfeature_canary.events._sender import TelemetrySender
 
 APP = "scholarship_api"
 ROLLBACK_PROPS: dict[str, JsonScalar] = {
@@ -514,8 +514,8 @@ def test_sender_child_process_enqueues_and_exits_parent_delivers(
     child = textwrap.dedent(
         f"""
         import os, sys
-        from openfeature_canary._sender import TelemetrySender
-        from openfeature_canary._outbox import Outbox
+        from openfeature_canary.events._sender import TelemetrySender
+        from openfeature_canary.events._outbox import Outbox
         sender = TelemetrySender(Outbox({str(path)!r}), None)
         event = sender.enqueue("canary_rollback", {{"from_pct": 25, "reason": "p95_breach"}})
         print(event.id, flush=True)

@@ -9,7 +9,8 @@ from types import MappingProxyType
 import pytest
 
 from openfeature_canary import RolloutState, Status, load_plan
-from openfeature_canary._policy import (
+from openfeature_canary.plan import FlagPlan, parse_plan
+from openfeature_canary.policy._decide import (
     Action,
     GateReadings,
     Memory,
@@ -18,8 +19,7 @@ from openfeature_canary._policy import (
     judge_window,
     windows_due,
 )
-from openfeature_canary._state import Verdict
-from openfeature_canary.plan import FlagPlan, parse_plan
+from openfeature_canary.state import Verdict
 
 FLAG = "dataservice-read-canary"
 PHASE2 = "dataservice-user-read-canary"

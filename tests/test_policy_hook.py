@@ -80,7 +80,7 @@ def runner_threads() -> int:
 
 def cli(*args: str, cwd: Path) -> None:
     """Run the command line in another process."""
-    code = "from openfeature_canary._cli import main; raise SystemExit(main())"
+    code = "from openfeature_canary.cli._main import main; raise SystemExit(main())"
     done = subprocess.run(
         [sys.executable, "-c", code, *args, "--plan", str(EXAMPLE)],
         cwd=cwd,
@@ -225,24 +225,56 @@ def test_policy_hook_rollback_in_another_process_run_once_blocks_at_once(
     assert got.error_message is not None and "telemetry_acceptance" in got.error_message
 
 
+def test_policy_hook_reopened_store_loaded_refuses_flag_rolled_back_before(
+    plan: RolloutPlan, hooks: list[PolicyHook], tmp_path: Path
+) -> None:
+    store = f"file://{tmp_path}/state.json"
+    earlier = Rollout(plan, store=store, clock=ManualClock())  # a process that ran before
+    earlier.controller(FLAG).start()
+    earlier.controller(FLAG).rollback("ledger_mismatch")
+    rollout = Rollout(plan, store=store, clock=ManualClock())
+    rollout.load()  # building a rollout reads nothing; the service loads it first
+    hook = PolicyHook(rollout, background=False)
+    hooks.append(hook)
+    client = foreign_client()
+    api.add_hooks([hook])
+
+    got = details(client, FLAG)
+
+    assert (got.value, got.reason, got.error_code) == (False, Reason.ERROR, ErrorCode.GENERAL)
+    assert got.error_message is not None and "ledger_mismatch" in got.error_message
+
+
 # --------------------------------------------------------------------------- ticking
 
 
-def counting_decider(calls: list[float]) -> Callable[[Controller, float], RolloutState | None]:
-    def decide(_ctl: Controller, now: float) -> RolloutState | None:
-        calls.append(now)
+class CountingPolicy:
+    """A policy (the ``Policy`` protocol) that records when it is asked about ``flag`` and
+    decides nothing; ``during`` runs inside that decision (e.g. to make it slow)."""
+
+    def __init__(self, flag: str = FLAG, during: Callable[[], None] | None = None) -> None:
+        self.flag = flag
+        self.during = during
+        self.calls: list[float] = []
+
+    def decide(self, ctl: Controller, now: float) -> RolloutState | None:
+        if ctl.key == self.flag:
+            self.calls.append(now)
+            if self.during is not None:
+                self.during()
         return None
 
-    return decide
+    def baseline_loud(self, ctl: Controller, now: float) -> list[str]:
+        return []
 
 
 def test_policy_hook_due_tick_runs_once_per_tick_period(
     plan: RolloutPlan, hooks: list[PolicyHook]
 ) -> None:
     clock = ManualClock(start=0.0)
-    rollout = Rollout(plan, clock=clock)
-    calls: list[float] = []
-    rollout.controller(FLAG).decider = counting_decider(calls)
+    policy = CountingPolicy()
+    calls = policy.calls
+    rollout = Rollout(plan, clock=clock, policy=policy)
     hook = PolicyHook(rollout, background=False)  # only evaluations tick
     hooks.append(hook)
     client = foreign_client()
@@ -277,10 +309,10 @@ def test_policy_hook_rolled_back_flag_still_ticks_the_policy(
     plan: RolloutPlan, hooks: list[PolicyHook]
 ) -> None:
     clock = ManualClock(start=0.0)
-    rollout = Rollout(plan, clock=clock)
+    policy = CountingPolicy()
+    calls = policy.calls
+    rollout = Rollout(plan, clock=clock, policy=policy)
     rollout.controller(FLAG).rollback("p95_breach")
-    calls: list[float] = []
-    rollout.controller(FLAG).decider = counting_decider(calls)
     hook = PolicyHook(rollout, background=False)
     hooks.append(hook)
     client = foreign_client()
@@ -297,17 +329,15 @@ def test_policy_hook_tick_in_progress_never_blocks_other_evaluations(
     plan: RolloutPlan, hooks: list[PolicyHook]
 ) -> None:
     clock = ManualClock(start=0.0)
-    rollout = Rollout(plan, clock=clock)
     entered, release = threading.Event(), threading.Event()
-    calls: list[float] = []
 
-    def slow(_ctl: Controller, now: float) -> RolloutState | None:
-        calls.append(now)
+    def slow() -> None:
         entered.set()
         release.wait(10)
-        return None
 
-    rollout.controller(FLAG).decider = slow
+    policy = CountingPolicy(during=slow)
+    calls = policy.calls
+    rollout = Rollout(plan, clock=clock, policy=policy)
     hook = PolicyHook(rollout, background=False)
     hooks.append(hook)
     client = foreign_client()

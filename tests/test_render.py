@@ -5,13 +5,8 @@ from __future__ import annotations
 import pytest
 
 from openfeature_canary import load_plan, parse_plan
-from openfeature_canary._render import (
-    format_percent,
-    format_rate,
-    format_span,
-    phase_of,
-    render_plan_markdown,
-)
+from openfeature_canary._format import format_percent, format_rate, format_span
+from openfeature_canary.events._render import phase_of, render_plan_markdown
 
 READ = "dataservice-read-canary"
 USER = "dataservice-user-read-canary"

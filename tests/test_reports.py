@@ -10,7 +10,7 @@ from types import MappingProxyType
 
 import pytest
 
-from openfeature_canary._reports import (
+from openfeature_canary.events._reports import (
     AbortRecord,
     ReportError,
     ReportWriter,
@@ -21,7 +21,7 @@ from openfeature_canary._reports import (
     fmt_rate,
     fmt_time,
 )
-from openfeature_canary._state import LogEntry
+from openfeature_canary.state import LogEntry
 
 FLAG = "dataservice-read-canary"
 PHASE2 = "dataservice-user-read-canary"

@@ -23,7 +23,7 @@ from openfeature_canary import (
     TransitionError,
     load_plan,
 )
-from openfeature_canary._simulation import Fault
+from openfeature_canary.demo._simulation import Fault
 from openfeature_canary.plan import FlagPlan
 
 STAGE_ACTIONS = ("start", "advance", "complete")
@@ -81,8 +81,7 @@ def test_healthy_traffic_completes_both_phases_at_the_planned_times(
     for key in (FLAG, PHASE2):
         assert key in results
     assert results.count("gate_passed") == 8
-    assert world.provider.runtime is not None and world.provider.runtime.sender is not None
-    assert world.provider.runtime.sender.flush(10.0)
+    assert world.provider.flush_events(10.0)
     names = [e["event_name"] for e in world.server.events]
     assert names.count("canary_completed") == 2
     assert "canary_rollback" not in names
@@ -262,8 +261,7 @@ def test_ingest_receives_exactly_one_rollback_with_the_spec_body(
     worlds.append(world)
     world.promote_to(2)
     assert world.run_until_status(Status.ROLLED_BACK, 900)
-    assert world.provider.runtime is not None and world.provider.runtime.sender is not None
-    assert world.provider.runtime.sender.flush(10.0)
+    assert world.provider.flush_events(10.0)
     rollbacks = world.server.named("canary_rollback")
     assert len(rollbacks) == 1
     event = rollbacks[0]
@@ -292,9 +290,7 @@ def test_ingest_down_then_back_delivers_the_rollback_also_after_a_restart(
     # that or the injected 5xx rolls the flag back first.
     reason = world.state().reason
     assert reason in ("error_rate_breach", "telemetry_acceptance")
-    sender = world.provider.runtime.sender  # type: ignore[union-attr]
-    assert sender is not None
-    assert not sender.flush(1.0)  # the ingest answers 500: the event stays queued
+    assert not world.provider.flush_events(1.0)  # the ingest answers 500: the event stays queued
     assert world.server.named("canary_rollback") == []
     assert world.server.requests >= 1
     world.close()
@@ -304,8 +300,7 @@ def test_ingest_down_then_back_delivers_the_rollback_also_after_a_restart(
     again = make_world(plan, tmp_path, store=store)
     worlds.append(again)
     assert again.state().status is Status.ROLLED_BACK  # sticky across the restart
-    assert again.provider.runtime is not None and again.provider.runtime.sender is not None
-    assert again.provider.runtime.sender.flush(10.0)
+    assert again.provider.flush_events(10.0)
     rollbacks = again.server.named("canary_rollback")
     assert len(rollbacks) == 1
     assert rollbacks[0]["properties"]["reason"] == reason
@@ -368,3 +363,33 @@ def test_start_on_a_quiet_baseline_is_allowed(
     worlds.append(world)
     world.run_for(60)
     assert world.provider.controller(FLAG).start().status is Status.RUNNING
+
+
+def test_cli_start_is_deferred_while_the_policy_process_sees_a_loud_baseline(
+    plan: RolloutPlan, tmp_path: Path, worlds: list[World]
+) -> None:
+    import io
+
+    from openfeature_canary.cli import run
+
+    store = f"file://{tmp_path}/state.json"
+    world = make_world(plan, tmp_path, store=store)
+    worlds.append(world)
+    world.run_for(60)
+    world.service._ingest.sent(100)  # the ingest refuses half: telemetry_acceptance is loud
+    world.service._ingest.accepted(50)
+    out = io.StringIO()
+    argv = ["start", FLAG, "--plan", str(plan.source), "--store", store]
+    assert run(argv, out=out, err=io.StringIO()) == 0
+    assert "start requested" in out.getvalue()
+    world.run_for(30)  # the service's ticks: the baseline is loud, the start waits
+    assert world.state().status is Status.PENDING
+    assert world.state().requested == "start"
+    # The ingest accepts again; acceptance recovers over the trigger's window.
+    world.service._ingest.sent(10_000)
+    world.service._ingest.accepted(10_000)
+    started_at = world.run_until_status(Status.RUNNING, 3600)
+    assert started_at is not None
+    assert world.state().requested == ""
+    assert world.state().last_decision is not None
+    assert world.state().last_decision.reason == "start requested; baseline quiet"

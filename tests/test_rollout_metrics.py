@@ -16,11 +16,21 @@ import e2e_world
 import httpx
 import pytest
 from e2e_world import FLAG, PHASE2, World, make_world
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from otel_points import points
 from prometheus_client.parser import text_string_to_metric_families
 
-from openfeature_canary import RolloutPlan, Status, load_plan
-from openfeature_canary._simulation import Fault
+from openfeature_canary import (
+    Autopilot,
+    MemoryStateStore,
+    Rollout,
+    RolloutPlan,
+    Status,
+    load_plan,
+)
+from openfeature_canary.demo._simulation import Fault
+from openfeature_canary.policy import RolloutMetrics
 from openfeature_canary.telemetry import Telemetry, setup_telemetry
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "canary_plan.toml"
@@ -127,9 +137,9 @@ def test_rollout_metrics_after_promote_show_stage_percent_status_and_triggers(
     assert series(samples, "canary_trigger_threshold") == thresholds
     assert {dict(labels)["canary_trigger_name"] for labels in thresholds} == set(TRIGGERS)
     # Each trigger's last reading, as the policy saw it at its last tick.
-    runtime = world.provider.runtime
-    assert runtime is not None
-    last = runtime.autopilot.last(FLAG)
+    policy = world.provider.rollout.policy
+    assert isinstance(policy, Autopilot)
+    last = policy.last(FLAG)
     assert last is not None and last.at == world.clock.now()
     expected = {
         trigger_labels(FLAG, name): r.value
@@ -195,18 +205,53 @@ def test_rollout_metrics_each_rollback_counts_under_its_own_trigger(world: World
     assert samples[("canary_rollout_percent", flag_labels(FLAG))] == 0.0
 
 
-def test_operator_free_text_reason_is_counted_under_operator() -> None:
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-
-    from openfeature_canary import Rollout
-    from openfeature_canary._rollout_metrics import RolloutMetrics
-
+def in_memory_metrics(
+    plan: RolloutPlan, store: MemoryStateStore
+) -> tuple[Rollout, InMemoryMetricReader]:
+    """A rollout whose controller metrics (step 5 of its pipeline) go to an in-memory reader."""
     reader = InMemoryMetricReader()
-    rollout = Rollout(load_plan(EXAMPLE))
-    RolloutMetrics(rollout, None, MeterProvider(metric_readers=[reader]))
-    flag = "dataservice-read-canary"
-    rollout.controller(flag).start()
-    rollout.controller(flag).rollback("saw odd numbers on the dashboard at 3am")
+    rollout = Rollout(plan, store=store, meter_provider=MeterProvider(metric_readers=[reader]))
+    return rollout, reader
+
+
+def test_rollout_metrics_operator_free_text_reason_counts_under_operator(
+    plan: RolloutPlan,
+) -> None:
+    rollout, reader = in_memory_metrics(plan, MemoryStateStore())
+    assert isinstance(rollout.metrics, RolloutMetrics)
+    rollout.controller(FLAG).start()
+    rollout.controller(FLAG).rollback("saw odd numbers on the dashboard at 3am")
     rollbacks = points(reader, "canary.rollbacks")
     assert [(a["canary.trigger.name"], p.value) for a, p in rollbacks] == [("operator", 1)]
+
+
+def test_rollout_metrics_rollback_by_another_process_is_not_counted_here(
+    plan: RolloutPlan,
+) -> None:
+    store = MemoryStateStore()
+    here, here_reader = in_memory_metrics(plan, store)
+    there, there_reader = in_memory_metrics(plan, store)
+    there.controller(FLAG).start()
+    there.controller(FLAG).rollback("p95_breach")
+
+    here.load()  # this process sees the rollback in the store
+
+    assert here.controller(FLAG).state.status is Status.ROLLED_BACK
+    assert points(here_reader, "canary.rollbacks") == []  # counted once, where it was made
+    rollbacks = points(there_reader, "canary.rollbacks")
+    assert [(a["canary.trigger.name"], p.value) for a, p in rollbacks] == [("p95_breach", 1)]
+    # The gauges show the state this process knows, wherever it came from.
+    current = {
+        a["feature_flag.key"]: a["canary.rollout.status"]
+        for a, p in points(here_reader, "canary.rollout.status")
+        if p.value == 1
+    }
+    assert current == {FLAG: "rolled_back", PHASE2: "pending"}
+
+
+def test_rollout_without_meter_provider_has_no_metrics(plan: RolloutPlan) -> None:
+    rollout = Rollout(plan)
+    assert rollout.metrics is None
+    assert rollout.pipeline.metrics is None
+    rollout.controller(FLAG).start()
+    assert rollout.controller(FLAG).rollback("p95_breach").status is Status.ROLLED_BACK

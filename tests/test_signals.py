@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import Counter, MeterProvider
 from opentelemetry.sdk.metrics import Histogram as HistogramInstrument
 from opentelemetry.sdk.metrics.export import (
@@ -35,17 +38,20 @@ from opentelemetry.sdk.metrics.view import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from openfeature_canary import SignalSourceError
-from openfeature_canary._signal_names import KNOWN_SIGNALS
+from openfeature_canary import SignalSourceError, load_plan
 from openfeature_canary.clock import ManualClock
+from openfeature_canary.plan import RolloutPlan, parse_plan
 from openfeature_canary.signals import (
+    DEFAULT_RETENTION_S,
     InProcessSignalSource,
     SignalReading,
     SignalSource,
     count_above,
     count_at_least,
     histogram_quantile,
+    retention_for_plan,
 )
+from openfeature_canary.signals._names import KNOWN_SIGNALS
 
 FLAG = "dataservice-read-canary"
 OTHER = "dataservice-user-read-canary"
@@ -64,6 +70,7 @@ REQUEST_BOUNDS = (
     2.5,
 )
 LAG_BOUNDS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+EXAMPLE_PLAN = Path(__file__).resolve().parent.parent / "examples" / "canary_plan.toml"
 
 
 @dataclass
@@ -152,9 +159,10 @@ class FlakyReader:
         return self.reader.get_metrics_data()
 
 
-def _collection(points: Sequence[tuple[str, int, Sequence[int]]]) -> MetricsData:
+def _collection(
+    points: Sequence[tuple[str, int, Sequence[int]]], bounds: Sequence[float] = (0.1, 0.2)
+) -> MetricsData:
     """One collection of the request histogram: (route, start time, per-bucket counts) each."""
-    bounds = (0.1, 0.2)
     data_points = [
         HistogramDataPoint(
             attributes={
@@ -168,7 +176,7 @@ def _collection(points: Sequence[tuple[str, int, Sequence[int]]]) -> MetricsData
             count=sum(counts),
             sum=0.0,
             bucket_counts=tuple(counts),
-            explicit_bounds=bounds,
+            explicit_bounds=tuple(bounds),
             min=0.0,
             max=0.0,
         )
@@ -624,8 +632,12 @@ def test_retention_drops_old_snapshots_but_keeps_window_anchor() -> None:
     for _ in range(10):
         app.requests([0.12])
         source.snapshot(clock.advance(60))
-    reading = source.read(FLAG, "requests", 3600, clock.now())
-    assert (reading.value, reading.window_s) == (2.0, 120.0)
+    reading = source.read(FLAG, "requests", 120, clock.now())
+    assert (reading.value, reading.window_s, reading.error) == (2.0, 120.0, None)
+    # Longer than what is kept: the span kept is reported, but no value over it.
+    longer = source.read(FLAG, "requests", 3600, clock.now())
+    assert (longer.value, longer.window_s) == (None, 120.0)
+    assert longer.error is not None and "not enough data" in longer.error
     capped = InProcessSignalSource(App().reader, max_snapshots=3)
     for t in range(10):
         capped.snapshot(float(t))
@@ -673,3 +685,232 @@ def test_read_unknown_signal_raises_value_error_naming_it() -> None:
         source.count_beyond(FLAG, "error_rate", 0.1, True, 60, 0.0)
     with pytest.raises(ValueError, match="window_s"):
         source.read(FLAG, "requests", 0, 0.0)
+
+
+# -- retention from the plan, stored instruments, not enough data ------------------------
+
+
+def _plan(*, trigger_for: str = "3m", trigger_window: str = "4m", tick: str = "10s") -> RolloutPlan:
+    """A plan whose longest window is stage 2's 5 min gate window (unless the triggers say)."""
+    return parse_plan(
+        {
+            "flags": {
+                FLAG: {
+                    "tick": tick,
+                    "stages": [
+                        {"percent": 5, "duration": "10m", "window": "1m"},
+                        {"percent": 50, "duration": "30m", "window": "5m"},
+                    ],
+                    "triggers": [
+                        {
+                            "name": "p95",
+                            "signal": "latency_p95_ms",
+                            "above": 150,
+                            "for": trigger_for,
+                        },
+                        {
+                            "name": "lag",
+                            "signal": "event_loop_lag_ms",
+                            "at_least": 300,
+                            "occurrences": 2,
+                            "window": trigger_window,
+                        },
+                    ],
+                }
+            }
+        }
+    )
+
+
+def test_retention_for_plan_longest_window_of_stages_and_triggers_plus_two_ticks() -> None:
+    assert retention_for_plan(_plan()) == 300 + 2 * 10  # stage 2's gate window
+    assert retention_for_plan(_plan(trigger_for="6m")) == 360 + 20  # a trigger's for
+    assert retention_for_plan(_plan(trigger_window="8m", tick="30s")) == 480 + 60
+    assert retention_for_plan(_plan(), margin_ticks=0) == 300
+    # the reference plan: stage 4's 15 min gate window, ticks of 10 s
+    assert retention_for_plan(load_plan(EXAMPLE_PLAN)) == 900 + 20
+
+
+def test_source_plan_given_retention_from_plan_else_default() -> None:
+    reader = App().reader
+    assert InProcessSignalSource(reader).retention_s == DEFAULT_RETENTION_S == 7200
+    assert InProcessSignalSource(reader, plan=_plan()).retention_s == 320
+    assert InProcessSignalSource(reader, plan=_plan(), retention_s=900).retention_s == 900
+    with pytest.raises(ValueError, match="shorter than the 320 s"):
+        InProcessSignalSource(reader, plan=_plan(), retention_s=300)
+
+
+def test_ring_span_long_run_bounded_by_plan_longest_window_plus_margin() -> None:
+    app, clock = App(), ManualClock()
+    source = InProcessSignalSource(app.reader, plan=_plan())  # keeps 320 s
+    source.snapshot(clock.now())
+    spans = []
+    for tick in range(1, 6 * 360 + 1):  # 6 hours of 10 s ticks
+        app.request(0.12)
+        source.snapshot(clock.advance(10))
+        spans.append(source.history_s)
+        if tick % 360 == 0:  # every hour: the longest window is still whole and exact
+            longest = source.read(FLAG, "requests", 300, clock.now())
+            assert (longest.value, longest.window_s, longest.error) == (30.0, 300.0, None)
+    assert max(spans) <= 320 + 10  # the window's anchor is at most one tick older
+    assert spans[-1] == spans[len(spans) // 6] == 320.0  # the same after 1 h and after 6 h
+
+
+def test_ring_irregular_snapshots_keep_anchor_of_every_plan_window() -> None:
+    app = App()
+    source = InProcessSignalSource(app.reader, plan=_plan())
+    rng = random.Random(7)
+    t, times = 0.0, []
+    for _ in range(400):
+        t += rng.choice((0.5, 3.0, 10.0, 17.0))
+        app.request(0.12)
+        source.snapshot(t)
+        times.append(t)
+    # Every read the plan makes (windows up to 300 s) finds its anchor, a tick late included.
+    for window in (60.0, 180.0, 240.0, 300.0, 310.0):
+        reading = source.read(FLAG, "requests", window, t)
+        anchor = max(x for x in times if x <= t - window)
+        assert reading.error is None
+        assert (reading.start, reading.value) == (anchor, float(sum(x > anchor for x in times)))
+
+
+def test_snapshot_instruments_the_signals_do_not_read_are_not_stored() -> None:
+    app, clock = App(), ManualClock()
+    controller = app.provider.get_meter("openfeature_canary.controller")
+    flags = [f"gauge-only-{i}" for i in range(100)]
+
+    def per_flag(_options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(5, {"feature_flag.key": f}) for f in flags]
+
+    for name in ("canary.rollout.percent", "canary.rollout.stage", "canary.trigger.value"):
+        controller.create_observable_gauge(name, [per_flag])
+    hook = app.provider.get_meter("openfeature.contrib.hook.canary")
+    evaluations = hook.create_counter("feature_flag.evaluation_requests_total")
+    durations = hook.create_histogram("feature_flag.evaluation.duration", unit="s")
+    other = app.provider.get_meter("the-app").create_counter("app.orders")
+    source = InProcessSignalSource(app.reader)
+    for _ in range(3):
+        for f in flags:
+            evaluations.add(1, {"feature_flag.key": f})
+            durations.record(0.001, {"feature_flag.key": f, "feature_flag.result.variant": "on"})
+        other.add(1, {"feature_flag.key": "orders"})
+        app.duration.record(0.2, {"http.route": "/health"})  # no canary flag decided it
+        app.request(0.12)
+        app.mismatches.add(1, {"feature_flag.key": FLAG})
+        app.sent.add(2)
+        app.accepted.add(2)
+        app.lag.record(0.02)
+        source.snapshot(clock.advance(10))
+    snap = source._ring[-1]  # what is stored: only spec §6 instruments, only canary cohorts
+    assert set(snap.requests) == {(FLAG, "on")}
+    assert set(snap.counters) == {
+        ("canary.ledger.mismatches", FLAG),
+        ("canary.telemetry.sent", ""),
+        ("canary.telemetry.accepted", ""),
+    }
+    assert len(snap.lag) == 1 and not snap.problems
+    assert source.flag_keys() == (FLAG,)
+    assert source.read(FLAG, "requests", 20, clock.now()).value == 2
+
+
+def test_snapshot_unchanged_cohort_shared_and_reads_true_zero() -> None:
+    app, clock = App(), ManualClock()
+    source = InProcessSignalSource(app.reader)
+    app.request(0.12)
+    app.request(0.3, flag=OTHER)
+    source.snapshot(clock.now())
+    app.request(0.12)  # only FLAG's canary cohort moves
+    source.snapshot(clock.advance(10))
+    old, new = source._ring[0], source._ring[1]
+    assert new.requests[(OTHER, "on")] is old.requests[(OTHER, "on")]
+    assert new.requests[(FLAG, "on")] is not old.requests[(FLAG, "on")]
+    assert new.lag is old.lag and new.counters is old.counters
+    idle = source.read(OTHER, "requests", 10, clock.now())
+    assert (idle.value, idle.n, idle.error) == (0.0, 0, None)
+    assert source.read(OTHER, "latency_p95_ms", 10, clock.now()).value is None
+    assert source.read(FLAG, "requests", 10, clock.now()).value == 1
+
+
+def test_read_window_starting_before_retained_snapshots_reports_not_enough_data() -> None:
+    app, clock = App(), ManualClock()
+    source = InProcessSignalSource(app.reader, plan=_plan())  # keeps 320 s
+    source.snapshot(clock.now())
+    for _ in range(120):  # 20 minutes: the first 16 are dropped
+        app.request(0.12)
+        app.lag.record(0.4)
+        source.snapshot(clock.advance(10))
+    now = clock.now()
+    readings = [
+        source.read(FLAG, "requests", 600, now),
+        source.read(FLAG, "latency_p95_ms", 600, now),
+        source.read(FLAG, "ledger_mismatches", 600, now),
+        source.count_beyond(FLAG, "event_loop_lag_ms", 300, True, 600, now),
+        source.read_between(FLAG, "requests", now - 600, now),
+        source.read_between(FLAG, "error_rate", 0, 60),  # wholly before what is kept
+    ]
+    for reading in readings:
+        assert (reading.value, reading.n) == (None, 0), reading
+        assert reading.error is not None and "not enough data" in reading.error, reading
+    kept = source.read(FLAG, "requests", 320, now)
+    assert (kept.value, kept.window_s, kept.error) == (32.0, 320.0, None)
+    lag = source.count_beyond(FLAG, "event_loop_lag_ms", 300, True, 300, now)
+    assert (lag.value, lag.n) == (30.0, 30)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_read_random_traffic_long_run_every_window_equals_ground_truth(seed: int) -> None:
+    rng = random.Random(seed)
+    app, clock = App(), ManualClock()
+    source = InProcessSignalSource(app.reader, plan=_plan())
+    bounds_ms = tuple(round(b * 1000, 9) for b in REQUEST_BOUNDS)
+    # per tick, per (flag, variant): (bucket counts, requests, 5xx)
+    truth: list[dict[tuple[str, str], tuple[list[int], int, int]]] = []
+    source.snapshot(clock.now())
+    for _ in range(150):
+        tick: dict[tuple[str, str], tuple[list[int], int, int]] = {}
+        for cohort in ((FLAG, "on"), (FLAG, "off"), (OTHER, "on")):
+            counts, n, errors = [0] * (len(bounds_ms) + 1), 0, 0
+            if rng.random() < 0.6:  # cohorts go idle now and then
+                for _ in range(rng.randint(1, 8)):
+                    seconds = rng.choice((0.0123, 0.1234, 0.1467, 0.1523, 0.2871, 0.61, 3.0))
+                    status = rng.choice((200, 200, 200, 404, 503))
+                    app.request(seconds, flag=cohort[0], variant=cohort[1], status=status)
+                    counts[bisect_left(REQUEST_BOUNDS, seconds)] += 1
+                    n += 1
+                    errors += status == 503
+            tick[cohort] = (counts, n, errors)
+        truth.append(tick)
+        source.snapshot(clock.advance(10))
+    now = clock.now()
+    for window in (10, 60, 120, 240, 300, 320):
+        ticks = truth[-window // 10 :]
+        for cohort in ((FLAG, "on"), (FLAG, "off"), (OTHER, "on")):
+            prefix = "" if cohort[1] == "on" else "baseline_"
+            counts = [sum(t[cohort][0][i] for t in ticks) for i in range(len(bounds_ms) + 1)]
+            n = sum(t[cohort][1] for t in ticks)
+            errors = sum(t[cohort][2] for t in ticks)
+            requests = source.read(cohort[0], f"{prefix}requests", window, now)
+            assert (requests.value, requests.n) == (n, n)
+            rate = source.read(cohort[0], f"{prefix}error_rate", window, now)
+            assert rate.value == (errors / n if n else None)
+            p95 = source.read(cohort[0], f"{prefix}latency_p95_ms", window, now)
+            assert p95.value == (histogram_quantile(0.95, bounds_ms, counts) if n else None)
+
+
+def test_read_bucket_layout_changed_inside_window_reports_error_counts_still_add_up() -> None:
+    reader = ScriptedReader(
+        [
+            _collection([("/a", 1, (1, 1, 0))]),
+            _collection([("/a", 1, (3, 1, 0))]),
+            # the View changed: a new stream with a new layout (and a new start time)
+            _collection([("/a", 2, (5, 0, 0, 0))], bounds=(0.1, 0.15, 0.2)),
+        ]
+    )
+    source = InProcessSignalSource(reader)
+    for t in (0.0, 60.0, 120.0):
+        source.snapshot(t)
+    assert source.read_between(FLAG, "requests", 0, 120).value == 2 + 5
+    mixed = source.read_between(FLAG, "latency_p95_ms", 0, 120)
+    assert mixed.value is None and mixed.error is not None and "bounds changed" in mixed.error
+    after = source.read_between(FLAG, "latency_p95_ms", 60, 120)
+    assert after.error is None and after.value == pytest.approx(95.0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import stat
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -40,6 +41,7 @@ def _bumped(state: RolloutState, action: str = "tick") -> RolloutState:
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> StateStore:
     if request.param == "memory":
         return open_store("memory://")
+    (tmp_path / "state").mkdir()  # the file store never creates its folder
     return open_store(f"file://{tmp_path}/state/state.json")
 
 
@@ -155,8 +157,90 @@ def test_file_store_corrupt_file_raises_state_store_error_naming_url(
 def test_file_store_folder_that_cannot_exist_raises_state_store_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x", "utf-8")
-    with pytest.raises(StateStoreError, match=rf"file://{blocker}/state.json: cannot create"):
-        FileStateStore(blocker / "state.json")
+    store = FileStateStore(blocker / "state.json")  # building it touches nothing
+    url = f"file://{blocker}/state.json"
+    for read in (lambda: store.load(F1), store.load_all):
+        with pytest.raises(StateStoreError, match=rf"^{url}: cannot read: Not a directory"):
+            read()
+    with pytest.raises(StateStoreError, match=rf"^{url}: folder {blocker} does not exist"):
+        store.save(_bumped(RolloutState(flag_key=F1)), expected_version=0)
+    assert blocker.read_text("utf-8") == "x"
+
+
+def test_file_store_missing_folder_is_an_error_and_creates_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "typo"
+    store = open_store(f"file://{folder}/state.json")  # building it touches nothing
+    message = rf"^file://{folder}/state.json: folder {folder} does not exist$"
+    for call in (
+        lambda: store.load(F1),
+        store.load_all,
+        lambda: store.save(_bumped(RolloutState(flag_key=F1)), expected_version=0),
+    ):
+        with pytest.raises(StateStoreError, match=message):
+            call()
+    assert not folder.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_file_store_two_loads_without_a_write_parse_the_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "state.json"
+    first = _bumped(RolloutState(flag_key=F1))
+    FileStateStore(path).save(first, expected_version=0)
+    parses: list[int] = []
+    real_loads = json.loads
+
+    def counting_loads(*args: Any, **kwargs: Any) -> Any:
+        parses.append(1)
+        return real_loads(*args, **kwargs)
+
+    monkeypatch.setattr("openfeature_canary.stores._store.json.loads", counting_loads)
+    reader = FileStateStore(path)
+
+    assert reader.load_all() == {F1: first}
+    assert reader.load_all() == {F1: first}
+    assert reader.load(F1) == first
+    assert len(parses) == 1
+
+    # A write by another instance (another process) changes the file: the next load sees it.
+    second = _bumped(first)
+    FileStateStore(path).save(second, expected_version=1)
+    parses.clear()
+    assert reader.load_all() == {F1: second}
+    assert reader.load(F1) == second
+    assert len(parses) == 1
+
+
+def test_file_store_load_all_returns_a_copy_the_caller_may_change(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    state = _bumped(RolloutState(flag_key=F1))
+    store = FileStateStore(path)
+    store.save(state, expected_version=0)
+    store.load_all().clear()
+    assert store.load_all() == {F1: state}
+    assert store.load(F1) == state
+
+
+def test_file_store_state_and_lock_files_are_owner_only_under_umask_022(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    previous = os.umask(0o022)
+    try:
+        FileStateStore(path).save(_bumped(RolloutState(flag_key=F1)), expected_version=0)
+    finally:
+        os.umask(previous)
+    lock = tmp_path / "state.json.lock"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o600
+
+
+def test_rollout_on_file_store_reads_nothing_until_load(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.write_text("{not json", "utf-8")
+    rollout = Rollout(load_plan(EXAMPLE_PLAN), store=f"file://{path}", clock=ManualClock(100))
+    assert rollout.controller(F1).state == RolloutState(flag_key=F1)  # pending, the safe side
+    with pytest.raises(StateStoreError, match=rf"^file://{path}: corrupt state file"):
+        rollout.load()
 
 
 def test_file_store_path_is_a_folder_raises_state_store_error_naming_url(tmp_path: Path) -> None:
@@ -202,9 +286,12 @@ def _provider_side(
     from openfeature.contrib.provider.canary import CanaryProvider
     from openfeature.evaluation_context import EvaluationContext
 
-    provider = CanaryProvider(str(EXAMPLE_PLAN), store=f"file://{path}", environ={})
+    provider = CanaryProvider(
+        str(EXAMPLE_PLAN), store=f"file://{path}", environ={}, background=False
+    )
+    provider.initialize(EvaluationContext())  # reads the store
     seen: list[str] = []
-    provider.rollout.add_listener(lambda _old, new: seen.append(new.status.value))
+    provider.rollout.add_observer(lambda _old, new: seen.append(new.status.value))
     view = provider.view(F1)
     to_parent.put(("ready", view.status.value, view.percent))
     assert to_child.get(timeout=60) == "check"
@@ -229,6 +316,7 @@ def _provider_side(
     ctl.start()
     ctl.rollback("ledger_mismatch")
     to_parent.put(("done", ctl.state.version))
+    provider.shutdown()
 
 
 def test_file_store_rollback_in_one_process_is_seen_by_another(tmp_path: Path) -> None:
@@ -259,7 +347,7 @@ def test_file_store_rollback_in_one_process_is_seen_by_another(tmp_path: Path) -
             child.kill()
     assert child.exitcode == 0
     notified: list[RolloutState] = []
-    rollout.add_listener(lambda _old, new: notified.append(new))
+    rollout.add_observer(lambda _old, new: notified.append(new))
     rollout.refresh()
     state = rollout.controller(F1).state
     assert (state.status, state.reason, state.version) == (Status.ROLLED_BACK, "ledger_mismatch", 5)

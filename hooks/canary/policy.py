@@ -10,9 +10,9 @@ from openfeature.exception import GeneralError
 from openfeature.flag_evaluation import FlagEvaluationDetails, FlagValueType
 from openfeature.hook import Hook, HookContext, HookHints
 
-from openfeature_canary import Controller, Rollout, RolloutState, Status
-from openfeature_canary._forksafe import renew_locks_after_fork
-from openfeature_canary._runner import BackgroundRunner
+from openfeature_canary import Controller, Rollout, RolloutState, StateStoreError, Status
+from openfeature_canary.policy import BackgroundRunner
+from openfeature_canary.stores._forksafe import renew_locks_after_fork
 
 __all__ = ["PolicyHook"]
 
@@ -57,9 +57,16 @@ class PolicyHook(Hook):
         self._track_lock = threading.Lock()
         renew_locks_after_fork(self, "_lock", "_track_lock")
         self._blocked: dict[str, str] = {}
+        rollout.add_observer(lambda _old, new: self._track(new))
         for ctl in rollout.controllers():
             self._track(ctl.state)
-        rollout.add_listener(lambda _old, new: self._track(new))
+        if provider is None:
+            # A bare rollout has not read its store yet: read it now, so that a flag rolled
+            # back before this process started is refused from the first evaluation.
+            try:
+                rollout.load()
+            except StateStoreError as exc:
+                log.error("openfeature-canary: PolicyHook cannot read the store yet: %s", exc)
         self._runner = runner
         self._own_runner = runner is None and background
         if self._own_runner:
@@ -101,9 +108,9 @@ class PolicyHook(Hook):
             if now < self._next_due:
                 return
             self._next_due = now + self._tick_s
+            if self.rollout.policy is None:
+                return
             for ctl in self.rollout.controllers():
-                if ctl.decider is None:
-                    continue
                 # The schedule is the controller's, shared with the background runner, so a
                 # flag is ticked once per period whoever gets there first.
                 try:
@@ -124,7 +131,7 @@ def _resolve(target: Any) -> tuple[Rollout, BackgroundRunner | None, Any]:
     if isinstance(target, Rollout):
         return target, None, None
     if isinstance(target, Controller):
-        return target._rollout, None, None
+        return target.rollout, None, None
     rollout = getattr(target, "rollout", None)
     if isinstance(rollout, Rollout):  # a CanaryProvider: it runs its own background thread
         runner = getattr(target, "runner", None)

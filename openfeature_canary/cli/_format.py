@@ -1,6 +1,6 @@
 """Text and JSON shapes of the command line's output (pure functions, no I/O).
 
-Kept apart from the argument parsing in :mod:`openfeature_canary._cli` so that each output
+Kept apart from the argument parsing in :mod:`openfeature_canary.cli._main` so that each output
 format can be tested by value.
 """
 
@@ -9,11 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from openfeature_canary._durations import iso_utc
-from openfeature_canary._render import format_number, format_span
-from openfeature_canary._state import LogEntry, RolloutState, Status
+from openfeature_canary._format import format_number, format_percent, format_span, iso_utc
 from openfeature_canary.bucketing import bucket, in_rollout
 from openfeature_canary.plan import FlagPlan
+from openfeature_canary.state import LogEntry, RolloutState, Status
 
 __all__ = [
     "bucket_lines",
@@ -31,12 +30,23 @@ STATUS_COLUMNS = ("FLAG", "STATUS", "STAGE", "PERCENT", "SINCE", "REASON", "LAST
 
 def format_pct(percent: float) -> str:
     """``5.0`` → ``"5%"``, ``12.5`` → ``"12.5%"`` (compact, for aligned columns)."""
-    return f"{format_number(percent)}%"
+    return format_percent(percent, sep="")
+
+
+def _status_written(state: RolloutState) -> bool:
+    """Whether the state's status was ever written (so that its ``since`` means something).
+
+    A state never written keeps the pending default's ``since``; so does one whose only
+    changes are an operator's start request, which records the request and leaves the
+    status (and its ``since``) as they were.
+    """
+    if state.version == 0:
+        return False
+    return not state.log or any(entry.action != "request_start" for entry in state.log)
 
 
 def _since(state: RolloutState) -> str | None:
-    # A state that was never written has no meaningful "since" (it is the pending default).
-    return iso_utc(state.since) if state.version > 0 else None
+    return iso_utc(state.since) if _status_written(state) else None
 
 
 def state_line(flag: FlagPlan, state: RolloutState) -> str:
@@ -48,6 +58,8 @@ def state_line(flag: FlagPlan, state: RolloutState) -> str:
     )
     if state.status in (Status.ROLLED_BACK, Status.PAUSED) and state.reason:
         line += f" (reason: {state.reason})"
+    if state.requested:
+        line += f" ({state.requested} requested)"
     return line
 
 
@@ -60,6 +72,13 @@ def format_decision(entry: LogEntry | None) -> str:
     return f"{text} {numbers}".rstrip()
 
 
+def _status_text(state: RolloutState) -> str:
+    """``pending``, or ``pending (start requested)`` while the policy has not carried it out."""
+    if state.requested:
+        return f"{state.status.value} ({state.requested} requested)"
+    return state.status.value
+
+
 def status_table(flags: Sequence[FlagPlan], states: Mapping[str, RolloutState]) -> str:
     """An aligned text table, one row per flag (columns :data:`STATUS_COLUMNS`)."""
     rows = [STATUS_COLUMNS]
@@ -68,7 +87,7 @@ def status_table(flags: Sequence[FlagPlan], states: Mapping[str, RolloutState]) 
         rows.append(
             (
                 flag.key,
-                s.status.value,
+                _status_text(s),
                 f"{s.stage}/{len(flag.stages)}",
                 format_pct(s.percent),
                 _since(s) or _NONE,
@@ -99,8 +118,9 @@ def status_json(
                 "stages": len(flag.stages),
                 "percent": s.percent,
                 "since": _since(s),
-                "since_epoch": s.since if s.version > 0 else None,
+                "since_epoch": s.since if _status_written(s) else None,
                 "reason": s.reason,
+                "requested": s.requested or None,
                 "version": s.version,
                 "last_decision": None
                 if last is None

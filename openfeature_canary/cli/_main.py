@@ -7,7 +7,11 @@
     openfeature-canary status --json
 
 Every command takes ``--plan`` (default ``canary_plan.toml`` in the current folder) and
-``--store`` (default: the plan's ``store``, else ``memory://``), before or after the command.
+``--store`` (default: the plan's ``store``), before or after the command. A command that reads
+or changes a flag's rollout needs a shared store: ``memory://`` is refused (it would show or
+change a state no service reads). ``start`` records a request that the process running the
+policy carries out once the baseline is quiet (stage 0's gate); ``start --force`` starts now,
+without that check.
 
 Exit codes: 0 done; 1 refused (the command is not valid in the flag's current status, or the
 store could not be written); 2 bad input (missing or invalid plan, unknown flag, bad store
@@ -17,42 +21,45 @@ URL, bad arguments). Expected errors print one line on stderr, never a traceback
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Final, NoReturn
 
-from openfeature_canary._cli_format import (
+from openfeature_canary.bucketing import UnitEncodingError
+from openfeature_canary.cli._format import (
     bucket_lines,
     flag_summary,
     state_line,
     status_json,
     status_table,
 )
-from openfeature_canary._controller import Controller, Rollout
-from openfeature_canary._errors import (
+from openfeature_canary.clock import Clock, SystemClock
+from openfeature_canary.errors import (
     CanaryError,
     PlanError,
     StateStoreError,
     TransitionError,
     UnknownFlagError,
 )
-from openfeature_canary._render import render_plan_markdown
-from openfeature_canary._runtime import build_effects
-from openfeature_canary._state import RolloutState
-from openfeature_canary._store import StateStore, open_store
-from openfeature_canary.clock import Clock, SystemClock
+from openfeature_canary.events import (
+    ReportWriter,
+    TelemetrySender,
+    render_plan_markdown,
+    sender_for_plan,
+)
 from openfeature_canary.plan import RolloutPlan, load_plan
+from openfeature_canary.policy import Controller, Rollout
+from openfeature_canary.state import RolloutState
+from openfeature_canary.stores import FileStateStore, StateStore, open_store
+from openfeature_canary.stores._atomicfile import atomic_write_text
 
 __all__ = ["EXIT_OK", "EXIT_REFUSED", "EXIT_USAGE", "UsageError", "main", "run"]
 
 PROG: Final = "openfeature-canary"
 DEFAULT_PLAN: Final = "canary_plan.toml"
-DEMO_MODULE: Final = "openfeature_canary._demo"
 
 EXIT_OK: Final = 0
 EXIT_REFUSED: Final = 1
@@ -128,6 +135,8 @@ def run(
     except StateStoreError as exc:
         # Opening/reading a store is mapped to UsageError in _open; this is a failed write.
         return _fail(io, exc, EXIT_REFUSED)
+    except CanaryError as exc:  # every other error of ours is about the input: one line
+        return _fail(io, exc, EXIT_USAGE)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=io.err)
         return 130
@@ -156,8 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--store",
         metavar="URL",
         default=argparse.SUPPRESS,
-        help="state store: memory:// or file:///path/state.json (default: the plan's "
-        "`store`, else memory://)",
+        help="state store, e.g. file:///path/state.json (default: the plan's `store`)",
     )
     parser = _Parser(
         prog=PROG,
@@ -199,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("flag", metavar="FLAG", help="a flag key of the plan")
         if name == "rollback":
             p.add_argument("--reason", required=True, help="why (kept in the state and logs)")
+        if name == "start":
+            p.add_argument(
+                "--force",
+                action="store_true",
+                help="start now, without waiting for the baseline check of the process "
+                "that runs the policy",
+            )
         p.set_defaults(handler=_cmd_transition)
 
     bucket = sub.add_parser(
@@ -216,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _COMMANDS: Final = {
-    "start": "start the rollout at stage 1 (from pending)",
+    "start": "ask the policy to start the rollout at stage 1 (from pending)",
     "promote": "advance to the next stage now (completed after the last)",
     "pause": "hold the current stage (triggers still roll back)",
     "resume": "continue a paused stage",
@@ -238,13 +253,60 @@ def _load(args: argparse.Namespace) -> RolloutPlan:
     return load_plan(path or DEFAULT_PLAN)
 
 
-def _open(args: argparse.Namespace, plan: RolloutPlan, io: _Io) -> Rollout:
-    url: str = getattr(args, "store", None) or plan.store or "memory://"
+def _store_url(args: argparse.Namespace, plan: RolloutPlan) -> str:
+    url: str | None = getattr(args, "store", None)
+    if url is None:
+        url = plan.store
+    if not url:
+        raise UsageError(
+            f"no store: give --store file:///path/state.json (the one the service uses) or set "
+            f"`store` in {plan.source}"
+        )
+    if url.startswith("/"):
+        raise UsageError(f"--store {url!r}: a store is a URL; did you mean file://{url}?")
+    return url
+
+
+def _open(
+    args: argparse.Namespace,
+    plan: RolloutPlan,
+    io: _Io,
+    *,
+    with_effects: bool = False,
+) -> tuple[Rollout, TelemetrySender | None]:
+    """The rollout over the plan's shared store (``memory://`` refused), read from the store.
+
+    ``with_effects``: transitions go through the same pipeline as the service's (telemetry
+    event through the durable outbox, reports).
+    """
+    url = _store_url(args, plan)
     try:
         store: StateStore = open_store(url)
-        return Rollout(plan, store=store, clock=io.clock)
     except StateStoreError as exc:
         raise UsageError(str(exc)) from exc
+    if url.startswith("memory:"):
+        raise UsageError(
+            "the store is memory://, which no service shares: give --store "
+            "file:///path/state.json (the one the service uses) or set `store` in the plan"
+        )
+    if isinstance(store, FileStateStore) and not store.path.parent.is_dir():
+        raise UsageError(f"{store.url}: folder {store.path.parent} does not exist")
+    sender: TelemetrySender | None = None
+    reports: ReportWriter | None = None
+    if with_effects:
+        reports = ReportWriter(plan.reports.dir)
+        outbox = (
+            store.path.with_name(store.path.name + ".outbox.jsonl")
+            if isinstance(store, FileStateStore)
+            else reports.dir / "telemetry-outbox.jsonl"
+        )
+        sender = sender_for_plan(plan, outbox, environ=os.environ)
+    rollout = Rollout(plan, store=store, clock=io.clock, events=sender, reports=reports)
+    try:
+        rollout.load()
+    except StateStoreError as exc:
+        raise UsageError(str(exc)) from exc
+    return rollout, sender
 
 
 # --------------------------------------------------------------------------- commands
@@ -271,14 +333,7 @@ def _write_atomically(target: Path, text: str) -> None:
     """Replace ``target`` whole: a reader (or a crash) never sees half a report."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(target, text)
     except OSError as exc:
         raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from exc
 
@@ -286,7 +341,7 @@ def _write_atomically(target: Path, text: str) -> None:
 def _cmd_status(args: argparse.Namespace, io: _Io) -> int:
     plan = _load(args)
     flags = [plan.flag(args.flag)] if args.flag else list(plan.flags.values())
-    rollout = _open(args, plan, io)
+    rollout, _ = _open(args, plan, io)
     states = {f.key: rollout.controller(f.key).state for f in flags}
     if args.json:
         data = status_json(flags, states, plan_source=plan.source, store_url=rollout.store.url)
@@ -303,18 +358,20 @@ def _cmd_transition(args: argparse.Namespace, io: _Io) -> int:
     reason: str | None = getattr(args, "reason", None)
     if command == "rollback" and (reason is None or not reason.strip()):
         raise UsageError("rollback: --reason must not be empty")
-    rollout = _open(args, plan, io)
-    if rollout.store.url.startswith("memory:"):
-        io.warn(
-            "the store is memory://, so this change is not kept after the command "
-            "(give --store file:///path/state.json or set `store` in the plan)"
-        )
-    # The same effects as an automatic decision: a telemetry event through the durable
-    # outbox and the reports (an operator's rollback lands in canary_abort.md too).
-    _effects, _reports, sender = build_effects(rollout, environ=os.environ)
+    # The same pipeline as an automatic decision: persisted, then a telemetry event through
+    # the durable outbox and the reports (an operator's rollback lands in canary_abort.md too).
+    rollout, sender = _open(args, plan, io, with_effects=True)
     ctl = rollout.controller(flag.key)
-    state = _ACTIONS[command](ctl, reason)
+    if command == "start":
+        state = ctl.start(force=True) if args.force else ctl.request_start()
+    else:
+        state = _ACTIONS[command](ctl, reason)
     io.print(state_line(flag, state))
+    if state.requested == "start":
+        io.print(
+            "  the process that runs the policy starts it once every trigger is quiet on the "
+            "baseline (start --force starts it now, without that check)"
+        )
     if sender is not None and sender.client is not None and not sender.flush(_FLUSH_S):
         io.warn("the telemetry event is queued in the outbox; it will be sent later")
     return EXIT_OK
@@ -323,7 +380,6 @@ def _cmd_transition(args: argparse.Namespace, io: _Io) -> int:
 _FLUSH_S: Final = 5.0
 
 _ACTIONS: Final[dict[str, Callable[[Controller, str | None], RolloutState]]] = {
-    "start": lambda ctl, _: ctl.start(),
     "promote": lambda ctl, _: ctl.promote(),
     "pause": lambda ctl, _: ctl.pause(),
     "resume": lambda ctl, _: ctl.resume(),
@@ -337,28 +393,26 @@ def _cmd_bucket(args: argparse.Namespace, io: _Io) -> int:
     flag = plan.flag(args.flag)
     if not args.unit:
         raise UsageError("bucket: UNIT must not be empty (an empty unit counts as missing)")
-    state = _open(args, plan, io).controller(flag.key).state
-    for line in bucket_lines(flag, args.unit, state):
+    state: RolloutState | None = None
+    if getattr(args, "store", None) or plan.store:
+        state = _open(args, plan, io)[0].controller(flag.key).state
+    try:
+        lines = bucket_lines(flag, args.unit, state)
+    except UnitEncodingError as exc:  # e.g. undecodable bytes in argv
+        raise UsageError(f"bucket: {exc}") from exc
+    for line in lines:
         io.print(line)
     return EXIT_OK
 
 
 def _run_demo(args: argparse.Namespace, extras: list[str], io: _Io) -> int:
-    """Hand over to ``openfeature_canary._demo.main(argv)`` when that module exists.
+    """Hand over to the demo (``openfeature_canary.demo``), which owns its options;
+    ``--plan``/``--store`` given to this CLI are passed on."""
+    from openfeature_canary.demo import main as demo_main
 
-    The demo owns its options; ``--plan``/``--store`` given to this CLI are passed on.
-    """
     forwarded = [
         *(["--plan", args.plan] if "plan" in vars(args) else []),
         *(["--store", args.store] if "store" in vars(args) else []),
         *extras,
     ]
-    try:
-        demo = importlib.import_module(DEMO_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name != DEMO_MODULE:
-            raise  # the demo exists but one of its own dependencies is missing
-        print("demo: not yet available", file=io.err)
-        return EXIT_USAGE
-    code = demo.main(forwarded)
-    return int(code) if code is not None else EXIT_OK
+    return demo_main(forwarded)

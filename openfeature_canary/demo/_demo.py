@@ -19,19 +19,18 @@ from typing import TextIO
 
 from openfeature import api
 
-from openfeature_canary._durations import format_duration
-from openfeature_canary._ingest_server import IngestServer
-from openfeature_canary._simulation import (
+from openfeature_canary._format import format_duration
+from openfeature_canary.clock import ManualClock
+from openfeature_canary.demo._ingest_server import IngestServer
+from openfeature_canary.demo._simulation import (
     FAULTS,
     Fault,
     SimulatedService,
     Simulation,
     all_settled,
 )
-from openfeature_canary._state import LogEntry, RolloutState, Status
-from openfeature_canary.clock import ManualClock
 from openfeature_canary.plan import RolloutPlan, load_plan
-from openfeature_canary.signals import InProcessSignalSource
+from openfeature_canary.state import LogEntry, RolloutState, Status
 from openfeature_canary.telemetry import setup_telemetry
 
 __all__ = ["main", "run_demo"]
@@ -70,10 +69,27 @@ def _clock_text(at: float) -> str:
     return "+" + format_duration(max(0.0, at - START)).ljust(9)
 
 
+#: The ended stage's evidence goes to canary_results.md; the live line keeps the decision's own.
+_REPORTED_ONLY = frozenset(
+    {
+        "signal",
+        "trigger",
+        "planned_p95_ms",
+        "observed_p95_ms",
+        "planned_error_rate",
+        "observed_error_rate",
+        "samples",
+        "windows_passed",
+        "windows_failed",
+        "windows_inconclusive",
+    }
+)
+
+
 def _numbers(entry: LogEntry) -> str:
     shown = []
     for key, value in entry.numbers.items():
-        if value is None or key in ("signal", "trigger"):
+        if value is None or key in _REPORTED_ONLY:
             continue
         text = f"{value:.4g}" if isinstance(value, float) else str(value)
         shown.append(f"{key}={text}")
@@ -118,7 +134,6 @@ def run_demo(
 
     Healthy: every flag completes. With a fault: the faulty flag is rolled back.
     """
-    from openfeature.contrib.hook.canary import MetricsHook
     from openfeature.contrib.provider.canary import CanaryProvider
 
     clock = ManualClock(start=START)
@@ -130,17 +145,15 @@ def run_demo(
         plan,
         store=store,
         clock=clock,
-        meter_provider=telemetry.meter_provider,
+        telemetry=telemetry,
         environ=environ,
-        signals=InProcessSignalSource(telemetry.reader),
         reports_dir=reports_dir,
         background=False,
     )
     printer = _Printer(out, verbose)
-    provider.rollout.add_listener(printer)
+    provider.rollout.add_observer(printer)
     try:
-        api.set_provider_and_wait(provider)
-        api.add_hooks([MetricsHook(meter_provider=telemetry.meter_provider)])
+        api.set_provider_and_wait(provider)  # it brings its MetricsHook
         client = api.get_client("openfeature-canary-demo")
         service = SimulatedService(
             client,
@@ -165,11 +178,7 @@ def run_demo(
         )
         sim.run_until(all_settled(provider.rollout), max_virtual)
         elapsed = time.perf_counter() - wall
-        delivered = (
-            provider.runtime.sender.flush(10.0)
-            if provider.runtime and provider.runtime.sender
-            else True
-        )
+        delivered = provider.flush_events(10.0)
         return _summary(plan, provider, server, sim, elapsed, delivered, fault, out)
     finally:
         api.clear_hooks()
@@ -205,9 +214,9 @@ def _summary(
         f"{'' if delivered else ' (some still in the outbox)'}",
         file=out,
     )
-    runtime = getattr(provider, "runtime", None)
-    if runtime is not None:
-        print(f"  reports in {runtime.reports.results_path.parent}/", file=out)
+    reports = getattr(provider, "reports", None)
+    if reports is not None:
+        print(f"  reports in {reports.dir}/", file=out)
     states = {c.key: c.state for c in rollout.controllers()}
     if fault is None:
         ok = all(s.status is Status.COMPLETED for s in states.values())

@@ -18,8 +18,6 @@ from openfeature.client import OpenFeatureClient
 from openfeature.evaluation_context import EvaluationContext
 from opentelemetry.metrics import MeterProvider
 
-from openfeature_canary._controller import Rollout
-from openfeature_canary._state import Status
 from openfeature_canary.clock import ManualClock
 from openfeature_canary.instrumentation import (
     EVENT_LOOP_LAG_NAME,
@@ -29,6 +27,8 @@ from openfeature_canary.instrumentation import (
     shadow_compare,
 )
 from openfeature_canary.plan import FlagPlan
+from openfeature_canary.policy._controller import Rollout
+from openfeature_canary.state import Status
 
 __all__ = ["FAULTS", "CohortModel", "Fault", "FaultKind", "SimulatedService", "Simulation"]
 

@@ -26,8 +26,8 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import httpx
 
-from openfeature_canary._errors import CanaryError
-from openfeature_canary._outbox import OutboxEvent
+from openfeature_canary.errors import CanaryError
+from openfeature_canary.events._outbox import OutboxEvent
 
 __all__ = [
     "INGEST_PATH",
@@ -192,7 +192,9 @@ class IngestClient:
         self._url = urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
         #: The ingest endpoint, safe to show.
         self.display_url = redact_url(self._url)
-        self._http = httpx.Client(timeout=timeout_s, transport=transport)
+        # The connection pool is made on first use: constructing a client does no I/O.
+        self._transport = transport
+        self._http_client: httpx.Client | None = None
         # httpx logs every request's full URL (credentials and query included) at INFO.
         self._log_filter = _RedactHttpxLog(str(httpx.URL(self._url)), self.display_url)
         httpx_logger = logging.getLogger("httpx")
@@ -208,9 +210,15 @@ class IngestClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _http(self) -> httpx.Client:
+        if self._http_client is None:
+            self._http_client = httpx.Client(timeout=self.timeout_s, transport=self._transport)
+        return self._http_client
+
     def close(self) -> None:
         """Close the HTTP connection pool."""
-        self._http.close()
+        if self._http_client is not None:
+            self._http_client.close()
         self._unfilter()
 
     def body(self, events: Sequence[OutboxEvent]) -> dict[str, Any]:
@@ -227,7 +235,7 @@ class IngestClient:
         if not events:
             return
         try:
-            response = self._http.post(self._url, json=self.body(events))
+            response = self._http().post(self._url, json=self.body(events))
         except httpx.HTTPError as exc:
             detail = str(exc) or type(exc).__name__
             safe = _scrub(detail, self._url)

@@ -2,7 +2,8 @@
 
 Rollback events must reach the telemetry ingest even when the ingest is down or the process
 dies right after the rollback. :meth:`Outbox.enqueue` therefore returns only once the event
-is on disk (``fsync``); a background sender (:class:`~openfeature_canary._ingest.TelemetrySender`)
+is on disk (``fsync``); a background sender
+(:class:`~openfeature_canary.events.TelemetrySender`)
 delivers what :meth:`Outbox.pending` returns and records the outcome.
 
 On disk the outbox is an append-only JSON-lines journal::
@@ -35,8 +36,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-from openfeature_canary._atomicfile import atomic_write_text, fsync_dir
-from openfeature_canary._errors import CanaryError
+from openfeature_canary.errors import CanaryError
+from openfeature_canary.stores._atomicfile import atomic_write_text, fsync_dir
 
 __all__ = ["JsonScalar", "Outbox", "OutboxError", "OutboxEvent"]
 
@@ -147,7 +148,7 @@ class Outbox:
     """A durable queue of :class:`OutboxEvent` in one journal file, shared by the processes of
     one host.
 
-    Use it behind a :class:`~openfeature_canary._ingest.TelemetrySender`; use it directly to
+    Use it behind a :class:`~openfeature_canary.events._ingest.TelemetrySender`; use it directly to
     inspect what is still undelivered::
 
         outbox = Outbox(Path("canary-reports/telemetry-outbox.jsonl"))
@@ -164,10 +165,8 @@ class Outbox:
         self._warned: set[tuple[int, int]] = set()
         self._cache_key: tuple[int, int, int] | None = None
         self._cache = _Replay()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutboxError(f"outbox {self.path}: cannot create folder: {exc}") from exc
+        # No I/O here: the folder is created by the first write (a provider's constructor
+        # must not touch the disk).
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _reset_after_fork(ref))
 
@@ -182,6 +181,8 @@ class Outbox:
 
     def pending(self) -> list[OutboxEvent]:
         """The undelivered events, oldest first (due or not: see ``next_attempt_at``)."""
+        if not self.path.parent.is_dir():
+            return []  # nothing was ever written
         with self._locked(exclusive=False):
             return list(self._replay().events.values())
 
@@ -210,7 +211,9 @@ class Outbox:
     @contextmanager
     def _locked(self, *, exclusive: bool) -> Iterator[None]:
         try:
-            with self._thread_lock, open(self._lock_path, "a+b") as lock_file:
+            if exclusive:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._thread_lock, _open_lock(self._lock_path) as lock_file:
                 fcntl.flock(lock_file, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
                 yield
         except OSError as exc:
@@ -220,7 +223,7 @@ class Outbox:
         data = "".join(json.dumps(r, allow_nan=False, sort_keys=True) + "\n" for r in records)
         with self._locked(exclusive=True):
             existed = self.path.exists()
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 size = os.fstat(fd).st_size
                 # A crash mid-write leaves a line without its newline; start a fresh one so
@@ -271,7 +274,12 @@ class Outbox:
             + "\n"
             for e in replay.events.values()
         )
-        atomic_write_text(self.path, text)
+        atomic_write_text(self.path, text, mode=0o600)
+
+
+def _open_lock(path: Path) -> Any:
+    """The outbox's lock file, created owner-only like the outbox itself."""
+    return os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+b")
 
 
 def _parse(raw: bytes) -> _Replay:

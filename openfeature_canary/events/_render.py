@@ -15,41 +15,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
-from openfeature_canary._durations import format_duration
+from openfeature_canary._format import (
+    format_duration,
+    format_number,
+    format_percent,
+    format_rate,
+    format_span,
+)
 from openfeature_canary.plan import DEFAULT_MIN_SAMPLES, FlagPlan, RolloutPlan, Stage
 
-__all__ = [
-    "format_number",
-    "format_percent",
-    "format_rate",
-    "format_span",
-    "phase_of",
-    "render_plan_markdown",
-]
+__all__ = ["phase_of", "render_plan_markdown"]
 
 _DASH: Final = "\u2013"  # an en dash, as in spec §2
 _BASELINE_ROW: Final = ("0", "0 %", _DASH, "baseline", "all triggers quiet on the baseline")
-
-
-def format_percent(percent: float) -> str:
-    """Traffic share as people write it: ``5`` → ``"5 %"``, ``12.5`` → ``"12.5 %"``."""
-    return f"{format_number(percent)} %"
-
-
-def format_rate(rate: float) -> str:
-    """A ratio in [0, 1] as a percentage: ``0.001`` → ``"0.1 %"``."""
-    return format_percent(round(rate * 100, 6))
-
-
-def format_span(seconds: float) -> str:
-    """Like :func:`format_duration`, but a day-long span stays in hours (``"24h"``, ``"36h"``).
-
-    Plans and runbooks say "24 h soak"; ``"1d"`` would read as a different number.
-    """
-    if 86400 <= seconds < 2 * 86400:
-        hours, rest = divmod(round(seconds), 3600)
-        return f"{hours}h" + (format_duration(rest) if rest else "")
-    return format_duration(seconds)
 
 
 def phase_of(plan: RolloutPlan, key: str) -> int:
@@ -212,8 +190,3 @@ def _table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> list[str]:
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
-
-
-def format_number(value: float) -> str:
-    """``5.0`` → ``"5"``, ``12.5`` → ``"12.5"``: whole numbers without a trailing ``.0``."""
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"

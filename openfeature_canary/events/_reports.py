@@ -25,14 +25,14 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
-from openfeature_canary._atomicfile import atomic_write_text
-from openfeature_canary._durations import format_duration, iso_utc
-from openfeature_canary._errors import CanaryError
-from openfeature_canary._forksafe import renew_locks_after_fork
-from openfeature_canary._signal_names import MS_SIGNALS, RATE_SIGNALS
-from openfeature_canary._state import LogEntry, Number
+from openfeature_canary._format import format_duration, format_number, format_percent, iso_utc
+from openfeature_canary.errors import CanaryError
+from openfeature_canary.signals._names import MS_SIGNALS, RATE_SIGNALS
+from openfeature_canary.state import LogEntry, Number
+from openfeature_canary.stores._atomicfile import atomic_write_text
+from openfeature_canary.stores._forksafe import renew_locks_after_fork
 
 __all__ = [
     "ABORT_FILE",
@@ -41,6 +41,7 @@ __all__ = [
     "RESULTS_FILE",
     "AbortRecord",
     "ReportError",
+    "ReportSink",
     "ReportWriter",
     "StageResult",
     "fmt_count",
@@ -155,6 +156,14 @@ class AbortRecord:
     n: int | None
     last_decisions: tuple[LogEntry, ...] = ()
     signal: str | None = None
+
+
+class ReportSink(Protocol):
+    """Where stage results and aborts are written (:class:`ReportWriter` is the markdown one)."""
+
+    def record_stage(self, result: StageResult) -> None: ...
+
+    def append_abort(self, record: AbortRecord) -> None: ...
 
 
 class ReportWriter:
@@ -273,7 +282,7 @@ class ReportWriter:
 
     def _atomic_write(self, path: Path, text: str) -> None:
         try:
-            atomic_write_text(path, text, mode=0o644)  # mkstemp's 0600 would hide reports
+            atomic_write_text(path, text)  # reports follow the umask, like any file a tool writes
         except OSError as exc:
             raise ReportError(f"{path}: cannot write: {exc.strerror or exc}") from exc
 
@@ -371,7 +380,7 @@ def fmt_rate(value: float | None) -> str:
 
 def fmt_percent(value: float | None) -> str:
     """A traffic share already in percent: ``25`` → ``25 %``, ``2.5`` → ``2.5 %``."""
-    return _DASH if value is None else f"{_fmt_number(value)} %"
+    return _DASH if value is None else format_percent(value)
 
 
 def fmt_count(value: int | None) -> str:
@@ -384,13 +393,7 @@ def _fmt_number(value: Number) -> str:
         return _DASH
     if isinstance(value, str):
         return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
-        if value.is_integer():
-            return str(int(value))
-        return f"{value:.4g}"
-    return str(value)
+    return format_number(value, significant=4)
 
 
 def _unit_of(signal: str | None, trigger: str) -> str:

@@ -14,19 +14,60 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from pathlib import Path
+from typing import Protocol
 
-from openfeature_canary._errors import CanaryError
-from openfeature_canary._ingest import (
+import httpx
+
+from openfeature_canary.errors import CanaryError
+from openfeature_canary.events._ingest import (
     IngestClient,
     IngestCounters,
     IngestError,
     NoopIngestCounters,
 )
-from openfeature_canary._outbox import JsonScalar, Outbox, OutboxEvent
+from openfeature_canary.events._outbox import JsonScalar, Outbox, OutboxEvent
+from openfeature_canary.plan import RolloutPlan
 
-__all__ = ["TelemetrySender"]
+__all__ = ["EventSink", "TelemetrySender", "sender_for_plan"]
 
 log = logging.getLogger("openfeature_canary.telemetry")
+
+
+class EventSink(Protocol):
+    """Where a transition's event goes (:class:`TelemetrySender` is the durable one).
+
+    ``enqueue`` must return quickly and keep the event across a crash once it returns.
+    """
+
+    def enqueue(self, event_name: str, properties: Mapping[str, JsonScalar]) -> object: ...
+
+
+def sender_for_plan(
+    plan: RolloutPlan,
+    outbox_path: Path,
+    *,
+    environ: Mapping[str, str],
+    counters: IngestCounters | None = None,
+    transport: httpx.BaseTransport | None = None,
+) -> TelemetrySender:
+    """The durable sender of a plan's events: an outbox at ``outbox_path`` drained into
+    ``POST {url}/telemetry/ingest`` (the plan's ``url``, or its ``url_env`` read from
+    ``environ``). No I/O until the first event or :meth:`TelemetrySender.start`.
+
+    A missing or unusable URL must not stop a service from serving its flags: it is logged
+    loudly and the events wait in the outbox until the URL is fixed and the process restarted.
+    """
+    url = plan.telemetry.resolve_url(environ)
+    client: IngestClient | None = None
+    if url:
+        try:
+            client = IngestClient(
+                url, app=plan.telemetry.app, timeout_s=plan.telemetry.timeout_s, transport=transport
+            )
+        except IngestError as exc:
+            log.error("telemetry ingest disabled, events stay in the outbox: %s", exc)
+    return TelemetrySender(Outbox(outbox_path), client, counters=counters)
 
 
 class TelemetrySender:
@@ -125,7 +166,7 @@ class TelemetrySender:
         An ``event_id`` property (the outbox id) is added unless one is given, so that the
         ingest can drop the duplicates that at-least-once delivery may produce. Raises
         ``ValueError`` for a property that is not a JSON scalar and
-        :class:`~openfeature_canary._outbox.OutboxError` when the event could not be written.
+        :class:`~openfeature_canary.events._outbox.OutboxError` when the event could not be written.
         """
         event = OutboxEvent.create(event_name, properties, now=self._clock())
         if "event_id" not in event.properties:

@@ -1,10 +1,10 @@
-"""The shell that runs the policy: read signals, call ``decide``, apply, then the effects.
+"""The policy of a rollout: read the signals, call the pure ``decide``, build the target state.
 
-:class:`Autopilot` plugs into a :class:`Rollout`: it becomes every controller's decider (so
-``controller.tick()`` evaluates the policy) and a transition listener. The order of a
-rollback's effects (spec §7) follows from registration: the state is persisted by the
-controller first, then the provider's listener emits the OpenFeature event, then this
-listener queues the telemetry event in the durable outbox and writes the reports.
+:class:`Autopilot` is the :class:`~openfeature_canary.policy.Policy` a :class:`Rollout` is
+built with. At each tick the controller asks it for the state its flag moves to; the
+controller hands that state to the rollout's pipeline, which persists it and only then runs
+the effects. Nothing decided here outlives the call: the numbers a results row needs travel in
+the decision-log entry that is persisted with the state.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from openfeature_canary._controller import Controller, Rollout
-from openfeature_canary._effects import Effects
-from openfeature_canary._errors import SignalSourceError
-from openfeature_canary._forksafe import renew_locks_after_fork
-from openfeature_canary._policy import (
+from openfeature_canary.errors import SignalSourceError
+from openfeature_canary.plan import FlagPlan, Trigger
+from openfeature_canary.policy._controller import Controller
+from openfeature_canary.policy._decide import (
     Action,
     Decision,
     GateReadings,
@@ -31,12 +30,12 @@ from openfeature_canary._policy import (
     baseline_signal,
     counts_samples,
     decide,
+    stage_evidence,
     windows_due,
 )
-from openfeature_canary._reports import StageResult
-from openfeature_canary._state import LogEntry, Number, RolloutState, Status, Verdict, WindowRecord
-from openfeature_canary.plan import FlagPlan, Trigger
 from openfeature_canary.signals import SignalSource
+from openfeature_canary.state import LogEntry, Number, RolloutState, Status, WindowRecord
+from openfeature_canary.stores._forksafe import renew_locks_after_fork
 
 __all__ = ["Autopilot", "TickResult"]
 
@@ -60,32 +59,19 @@ class TickResult:
 
 
 class Autopilot:
-    """Runs the policy for every flag of a rollout.
+    """Runs the policy for every flag of a rollout, on one signal source.
 
-    >>> autopilot = Autopilot(rollout, source, effects=Effects(events=sender))  # doctest: +SKIP
-    >>> rollout.controller("dataservice-read-canary").tick()                  # doctest: +SKIP
+    >>> rollout = Rollout(plan, store=url, policy=Autopilot(source))   # doctest: +SKIP
+    >>> rollout.controller("dataservice-read-canary").tick()          # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        rollout: Rollout,
-        source: SignalSource,
-        *,
-        effects: Effects | None = None,
-        on_decision: Callable[[str, Decision], None] | None = None,
-    ) -> None:
-        self.rollout = rollout
+    def __init__(self, source: SignalSource) -> None:
         self.source = source
-        self.effects = effects
-        self.on_decision = on_decision
         self._memory: dict[str, Memory] = {}
         self._last: dict[str, TickResult] = {}
         self._snapshot_at: float | None = None
         self._lock = threading.Lock()
         renew_locks_after_fork(self, "_lock")
-        for ctl in rollout.controllers():
-            ctl.decider = self._decide
-            ctl.start_guard = self._baseline_loud
 
     def last(self, flag_key: str) -> TickResult | None:
         """The flag's last tick (decision and trigger readings), if any."""
@@ -93,17 +79,21 @@ class Autopilot:
 
     # ------------------------------------------------------------------ deciding
 
-    def _decide(self, ctl: Controller, now: float) -> RolloutState | None:
+    def decide(self, ctl: Controller, now: float) -> RolloutState | None:
+        """The state ``ctl``'s flag moves to at ``now`` (``None``: nothing to change).
+
+        Idempotent within a tick: asked twice for the same ``now``, it decides once.
+        """
         with self._lock:
             previous = self._last.get(ctl.key)
             if previous is not None and previous.at == now:
-                return None  # idempotent within a tick
+                return None
             if self._snapshot_at != now:
                 self._snapshot_source(now)
             state, flag = ctl.state, ctl.flag
             readings = self._gather(flag, state, now)
             after_done = flag.after is None or (
-                self.rollout.controller(flag.after).state.status is Status.COMPLETED
+                ctl.rollout.controller(flag.after).state.status is Status.COMPLETED
             )
             decision = decide(
                 flag,
@@ -115,15 +105,11 @@ class Autopilot:
             )
             self._memory[ctl.key] = decision.memory
             self._last[ctl.key] = TickResult(now, decision, readings.triggers)
-        if self.on_decision is not None and decision.changes_state:
-            self.on_decision(ctl.key, decision)
+        deferred = decision.action == Action.HOLD and decision.reason.startswith("start deferred")
+        if deferred and (previous is None or previous.decision.reason != decision.reason):
+            log.warning("%s: %s", ctl.key, decision.reason)
         if not decision.changes_state:
             return None
-        if self.effects is not None:
-            # A stage ending with this decision gets its results row once it is persisted.
-            ending = state.status is Status.RUNNING and decision.reason.startswith("gate_")
-            result = _stage_result(flag, state, decision, now) if ending else None
-            self.effects.stage_ending(ctl.key, result)
         return _target(flag, state, decision, now)
 
     def _snapshot_source(self, now: float) -> None:
@@ -133,7 +119,7 @@ class Autopilot:
         except SignalSourceError as exc:
             log.error("signal source snapshot failed: %s", exc)
 
-    def _baseline_loud(self, ctl: Controller, now: float) -> list[str]:
+    def baseline_loud(self, ctl: Controller, now: float) -> list[str]:
         """Stage 0's gate for an operator's ``start``: triggers breaching on the baseline."""
         with self._lock:
             if self._snapshot_at != now:
@@ -150,7 +136,7 @@ class Autopilot:
 
     def _gather(self, flag: FlagPlan, state: RolloutState, now: float) -> Readings:
         if state.status is Status.ROLLED_BACK or (
-            state.status is Status.PENDING and flag.after is None
+            state.status is Status.PENDING and flag.after is None and state.requested != "start"
         ):
             return Readings()
         pending = state.status is Status.PENDING
@@ -225,6 +211,12 @@ def _target(flag: FlagPlan, state: RolloutState, d: Decision, now: float) -> Rol
         if d.action == Action.EXTEND:
             entries.append(_entry(now, d.action, d.reason, numbers))
         return state.evolve(*entries, windows=windows)
+    if d.action in (Action.ROLLBACK, Action.ADVANCE, Action.COMPLETE, Action.PAUSE) and (
+        state.stage >= 1
+    ):
+        # The ended stage's evidence goes into the persisted entry: its results row is built
+        # from it once the transition is persisted (never from anything kept aside).
+        numbers.update(stage_evidence(flag.stage(state.stage), windows))
     if d.action == Action.ROLLBACK:
         numbers.update(from_stage=state.stage, from_pct=state.percent)
         entries.append(_entry(now, d.action, d.reason, numbers))
@@ -238,6 +230,7 @@ def _target(flag: FlagPlan, state: RolloutState, d: Decision, now: float) -> Rol
             since=now,
             windows=(),
             reason=d.reason,
+            requested="",
         )
     if d.action == Action.PAUSE:
         entries.append(_entry(now, d.action, d.reason, numbers))
@@ -262,31 +255,5 @@ def _target(flag: FlagPlan, state: RolloutState, d: Decision, now: float) -> Rol
         since=now,
         windows=(),
         reason=d.reason,
-    )
-
-
-def _stage_result(flag: FlagPlan, state: RolloutState, d: Decision, now: float) -> StageResult:
-    stage = flag.stage(state.stage)
-    windows = (*state.windows, *d.windows)
-    conclusive = [w for w in windows if w.verdict is not Verdict.INCONCLUSIVE]
-    p95s = [w.p95_ms for w in conclusive if w.p95_ms is not None]
-    samples = sum(w.n for w in windows)
-    errors = sum((w.error_rate or 0.0) * w.n for w in windows)
-    return StageResult(
-        flag_key=flag.key,
-        stage=state.stage,
-        percent=state.percent,
-        started_at=state.since,
-        ended_at=now,
-        planned_p95_ms=stage.max_p95_ms,
-        observed_p95_ms=max(p95s) if p95s else None,
-        planned_error_rate=stage.max_error_rate,
-        observed_error_rate=errors / samples if samples else None,
-        samples=samples,
-        windows_passed=sum(w.verdict is Verdict.PASS for w in windows),
-        windows_failed=sum(w.verdict is Verdict.FAIL for w in windows),
-        windows_inconclusive=sum(w.verdict is Verdict.INCONCLUSIVE for w in windows),
-        decision=d.action,
-        # A dry run's decisions are reported but never applied: say so in the results.
-        reason=f"{d.reason} (dry run)" if flag.dry_run else d.reason,
+        requested="",
     )

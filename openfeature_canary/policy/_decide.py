@@ -21,9 +21,9 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Final, Protocol
 
-from openfeature_canary._signal_names import COHORT_SIGNALS
-from openfeature_canary._state import Number, RolloutState, Status, Verdict, WindowRecord
 from openfeature_canary.plan import FlagPlan, Stage, Trigger
+from openfeature_canary.signals._names import COHORT_SIGNALS
+from openfeature_canary.state import Number, RolloutState, Status, Verdict, WindowRecord
 
 __all__ = [
     "COUNTABLE_SIGNALS",
@@ -38,6 +38,7 @@ __all__ = [
     "counts_samples",
     "decide",
     "judge_window",
+    "stage_evidence",
     "windows_due",
 ]
 
@@ -296,7 +297,9 @@ def decide(
 
     - ``pending``: a flag with ``after`` starts once that flag has completed
       (``after_completed``) and every trigger is quiet on the baseline cohort; a flag without
-      ``after`` waits for an operator's ``start`` (hold).
+      ``after`` waits for an operator's ``start`` (hold). A start an operator requested from a
+      process without signals (``state.requested == "start"``) is carried out here once every
+      trigger is quiet on the baseline.
     - ``running``/``paused``/``completed`` with traffic: a fired trigger rolls back at once.
     - ``running``: closed gate windows are judged; at the stage's end the gate decides.
     - ``rolled_back``: hold (sticky until an operator acts).
@@ -304,6 +307,8 @@ def decide(
     if state.status is Status.ROLLED_BACK:
         return Decision(Action.HOLD, "rolled back", Memory())
     if state.status is Status.PENDING:
+        if state.requested == "start":
+            return _decide_requested_start(flag, readings, memory)
         return _decide_pending(flag, readings, memory, now, after_completed)
     fired, memory = _check_triggers(flag, readings, memory, now)
     if fired is not None:
@@ -326,6 +331,20 @@ def _decide_pending(
             Action.HOLD, "baseline not quiet: " + ", ".join(loud), memory, {"breaches": len(loud)}
         )
     return Decision(Action.START, f"{flag.after} completed; baseline quiet", Memory())
+
+
+def _decide_requested_start(flag: FlagPlan, readings: Readings, memory: Memory) -> Decision:
+    """An operator asked for a start from a process without signals: stage 0's gate is
+    applied here, by the process that runs the policy (the baseline must be quiet)."""
+    loud = baseline_breaches(flag, readings)
+    if loud:
+        return Decision(
+            Action.HOLD,
+            "start deferred: baseline not quiet: " + ", ".join(loud),
+            memory,
+            {"breaches": len(loud)},
+        )
+    return Decision(Action.START, "start requested; baseline quiet", Memory())
 
 
 def baseline_breaches(flag: FlagPlan, readings: Readings) -> list[str]:
@@ -399,3 +418,26 @@ def _decide_gate(
             judged,
         )
     return Decision(Action.HOLD, "extended", memory, windows=judged)
+
+
+def stage_evidence(stage: Stage, windows: tuple[WindowRecord, ...]) -> dict[str, Number]:
+    """What a stage gathered, as decision-log numbers: the results row of a stage is built
+    from these once the transition that ends the stage is persisted.
+
+    ``observed_p95_ms`` is the worst P95 of the conclusive windows; ``observed_error_rate`` the
+    5xx share over every window's samples.
+    """
+    conclusive = [w for w in windows if w.verdict is not Verdict.INCONCLUSIVE]
+    p95s = [w.p95_ms for w in conclusive if w.p95_ms is not None]
+    samples = sum(w.n for w in windows)
+    errors = sum((w.error_rate or 0.0) * w.n for w in windows)
+    return {
+        "planned_p95_ms": stage.max_p95_ms,
+        "observed_p95_ms": max(p95s) if p95s else None,
+        "planned_error_rate": stage.max_error_rate,
+        "observed_error_rate": errors / samples if samples else None,
+        "samples": samples,
+        "windows_passed": sum(w.verdict is Verdict.PASS for w in windows),
+        "windows_failed": sum(w.verdict is Verdict.FAIL for w in windows),
+        "windows_inconclusive": sum(w.verdict is Verdict.INCONCLUSIVE for w in windows),
+    }

@@ -14,12 +14,14 @@ tick's readings), so they cost nothing between scrapes:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter_provider
 
-from openfeature_canary._autopilot import Autopilot
-from openfeature_canary._controller import Rollout
-from openfeature_canary._state import RolloutState, Status
+from openfeature_canary.state import RolloutState, Status
+
+if TYPE_CHECKING:
+    from openfeature_canary.policy._controller import Rollout
 
 __all__ = ["RolloutMetrics"]
 
@@ -28,16 +30,11 @@ _TRIGGER = "canary.trigger.name"
 
 
 class RolloutMetrics:
-    """Registers the controller's instruments for ``rollout`` on ``meter_provider``."""
+    """Registers the controller's instruments for ``rollout`` on ``meter_provider``; the
+    rollout's pipeline calls :meth:`count_transition` (step 5) for its own transitions."""
 
-    def __init__(
-        self,
-        rollout: Rollout,
-        autopilot: Autopilot | None = None,
-        meter_provider: MeterProvider | None = None,
-    ) -> None:
+    def __init__(self, rollout: Rollout, meter_provider: MeterProvider | None = None) -> None:
         self.rollout = rollout
-        self.autopilot = autopilot
         meter = (meter_provider or get_meter_provider()).get_meter("openfeature_canary.controller")
         meter.create_observable_gauge(
             "canary.rollout.percent", [self._percent], unit="%", description="Served percentage"
@@ -61,9 +58,9 @@ class RolloutMetrics:
             {t.name for f in rollout.plan.flags.values() for t in f.triggers}
             | {"gate_no_go", "signal_source_error"}
         )
-        rollout.add_listener(self._on_transition, local_only=True)
 
-    def _on_transition(self, old: RolloutState, new: RolloutState) -> None:
+    def count_transition(self, old: RolloutState, new: RolloutState) -> None:
+        """Count a rollback (once per transition, in the process that made it)."""
         if new.status is Status.ROLLED_BACK and old.status is not Status.ROLLED_BACK:
             # Operators write free text as a reason; a label must stay a small set.
             trigger = new.reason if new.reason in self._reasons else "operator"
@@ -89,10 +86,11 @@ class RolloutMetrics:
 
     def _trigger_value(self, _options: CallbackOptions) -> Iterable[Observation]:
         out: list[Observation] = []
-        if self.autopilot is None:
+        last_tick = getattr(self.rollout.policy, "last", None)  # the autopilot's readings
+        if last_tick is None:
             return out
         for ctl in self.rollout.controllers():
-            last = self.autopilot.last(ctl.key)
+            last = last_tick(ctl.key)
             if last is None:
                 continue
             for name, reading in last.triggers.items():

@@ -1,7 +1,11 @@
-"""The background thread: notices other processes' changes and ticks the policy when due.
+"""The one tick schedule of a process: a background thread that reads the store and ticks.
 
-It never runs on the evaluation path. After ``os.fork()`` (pre-fork servers such as
-gunicorn) the thread does not exist in the child; :class:`BackgroundRunner` restarts it there.
+Every ``interval`` seconds of wall time it re-reads the store when its change token moved (one
+read for every flag), reports the store's health, and ticks each flag whose ``tick`` is due by
+the rollout's clock. A :class:`~openfeature.contrib.hook.canary.PolicyHook` shares the same
+per-flag schedule (``Controller.tick_if_due``), so a flag is ticked once per period whoever gets
+there first. It never runs on the evaluation path. After ``os.fork()`` (pre-fork servers such
+as gunicorn) the thread does not exist in the child; the runner restarts it there.
 """
 
 from __future__ import annotations
@@ -12,16 +16,25 @@ import threading
 import weakref
 from collections.abc import Callable
 
-from openfeature_canary._controller import Rollout
+from openfeature_canary.errors import StateStoreError
+from openfeature_canary.policy._controller import Rollout
 
-__all__ = ["BackgroundRunner"]
+__all__ = ["BackgroundRunner", "StoreHealth"]
 
 log = logging.getLogger("openfeature_canary")
 
+#: Told after each read of the store: ``None`` when it was read, else the error.
+StoreHealth = Callable[[StateStoreError | None], None]
+
+_NOT_READ = object()
+
 
 class BackgroundRunner:
-    """Every ``interval`` seconds of wall time: re-read the store if it changed, run
-    ``on_poll``, and tick each controller whose ``tick`` is due by the rollout's clock."""
+    """The background thread of one rollout (see the module docstring).
+
+    ``on_poll`` runs after each read (the provider rebuilds what depends on the environment);
+    ``on_health`` is told whether the store could be read.
+    """
 
     def __init__(
         self,
@@ -29,13 +42,15 @@ class BackgroundRunner:
         *,
         interval: float = 0.5,
         on_poll: Callable[[], None] | None = None,
+        on_health: StoreHealth | None = None,
     ) -> None:
         self.rollout = rollout
         self.interval = interval
         self.on_poll = on_poll
+        self.on_health = on_health
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._token: object = rollout.store.change_token()
+        self._token: object = _NOT_READ
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _restart_in_child(ref))
 
@@ -62,23 +77,42 @@ class BackgroundRunner:
             thread.join(timeout)
 
     def run_once(self) -> None:
-        """One round of the loop's work (also used by tests)."""
-        token = self.rollout.store.change_token()
-        if token != self._token:
-            self._token = token
-            self.rollout.refresh()
+        """One round: read the store if it changed, then a policy round
+        (:meth:`~openfeature_canary.policy.Rollout.tick_due`)."""
+        self.read_store()
         if self.on_poll is not None:
             self.on_poll()
-        for ctl in self.rollout.controllers():
-            if ctl.decider is not None:
-                ctl.tick_if_due()
+        # The store was read once for every flag just above (or cannot be read); the due
+        # flags decide and their changes are written together.
+        self.rollout.tick_due()
+
+    def read_store(self) -> bool:
+        """Re-read every flag when the store's change token moved; report its health.
+
+        The token is only taken after a successful read, so a failing store is read again
+        every round until it recovers.
+        """
+        try:
+            token = self.rollout.store.change_token()
+            if token != self._token:
+                self.rollout.load()
+                self._token = token
+        except StateStoreError as exc:
+            self._health(exc)
+            return False
+        self._health(None)
+        return True
+
+    def _health(self, error: StateStoreError | None) -> None:
+        if self.on_health is not None:
+            self.on_health(error)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
                 self.run_once()
-            except Exception:  # keep the guard alive; the policy treats errors on its own
-                log.exception("openfeature-canary background round failed")
+            except Exception:  # keep the thread alive; the policy treats errors on its own
+                log.exception("openfeature-canary: background round failed")
 
 
 def _restart_in_child(ref: weakref.ref[BackgroundRunner]) -> None:

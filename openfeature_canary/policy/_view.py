@@ -7,15 +7,16 @@ that do not depend on the caller) are computed once, at build time.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
-from openfeature_canary._state import RolloutState, Status
 from openfeature_canary.plan import FlagPlan
+from openfeature_canary.state import RolloutState, Status
 
-__all__ = ["FlagView", "Resolution", "build_view", "parse_override"]
+__all__ = ["OFF", "ON", "FlagView", "Resolution", "build_view", "parse_override"]
 
 #: Variants served by canary flags.
 ON: Final = "on"
@@ -53,31 +54,46 @@ class FlagView:
     metadata: Metadata
     fixed: Resolution | None
     override: str | None = None
+    #: The state version this view was built from: a served view never goes back to an
+    #: older one.
+    version: int = 0
+
+
+_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
 
 def parse_override(name: str, raw: str | None) -> tuple[float | None, str | None]:
     """Parse an env override: ``(percent, None)``, ``(None, None)`` when unset, or an error.
 
-    Valid values are numbers in [0, 100] (``"0"``, ``"5"``, ``"25"``, ``"12.5"``).
+    Valid values are plain ASCII decimals in [0, 100] (``"0"``, ``"5"``, ``"25"``, ``"12.5"``);
+    Python's wider ``float()`` syntax (``"1_0"``, full-width digits, ``"nan"``) is refused.
     """
     if raw is None:
         return None, None
     text = raw.strip()
-    try:
-        value = float(text)
-    except ValueError:
+    if not _NUMBER.fullmatch(text):
         return None, f"environment variable {name}={raw!r} is not a number (expected 0..100)"
-    if not 0 <= value <= 100 or value != value:
+    value = float(text)
+    if not 0 <= value <= 100:
         return None, f"environment variable {name}={raw!r} is out of range (expected 0..100)"
     return value, None
 
 
-def build_view(flag: FlagPlan, state: RolloutState, environ: Mapping[str, str]) -> FlagView:
+def build_view(
+    flag: FlagPlan,
+    state: RolloutState,
+    environ: Mapping[str, str],
+    *,
+    unavailable: str | None = None,
+) -> FlagView:
     """The view of ``flag`` in ``state``, with its env override (if any) applied.
 
-    A rolled-back flag stays off whatever the env override says: the automatic safety wins
-    over a value left in a deployment. An invalid override answers ``PARSE_ERROR`` (the
-    caller's default, i.e. the old path) until it is fixed.
+    A rolled-back flag stays off whatever the env override says (valid or not): the automatic
+    safety wins over a value left in a deployment. An invalid override answers ``PARSE_ERROR``
+    (the caller's default) until it is fixed. ``unavailable`` (why the state cannot be trusted,
+    e.g. an unreadable store) serves 0 %: ``False``, ``DISABLED``, the why in the metadata
+    (no error code, since OpenFeature would then hand out the caller's default, which may be
+    ``True``).
     """
     percent = (
         state.percent if state.status in (Status.RUNNING, Status.PAUSED, Status.COMPLETED) else 0.0
@@ -87,8 +103,12 @@ def build_view(flag: FlagPlan, state: RolloutState, environ: Mapping[str, str]) 
         parse_override(override_name, environ.get(override_name)) if override_name else (None, None)
     )
     applied_override: str | None = None
-    if override_pct is not None and state.status is not Status.ROLLED_BACK:
+    if state.status is Status.ROLLED_BACK:
+        override_error = None
+    elif override_pct is not None:
         percent, applied_override = override_pct, override_name
+    if unavailable is not None:
+        percent, applied_override = 0.0, None
     meta: dict[str, bool | int | float | str] = {
         "stage": state.stage,
         "percent": percent,
@@ -98,9 +118,11 @@ def build_view(flag: FlagPlan, state: RolloutState, environ: Mapping[str, str]) 
         meta["trigger"] = state.reason
     if applied_override:
         meta["override"] = applied_override
+    if unavailable is not None:
+        meta["unavailable"] = unavailable
     basis_points = round(percent * 100)
     fixed: Resolution | None = None
-    if override_error is not None:
+    if override_error is not None and unavailable is None:
         fixed = Resolution(False, None, "ERROR", "PARSE_ERROR", override_error)
     elif basis_points <= 0:
         fixed = Resolution(False, OFF, "DISABLED")
@@ -117,4 +139,5 @@ def build_view(flag: FlagPlan, state: RolloutState, environ: Mapping[str, str]) 
         metadata=MappingProxyType(meta),
         fixed=fixed,
         override=applied_override,
+        version=state.version,
     )

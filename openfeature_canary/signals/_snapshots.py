@@ -1,12 +1,23 @@
 """Compact, reset-free cumulative snapshots of the canary instruments, and their ring buffer.
 
-``Accumulator.ingest`` turns one ``MetricsData`` collection into a :class:`Snapshot`: every
-OpenTelemetry series of the instruments we read is reduced to its increase since the previous
-collection (Prometheus ``increase()`` semantics: after a reset the new value counts from zero)
-and added into running totals per compact key, (flag, variant, status class, bounds) for the
-request histogram. The totals only grow, so a window is the plain difference of two snapshots,
-and a reset inside one series is never masked by growth in the others it is summed with.
-``SnapshotRing`` keeps the timestamped snapshots, bounded by a retention and a maximum count.
+``Accumulator.ingest`` turns one ``MetricsData`` collection into a :class:`Snapshot`. Only the
+instruments the signals read (:data:`INSTRUMENTS`) are looked at; anything else the
+application's ``MeterProvider`` reports (the controller's own ``canary.rollout.*`` and
+``canary.trigger.*`` gauges, ``feature_flag.evaluation_*``, the application's metrics) is
+skipped before a single value is copied. Every OpenTelemetry series read is reduced to its
+increase since the previous collection (Prometheus ``increase()`` semantics: after a reset the
+new value counts from zero) and added into running totals per compact key: per (flag, variant)
+cohort, the request-duration bucket counts per bucket layout (every status merged) and the
+count of 5xx responses. The totals only grow, so a window is the plain difference of two
+snapshots, and a reset inside one series is never masked by growth in the others it is summed
+with.
+
+Snapshots share structure: a cohort (or the lag histogram, or the counters) that did not change
+since the previous collection is the very same object in both snapshots, so a snapshot costs
+memory only for what changed. ``SnapshotRing`` keeps the timestamped snapshots, bounded by a
+retention and a maximum count, and remembers whether it ever dropped one, so that a window
+reaching before the retained history is reported as "not enough data" instead of silently
+shrinking.
 """
 
 from __future__ import annotations
@@ -17,7 +28,7 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from operator import add, sub
 from types import MappingProxyType
-from typing import Final
+from typing import Final, NamedTuple
 
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -45,6 +56,7 @@ __all__ = [
     "Accumulator",
     "Bounds",
     "CohortKey",
+    "CohortTotals",
     "Counts",
     "Snapshot",
     "SnapshotRing",
@@ -58,6 +70,7 @@ TELEMETRY_ACCEPTED: Final = TELEMETRY_ACCEPTED_NAME
 EVENT_LOOP_LAG: Final = EVENT_LOOP_LAG_NAME
 _HISTOGRAMS: Final = frozenset((REQUEST_DURATION, EVENT_LOOP_LAG))
 _COUNTERS: Final = frozenset((LEDGER_MISMATCHES, TELEMETRY_SENT, TELEMETRY_ACCEPTED))
+#: The only instruments a snapshot stores anything of (spec §6).
 INSTRUMENTS: Final = _HISTOGRAMS | _COUNTERS
 
 _FLAG: Final = "feature_flag.key"
@@ -65,6 +78,7 @@ _VARIANT: Final = "feature_flag.result.variant"
 _STATUS: Final = "http.response.status_code"
 #: Seconds -> milliseconds per histogram unit; bounds are stored in milliseconds.
 _UNIT_TO_MS: Final = {None: 1000.0, "": 1000.0, "s": 1000.0, "ms": 1.0}
+_NO_PROBLEMS: Final[Mapping[str, str]] = MappingProxyType({})
 
 #: Histogram bounds in milliseconds (rounded to the picosecond so ``0.15 s`` is ``150.0``).
 Bounds = tuple[float, ...]
@@ -72,26 +86,40 @@ Bounds = tuple[float, ...]
 Counts = tuple[int, ...]
 #: (flag key, variant) of a request-histogram cohort.
 CohortKey = tuple[str, str]
-#: (status class: ``status // 100``, 0 if absent; bounds) inside a cohort.
-_ClassKey = tuple[int, Bounds]
 _SeriesKey = tuple[str, str, str, Hashable]
+#: Where a histogram series' increases go: (cohort, or ``None`` for the lag histogram; the
+#: running bucket totals; whether the series counts 5xx responses).
+_Dest = tuple[CohortKey | None, list[int], bool]
+#: A histogram series as last collected: (start time, bounds, counts, destination).
+_LastHist = tuple[int, Bounds, Counts, _Dest]
+
+
+class CohortTotals(NamedTuple):
+    """A cohort's request-duration totals: 5xx count, bucket counts per bucket layout.
+
+    ``hist`` holds one ``(bounds_ms, counts)`` pair per bucket layout seen (one, unless the
+    application changed its View), the counts of every status merged.
+    """
+
+    errors: int
+    hist: tuple[tuple[Bounds, Counts], ...]
 
 
 @dataclass(frozen=True)
 class Snapshot:
     """Reset-free running totals at the caller's time ``t`` (all counts only ever grow).
 
-    ``requests[(flag, variant)][(status_class, bounds_ms)]`` are request-duration bucket
-    counts, ``lag[bounds_ms]`` event-loop lag bucket counts, ``counters[(instrument, flag)]``
-    counter totals (flag ``""`` for process-wide counters). ``problems`` maps an instrument
-    name to what was wrong with its data in this collection (wrong type, unit, shape).
+    ``requests[(flag, variant)]`` are request-duration totals, ``lag[bounds_ms]`` event-loop lag
+    bucket counts, ``counters[(instrument, flag)]`` counter totals (flag ``""`` for
+    process-wide counters). ``problems`` maps an instrument name to what was wrong with its data
+    in this collection (wrong type, unit, shape). Unchanged parts are shared between snapshots.
     """
 
     t: float
-    requests: Mapping[CohortKey, Mapping[_ClassKey, Counts]]
+    requests: Mapping[CohortKey, CohortTotals]
     lag: Mapping[Bounds, Counts]
     counters: Mapping[tuple[str, str], float]
-    problems: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    problems: Mapping[str, str] = field(default_factory=lambda: _NO_PROBLEMS)
 
 
 def _attrs_key(attrs: Attributes) -> Hashable:
@@ -103,14 +131,14 @@ def _attrs_key(attrs: Attributes) -> Hashable:
         return repr(sorted(attrs.items()))
 
 
-def _status_class(value: object) -> int:
+def _is_5xx(value: object) -> bool:
     if isinstance(value, bool):
-        return 0
+        return False
     if isinstance(value, int):
-        return value // 100
+        return value // 100 == 5
     if isinstance(value, str) and value.isdigit():
-        return int(value) // 100
-    return 0
+        return int(value) // 100 == 5
+    return False
 
 
 class Accumulator:
@@ -120,19 +148,30 @@ class Accumulator:
     """
 
     def __init__(self) -> None:
-        # Last cumulative value per OpenTelemetry series: (start time, bounds, counts).
-        self._last_hist: dict[_SeriesKey, tuple[int, Bounds, Counts]] = {}
+        # Last cumulative value per OpenTelemetry series, and where its increases go.
+        self._last_hist: dict[_SeriesKey, _LastHist] = {}
         self._last_counter: dict[_SeriesKey, tuple[int, float]] = {}
-        self._requests: dict[CohortKey, dict[_ClassKey, list[int]]] = {}
+        # Running totals, and the cohorts / parts that changed since the last snapshot.
+        self._requests: dict[CohortKey, dict[Bounds, list[int]]] = {}
+        self._errors: dict[CohortKey, int] = {}
         self._lag: dict[Bounds, list[int]] = {}
         self._counters: dict[tuple[str, str], float] = {}
+        self._dirty: set[CohortKey] = set()
+        self._lag_dirty = False
+        self._counters_dirty = False
+        # The frozen views handed to snapshots; rebuilt only where something changed.
+        self._frozen: dict[CohortKey, CohortTotals] = {}
+        self._requests_view: Mapping[CohortKey, CohortTotals] = MappingProxyType({})
+        self._lag_view: Mapping[Bounds, Counts] = MappingProxyType({})
+        self._counters_view: Mapping[tuple[str, str], float] = MappingProxyType({})
         self._bounds_ms: dict[tuple[float, tuple[float, ...]], Bounds] = {}
+        self._canonical: dict[Bounds, Bounds] = {}  # one object per layout: ``is`` compares
         self.flags: set[str] = set()
 
     def ingest(self, data: MetricsData | None, t: float) -> Snapshot:
         """Add one collection's increases to the totals and return the snapshot at ``t``."""
         problems: dict[str, str] = {}
-        seen_hist: dict[_SeriesKey, tuple[int, Bounds, Counts]] = {}
+        seen_hist: dict[_SeriesKey, _LastHist] = {}
         seen_counter: dict[_SeriesKey, tuple[int, float]] = {}
         for rm in data.resource_metrics if data is not None else ():
             for sm in rm.scope_metrics:
@@ -140,7 +179,7 @@ class Accumulator:
                 for metric in sm.metrics:
                     name = metric.name
                     if name not in INSTRUMENTS:
-                        continue
+                        continue  # not read by any signal: never copied
                     prefix = (*scope, name)
                     if name in _HISTOGRAMS:
                         self._histogram(metric.data, metric.unit, prefix, seen_hist, problems)
@@ -152,31 +191,62 @@ class Accumulator:
         self._last_counter = seen_counter
         return Snapshot(
             t=t,
-            requests=MappingProxyType(
-                {
-                    cohort: MappingProxyType({k: tuple(v) for k, v in classes.items()})
-                    for cohort, classes in self._requests.items()
-                }
-            ),
-            lag=MappingProxyType({k: tuple(v) for k, v in self._lag.items()}),
-            counters=MappingProxyType(dict(self._counters)),
-            problems=MappingProxyType(problems),
+            requests=self._freeze_requests(),
+            lag=self._freeze_lag(),
+            counters=self._freeze_counters(),
+            problems=MappingProxyType(problems) if problems else _NO_PROBLEMS,
         )
+
+    def _freeze_requests(self) -> Mapping[CohortKey, CohortTotals]:
+        if self._dirty:
+            for cohort in self._dirty:
+                self._frozen[cohort] = CohortTotals(
+                    self._errors.get(cohort, 0),
+                    tuple((b, tuple(c)) for b, c in self._requests[cohort].items()),
+                )
+            self._dirty.clear()
+            self._requests_view = MappingProxyType(dict(self._frozen))
+        return self._requests_view
+
+    def _freeze_lag(self) -> Mapping[Bounds, Counts]:
+        if self._lag_dirty:
+            self._lag_dirty = False
+            self._lag_view = MappingProxyType({b: tuple(c) for b, c in self._lag.items()})
+        return self._lag_view
+
+    def _freeze_counters(self) -> Mapping[tuple[str, str], float]:
+        if self._counters_dirty:
+            self._counters_dirty = False
+            self._counters_view = MappingProxyType(dict(self._counters))
+        return self._counters_view
 
     def _to_ms(self, scale: float, bounds: tuple[float, ...]) -> Bounds:
         key = (scale, bounds)
         cached = self._bounds_ms.get(key)
         if cached is None:
-            cached = tuple(round(b * scale, 9) for b in bounds)
-            self._bounds_ms[key] = cached
+            ms = tuple(round(b * scale, 9) for b in bounds)
+            cached = self._bounds_ms[key] = self._canonical.setdefault(ms, ms)
         return cached
+
+    def _dest(self, cohort: CohortKey | None, status: object, bounds: Bounds, width: int) -> _Dest:
+        """Where a series newly seen (or with a new layout) adds its increases."""
+        if cohort is None:
+            totals = self._lag
+        else:
+            self.flags.add(cohort[0])
+            totals = self._requests.setdefault(cohort, {})
+            self._errors.setdefault(cohort, 0)
+        total = totals.get(bounds)
+        if total is None:
+            total = totals[bounds] = [0] * width
+        return cohort, total, cohort is not None and _is_5xx(status)
 
     def _histogram(
         self,
         data: object,
         unit: str | None,
         prefix: tuple[str, str, str],
-        seen: dict[_SeriesKey, tuple[int, Bounds, Counts]],
+        seen: dict[_SeriesKey, _LastHist],
         problems: dict[str, str],
     ) -> None:
         name = prefix[2]
@@ -210,29 +280,32 @@ class Accumulator:
                 problems[name] = f"{name} has {len(counts)} bucket counts for {len(bounds)} bounds"
                 continue
             increase = counts
-            if not delta:
+            if delta:
+                dest = self._dest(cohort, attrs.get(_STATUS), bounds, len(counts))
+            else:
                 key = (*prefix, _attrs_key(attrs))
                 start = point.start_time_unix_nano
-                seen[key] = (start, bounds, counts)
                 last = self._last_hist.get(key)
-                if last is not None and last[0] == start and last[1] == bounds:
-                    if counts == last[2]:
-                        continue  # an idle series: nothing to add
-                    diff = tuple(map(sub, counts, last[2]))
-                    if min(diff) >= 0:  # any bucket going down is a reset
-                        increase = diff
-            if cohort is not None:
-                self.flags.add(cohort[0])
-                classes = self._requests.setdefault(cohort, {})
-                class_key = (_status_class(attrs.get(_STATUS)), bounds)
-                total = classes.get(class_key)
-                if total is None:
-                    total = classes[class_key] = [0] * len(counts)
-            else:
-                total = self._lag.get(bounds)
-                if total is None:
-                    total = self._lag[bounds] = [0] * len(counts)
+                if last is not None and last[1] is bounds:  # canonical bounds: ``is`` is ``==``
+                    dest = last[3]
+                    seen[key] = (start, bounds, counts, dest)
+                    if last[0] == start:
+                        if counts == last[2]:
+                            continue  # an idle series: nothing to add
+                        diff = tuple(map(sub, counts, last[2]))
+                        if min(diff) >= 0:  # any bucket going down is a reset
+                            increase = diff
+                else:  # a new series, or a new layout: its whole value is the increase
+                    dest = self._dest(cohort, attrs.get(_STATUS), bounds, len(counts))
+                    seen[key] = (start, bounds, counts, dest)
+            cohort, total, errors = dest
             total[:] = map(add, total, increase)
+            if cohort is None:
+                self._lag_dirty = True
+            else:
+                self._dirty.add(cohort)
+                if errors:
+                    self._errors[cohort] += sum(increase)
 
     def _counter(
         self,
@@ -267,14 +340,19 @@ class Accumulator:
                 last = self._last_counter.get(key)
                 if last is not None and last[0] == start and value >= last[1]:
                     increase = value - last[1]
-            self._counters[(name, flag)] = self._counters.get((name, flag), 0.0) + increase
+            if increase or (name, flag) not in self._counters:
+                self._counters[(name, flag)] = self._counters.get((name, flag), 0.0) + increase
+                self._counters_dirty = True
 
 
 class SnapshotRing:
     """Timestamped snapshots, oldest first, bounded by ``retention_s`` and ``max_snapshots``.
 
     The newest snapshot at or before ``newest - retention_s`` is kept as the anchor of the
-    longest window. Not thread-safe: the owning source serialises calls.
+    longest window, so a window of up to ``retention_s`` ending at the newest snapshot is
+    always exact. ``truncated`` tells whether a snapshot was ever dropped: then a window
+    reaching before :attr:`oldest` cannot be computed. Not thread-safe: the owning source
+    serialises calls.
     """
 
     def __init__(self, retention_s: float, max_snapshots: int) -> None:
@@ -284,6 +362,7 @@ class SnapshotRing:
             raise ValueError(f"max_snapshots must be at least 2, got {max_snapshots}")
         self.retention_s = float(retention_s)
         self.max_snapshots = max_snapshots
+        self.truncated = False
         self._times: list[float] = []
         self._snaps: list[Snapshot] = []
 
@@ -292,6 +371,11 @@ class SnapshotRing:
 
     def __getitem__(self, index: int) -> Snapshot:
         return self._snaps[index]
+
+    @property
+    def span_s(self) -> float:
+        """Time between the oldest and the newest snapshot kept (0 with fewer than two)."""
+        return self._times[-1] - self._times[0] if self._times else 0.0
 
     def add(self, snap: Snapshot) -> None:
         """Append ``snap``; one at the same time as the newest replaces it."""
@@ -309,6 +393,7 @@ class SnapshotRing:
         if drop > 0:
             del self._times[:drop]
             del self._snaps[:drop]
+            self.truncated = True
 
     def at_or_before(self, t: float) -> int | None:
         """Index of the newest snapshot taken at or before ``t``, or ``None``."""

@@ -22,17 +22,18 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final, Protocol, runtime_checkable
+from operator import sub
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
 from opentelemetry.sdk.metrics.export import MetricsData
 
-from openfeature_canary._errors import SignalSourceError
-from openfeature_canary._forksafe import renew_locks_after_fork
-from openfeature_canary._quantile import count_above, count_at_least, histogram_quantile
-from openfeature_canary._signal_names import KNOWN_SIGNALS
-from openfeature_canary._snapshots import (
+from openfeature_canary.errors import SignalSourceError
+from openfeature_canary.signals._histogram import count_above, count_at_least, histogram_quantile
+from openfeature_canary.signals._names import KNOWN_SIGNALS
+from openfeature_canary.signals._snapshots import (
     EVENT_LOOP_LAG,
     LEDGER_MISMATCHES,
     REQUEST_DURATION,
@@ -40,12 +41,18 @@ from openfeature_canary._snapshots import (
     TELEMETRY_SENT,
     Accumulator,
     Bounds,
+    CohortTotals,
     Counts,
     Snapshot,
     SnapshotRing,
 )
+from openfeature_canary.stores._forksafe import renew_locks_after_fork
+
+if TYPE_CHECKING:  # the plan imports signal names from this package: no import at run time
+    from openfeature_canary.plan import RolloutPlan
 
 __all__ = [
+    "DEFAULT_RETENTION_S",
     "InProcessSignalSource",
     "MetricsDataReader",
     "SignalReading",
@@ -53,11 +60,44 @@ __all__ = [
     "count_above",
     "count_at_least",
     "histogram_quantile",
+    "retention_for_plan",
 ]
 
 _QUANTILES: Final = {"latency_p50_ms": 0.5, "latency_p95_ms": 0.95, "latency_p99_ms": 0.99}
 _CANARY: Final = "on"
 _BASELINE: Final = "off"
+#: How far back an :class:`InProcessSignalSource` built without a plan keeps snapshots.
+DEFAULT_RETENTION_S: Final = 7200.0
+#: Ticks of slack beyond the plan's longest window (a gate window judged a tick late, a
+#: snapshot taken just before a window's edge).
+RETENTION_MARGIN_TICKS: Final = 2
+
+
+def retention_for_plan(plan: RolloutPlan, *, margin_ticks: int = RETENTION_MARGIN_TICKS) -> float:
+    """The history, in seconds, that every read of ``plan`` needs: its longest window + margin.
+
+    The longest window is the longest of every stage's gate ``window`` and every trigger's
+    ``window`` and ``for``, over all flags; the margin is ``margin_ticks`` of the plan's longest
+    ``tick``. For the reference plan: 15 min (stage 4's gate window) + 2 x 10 s = 920 s.
+
+    >>> from openfeature_canary import load_plan
+    >>> retention_for_plan(load_plan("examples/canary_plan.toml"))  # doctest: +SKIP
+    920.0
+    """
+    if margin_ticks < 0:
+        raise ValueError(f"margin_ticks must not be negative, got {margin_ticks}")
+    windows: list[float] = []
+    ticks: list[float] = []
+    for flag in plan.flags.values():
+        ticks.append(flag.tick_s)
+        windows.extend(stage.window_s for stage in flag.stages)
+        for trigger in flag.triggers:
+            windows.append(trigger.window_s)
+            if trigger.for_s:
+                windows.append(trigger.for_s)
+    if not windows:
+        raise ValueError("the plan has no stage or trigger windows")
+    return max(windows) + margin_ticks * max(ticks)
 
 
 @dataclass(frozen=True)
@@ -91,7 +131,7 @@ class SignalSource(Protocol):
     """The seam the policy reads signals through (in-process, or Prometheus for fleets).
 
     Times are the caller's clock (``ManualClock`` in tests and the demo). ``signal`` is one
-    of ``openfeature_canary._signal_names.KNOWN_SIGNALS``; an unknown name raises
+    of ``openfeature_canary.signals._names.KNOWN_SIGNALS``; an unknown name raises
     ``ValueError``. A failing backend raises ``SignalSourceError``.
     """
 
@@ -138,28 +178,34 @@ class _HistWindow:
 
 
 def _subtract(new: Counts, old: Counts | None) -> Counts:
-    return new if old is None else tuple(a - b for a, b in zip(new, old, strict=True))
+    return new if old is None else tuple(map(sub, new, old))
 
 
 def _window(
-    new: Mapping[tuple[int, Bounds], Counts], old: Mapping[tuple[int, Bounds], Counts]
+    new: Iterable[tuple[Bounds, Counts]], old: Iterable[tuple[Bounds, Counts]], errors: int
 ) -> _HistWindow:
-    by_bounds: dict[Bounds, list[int]] = {}
-    n = errors = 0
-    for key, counts in new.items():
-        diff = _subtract(counts, old.get(key))
+    """The increase of histogram totals between two snapshots (``errors``: the 5xx increase)."""
+    before = dict(old)
+    by_bounds: dict[Bounds, Counts] = {}
+    n = 0
+    for bounds, counts in new:
+        diff = _subtract(counts, before.get(bounds))
         total = sum(diff)
-        if not total:
-            continue
-        n += total
-        if key[0] == 5:
-            errors += total
-        merged = by_bounds.get(key[1])
-        if merged is None:
-            by_bounds[key[1]] = list(diff)
-        else:
-            merged[:] = (a + b for a, b in zip(merged, diff, strict=True))
-    return _HistWindow(n, errors, {b: tuple(c) for b, c in by_bounds.items()})
+        if total:
+            n += total
+            by_bounds[bounds] = diff
+    return _HistWindow(n, errors, by_bounds)
+
+
+_NOTHING: Final = _HistWindow(0, 0, MappingProxyType({}))
+
+
+def _cohort_window(new: CohortTotals | None, old: CohortTotals | None) -> _HistWindow:
+    if new is None or new is old:  # never seen, or unchanged (shared between snapshots)
+        return _NOTHING
+    if old is None:
+        return _window(new.hist, (), new.errors)
+    return _window(new.hist, old.hist, new.errors - old.errors)
 
 
 class InProcessSignalSource:
@@ -169,8 +215,15 @@ class InProcessSignalSource:
     fleet. The reader should use CUMULATIVE temporality (``InMemoryMetricReader()``'s default);
     DELTA also works, because every collection becomes an increase either way. Histograms must
     use explicit bucket bounds (a ``View`` with ``ExplicitBucketHistogramAggregation``) with every
-    plan threshold as a bound, so "P95 > T" is exact. Snapshots older than ``retention_s`` (beyond
-    the one anchoring the longest window) and beyond ``max_snapshots`` are dropped. Thread-safe.
+    plan threshold as a bound, so "P95 > T" is exact. Thread-safe.
+
+    Snapshots hold only the instruments of spec §6. They are kept for ``retention_s`` (plus the
+    one anchoring a window of exactly that length), at most ``max_snapshots`` of them. Given
+    ``plan``, the retention is what the plan's reads need (:func:`retention_for_plan`: its
+    longest window plus two ticks) instead of :data:`DEFAULT_RETENTION_S`; an explicit
+    ``retention_s`` must then cover it. Once a snapshot has been dropped, a read whose window
+    starts before the oldest snapshot kept has no value and an ``error`` saying "not enough
+    data", never a value over a shorter span than asked.
 
     >>> from opentelemetry.sdk.metrics import MeterProvider
     >>> from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -186,11 +239,23 @@ class InProcessSignalSource:
         self,
         reader: MetricsDataReader,
         *,
-        retention_s: float = 7200.0,
+        retention_s: float | None = None,
         max_snapshots: int = 10_000,
+        plan: RolloutPlan | None = None,
     ) -> None:
+        if plan is not None:
+            needed = retention_for_plan(plan)
+            if retention_s is None:
+                retention_s = needed
+            elif retention_s < needed:
+                raise ValueError(
+                    f"retention_s {retention_s:g} is shorter than the {needed:g} s that the "
+                    "plan's longest window needs (two ticks of margin included)"
+                )
         self._reader = reader
-        self._ring = SnapshotRing(retention_s, max_snapshots)
+        self._ring = SnapshotRing(
+            DEFAULT_RETENTION_S if retention_s is None else retention_s, max_snapshots
+        )
         self._acc = Accumulator()
         self._lock = threading.Lock()
         renew_locks_after_fork(self, "_lock")
@@ -204,6 +269,13 @@ class InProcessSignalSource:
     def retention_s(self) -> float:
         """How far back windows can reach, in seconds."""
         return self._ring.retention_s
+
+    @property
+    def history_s(self) -> float:
+        """Seconds between the oldest and the newest snapshot kept (at most about
+        ``retention_s`` plus one snapshot interval, however long the source runs)."""
+        with self._lock:
+            return self._ring.span_s
 
     def snapshot(self, now: float) -> None:
         """Collect from the reader once and store the cumulative state at ``now``.
@@ -233,16 +305,18 @@ class InProcessSignalSource:
         """Read ``signal`` for ``flag_key`` over the trailing ``window_s`` seconds before ``now``.
 
         Uses the newest snapshot at or before ``now`` and the newest one at or before
-        ``now - window_s`` (the oldest one if history is shorter; the reading's ``window_s``
-        then tells the span covered).
+        ``now - window_s``. If history is shorter because the source has not run that long,
+        the oldest snapshot is used (the reading's ``window_s`` then tells the span covered);
+        if it is shorter because older snapshots were dropped, the reading has no value and
+        an ``error`` saying there is not enough data.
         """
         variant, base = _parse(signal)
         if not (window_s > 0 and math.isfinite(window_s)):
             raise ValueError(f"window_s must be a positive number of seconds, got {window_s}")
         _check_time("now", now)
         with self._lock:
-            span = self._span(now - window_s, now)
-            failure = self._failed_by(now)
+            span, short = self._span(now - window_s, now)
+            failure = self._failed_by(now) or short
             if failure is not None:
                 return _empty(signal, span, now, failure)
             return self._compute(flag_key, signal, variant, base, span, now)
@@ -259,8 +333,8 @@ class InProcessSignalSource:
         if start > end:
             raise ValueError(f"start {start} is after end {end}")
         with self._lock:
-            span = self._span(start, end)
-            failure = self._failed_by(end)
+            span, short = self._span(start, end)
+            failure = self._failed_by(end) or short
             if failure is not None:
                 return _empty(signal, span, end, failure)
             return self._compute(flag_key, signal, variant, base, span, end)
@@ -292,8 +366,8 @@ class InProcessSignalSource:
             raise ValueError(f"window_s must be a positive number of seconds, got {window_s}")
         _check_time("now", now)
         with self._lock:
-            span = self._span(now - window_s, now)
-            failure = self._failed_by(now)
+            span, short = self._span(now - window_s, now)
+            failure = self._failed_by(now) or short
             if failure is not None:
                 return _empty(signal, span, now, failure)
             if span is None or span[0] is span[1]:
@@ -322,12 +396,26 @@ class InProcessSignalSource:
             return f"{self._failure[1]} (latest snapshot attempt, at {self._failure[0]:g})"
         return None
 
-    def _span(self, start: float, end: float) -> tuple[Snapshot, Snapshot] | None:
-        last = self._ring.at_or_before(end)
-        if last is None:
-            return None
-        first = self._ring.at_or_before(start)
-        return self._ring[0 if first is None else first], self._ring[last]
+    def _span(
+        self, start: float, end: float
+    ) -> tuple[tuple[Snapshot, Snapshot] | None, str | None]:
+        """The (old, new) snapshots of ``[start, end]``, and why there is not enough data.
+
+        A window reaching before the oldest snapshot uses that one while nothing was ever
+        dropped (there is no older data: it is the source's baseline); once snapshots were
+        dropped, the one the window needs is gone and the window cannot be computed.
+        """
+        ring = self._ring
+        last = ring.at_or_before(end)
+        first = ring.at_or_before(start)
+        span = None if last is None else (ring[0 if first is None else first], ring[last])
+        if first is None and ring.truncated:
+            return span, (
+                f"not enough data: the window starts at {start:g}, before the oldest snapshot "
+                f"kept ({ring[0].t:g}; retention {ring.retention_s:g} s, at most "
+                f"{ring.max_snapshots} snapshots)"
+            )
+        return span, None
 
     def _hist(
         self, flag: str, variant: str, base: str, old: Snapshot, new: Snapshot
@@ -336,13 +424,11 @@ class InProcessSignalSource:
         hist = self._cache.get(key)
         if hist is None:
             if base == "event_loop_lag_ms":
-                hist = _window(
-                    {(0, b): c for b, c in new.lag.items()}, {(0, b): c for b, c in old.lag.items()}
-                )
+                same = new.lag is old.lag  # unchanged: shared between snapshots
+                hist = _NOTHING if same else _window(new.lag.items(), old.lag.items(), 0)
             else:
-                hist = _window(
-                    new.requests.get((flag, variant), {}), old.requests.get((flag, variant), {})
-                )
+                cohort = (flag, variant)
+                hist = _cohort_window(new.requests.get(cohort), old.requests.get(cohort))
             self._cache[key] = hist
         return hist
 

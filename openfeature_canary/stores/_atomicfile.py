@@ -11,7 +11,25 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_text", "fsync_dir"]
+__all__ = ["atomic_write_text", "current_umask", "fsync_dir"]
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (Linux: ``/proc/self/status``).
+
+    ``os.umask`` can only be read by setting it, which would race other threads creating
+    files; it is the fallback where ``/proc`` has no ``Umask`` line.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def fsync_dir(folder: Path) -> None:
@@ -26,14 +44,15 @@ def fsync_dir(folder: Path) -> None:
 def atomic_write_text(path: Path, text: str, *, mode: int | None = None) -> None:
     """Replace ``path`` with ``text`` atomically and durably.
 
-    The file keeps its current permissions (``0o644`` for a new one, not ``mkstemp``'s
-    ``0o600``) unless ``mode`` is given. Raises ``OSError``; the temporary file is removed.
+    The file keeps its current permissions (a new one follows the process's umask, as
+    ``open()`` would, not ``mkstemp``'s ``0o600``) unless ``mode`` is given. Raises
+    ``OSError``; the temporary file is removed.
     """
     if mode is None:
         try:
             mode = path.stat().st_mode & 0o777
         except FileNotFoundError:
-            mode = 0o644
+            mode = 0o666 & ~current_umask()
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:

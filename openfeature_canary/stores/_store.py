@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
 
-from openfeature_canary._atomicfile import atomic_write_text
-from openfeature_canary._errors import StaleStateError, StateStoreError
-from openfeature_canary._forksafe import renew_locks_after_fork
-from openfeature_canary._state import RolloutState
+from openfeature_canary.errors import StaleStateError, StateStoreError
+from openfeature_canary.state import RolloutState
+from openfeature_canary.stores._atomicfile import atomic_write_text
+from openfeature_canary.stores._forksafe import renew_locks_after_fork
 
 __all__ = ["FileStateStore", "MemoryStateStore", "StateStore", "open_store"]
 
@@ -46,6 +49,16 @@ class StateStore(Protocol):
 
         Raises :class:`StaleStateError` when another writer got there first and
         :class:`StateStoreError` when the store cannot be written.
+        """
+        ...
+
+    def save_many(self, changes: Sequence[tuple[RolloutState, int]]) -> tuple[bool, ...]:
+        """:meth:`save` for several flags in one write: each ``(state, expected_version)`` is
+        written if its flag's stored version is still the expected one.
+
+        Returns, per change, whether it was written (``False``: another writer got there
+        first). Raises :class:`StateStoreError` when the store cannot be written (then none
+        was).
         """
         ...
 
@@ -80,6 +93,13 @@ class MemoryStateStore:
             self._states[state.flag_key] = state
             self._changes += 1
 
+    def save_many(self, changes: Sequence[tuple[RolloutState, int]]) -> tuple[bool, ...]:
+        """See :class:`StateStore`."""
+        with self._lock:
+            written = _apply(self._states, changes)
+            self._changes += any(written)
+            return written
+
     def change_token(self) -> object:
         """See :class:`StateStore`."""
         return self._changes
@@ -89,7 +109,10 @@ class FileStateStore:
     """All flags' states in one JSON file, shared by the processes of one host.
 
     Writers hold ``fcntl.flock`` on ``<file>.lock`` and replace the file with an atomic rename
-    (after ``fsync``), so readers need no lock and never see a torn file.
+    (after ``fsync``), so readers need no lock and never see a torn file. The file is parsed
+    once per change: a read compares the file's bytes with the last parsed ones. The folder
+    must exist (a typo in the path must not start a rollout that no service reads); the file
+    and its lock are created owner-only (``0600``).
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -98,25 +121,25 @@ class FileStateStore:
         self._lock_path = self.path.with_name(self.path.name + ".lock")
         self._thread_lock = threading.Lock()
         renew_locks_after_fork(self, "_thread_lock")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StateStoreError(f"{self.url}: cannot create folder: {exc.strerror}") from exc
+        self._parsed: tuple[bytes, dict[str, RolloutState]] | None = None
 
     def _read(self) -> dict[str, RolloutState]:
         try:
-            raw = self.path.read_text("utf-8")
+            raw = self.path.read_bytes()
         except FileNotFoundError:
+            if not self.path.parent.is_dir():
+                raise StateStoreError(
+                    f"{self.url}: folder {self.path.parent} does not exist"
+                ) from None
             return {}
         except OSError as exc:
-            raise StateStoreError(f"{self.url}: cannot read: {exc.strerror}") from exc
-        try:
-            data = json.loads(raw)
-            if data.get("format") != _FORMAT:
-                raise ValueError(f"unsupported format {data.get('format')!r}")
-            return {k: RolloutState.from_dict(v) for k, v in data["flags"].items()}
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise StateStoreError(f"{self.url}: corrupt state file: {exc}") from exc
+            raise StateStoreError(f"{self.url}: cannot read: {exc.strerror or exc}") from exc
+        cached = self._parsed
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        states = _parse_states(self.url, raw)
+        self._parsed = (raw, states)
+        return states
 
     def load(self, flag_key: str) -> RolloutState | None:
         """See :class:`StateStore`."""
@@ -124,17 +147,34 @@ class FileStateStore:
 
     def load_all(self) -> dict[str, RolloutState]:
         """See :class:`StateStore`."""
-        return self._read()
+        return dict(self._read())
 
     def save(self, state: RolloutState, expected_version: int) -> None:
         """See :class:`StateStore`."""
-        try:
-            with self._thread_lock, open(self._lock_path, "a+b") as lock_file:
-                fcntl.flock(lock_file, fcntl.LOCK_EX)
-                states = self._read()
-                _check_version(self.url, state, states.get(state.flag_key), expected_version)
-                states[state.flag_key] = state
+        with self._locked() as states:
+            _check_version(self.url, state, states.get(state.flag_key), expected_version)
+            states[state.flag_key] = state
+            self._write(states)
+
+    def save_many(self, changes: Sequence[tuple[RolloutState, int]]) -> tuple[bool, ...]:
+        """See :class:`StateStore`: one lock, one read, one atomic write for every change."""
+        with self._locked() as states:
+            written = _apply(states, changes)
+            if any(written):
                 self._write(states)
+            return written
+
+    @contextmanager
+    def _locked(self) -> Iterator[dict[str, RolloutState]]:
+        """The stored states (a copy to change) under the inter-process write lock."""
+        if not self.path.parent.is_dir():
+            raise StateStoreError(f"{self.url}: folder {self.path.parent} does not exist")
+        try:
+            with self._thread_lock:
+                fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+                with os.fdopen(fd, "r+b") as lock_file:
+                    fcntl.flock(lock_file, fcntl.LOCK_EX)
+                    yield dict(self._read())
         except OSError as exc:
             raise StateStoreError(f"{self.url}: cannot write: {exc.strerror or exc}") from exc
 
@@ -143,15 +183,47 @@ class FileStateStore:
             "format": _FORMAT,
             "flags": {k: s.to_dict() for k, s in states.items()},
         }
-        atomic_write_text(self.path, json.dumps(payload, indent=1, sort_keys=True))
+        atomic_write_text(
+            self.path, json.dumps(payload, separators=(",", ":"), sort_keys=True), mode=0o600
+        )
 
     def change_token(self) -> object:
-        """See :class:`StateStore`: the file's inode and mtime change with every rename."""
+        """See :class:`StateStore`: the file's inode, size and times change with every rename."""
         try:
             st = self.path.stat()
         except FileNotFoundError:
             return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError as exc:
+            raise StateStoreError(f"{self.url}: cannot read: {exc.strerror or exc}") from exc
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _parse_states(url: str, raw: bytes) -> dict[str, RolloutState]:
+    try:
+        data = json.loads(raw.decode("utf-8"))
+        if not isinstance(data, dict) or data.get("format") != _FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"unsupported format {found!r}")
+        flags = data["flags"]
+        if not isinstance(flags, dict):
+            raise ValueError("'flags' is not an object")
+        return {k: RolloutState.from_dict(v) for k, v in flags.items()}
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        # UnicodeDecodeError is a ValueError: a non-UTF-8 file gets this one line too.
+        raise StateStoreError(f"{url}: corrupt state file: {exc}") from exc
+
+
+def _apply(
+    states: dict[str, RolloutState], changes: Sequence[tuple[RolloutState, int]]
+) -> tuple[bool, ...]:
+    written = []
+    for state, expected in changes:
+        current = states.get(state.flag_key)
+        ok = (current.version if current else 0) == expected
+        if ok:
+            states[state.flag_key] = state
+        written.append(ok)
+    return tuple(written)
 
 
 def _check_version(

@@ -4,46 +4,66 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import mmh3
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.event import ProviderEventDetails
-from openfeature.exception import ErrorCode, FlagNotFoundError, TypeMismatchError
+from openfeature.exception import (
+    ErrorCode,
+    FlagNotFoundError,
+    ProviderFatalError,
+    ProviderNotReadyError,
+    TypeMismatchError,
+)
 from openfeature.flag_evaluation import FlagResolutionDetails, Reason
+from openfeature.hook import Hook
 from openfeature.provider import AbstractProvider, Metadata
 
 from openfeature_canary import (
     Clock,
     Controller,
-    Rollout,
     RolloutPlan,
     RolloutState,
     StateStore,
+    StateStoreError,
     UnknownFlagError,
     load_plan,
 )
-from openfeature_canary._effects import EventSink
-from openfeature_canary._runner import BackgroundRunner
-from openfeature_canary._runtime import Runtime, build_runtime
-from openfeature_canary._snapshot import ON, FlagView, build_view
-from openfeature_canary.bucketing import bucket
-from openfeature_canary.signals import SignalSource
+from openfeature_canary.bucketing import unit_hasher
+from openfeature_canary.events import (
+    EventSink,
+    Outbox,
+    ReportWriter,
+    TelemetrySender,
+    render_plan_markdown,
+    sender_for_plan,
+)
+from openfeature_canary.instrumentation import IngestInstruments
+from openfeature_canary.policy import Autopilot, BackgroundRunner, FlagView, Rollout, build_view
+from openfeature_canary.signals import InProcessSignalSource, SignalSource
+from openfeature_canary.stores import FileStateStore, open_store
+from openfeature_canary.telemetry import Telemetry
 
 __all__ = ["CanaryProvider"]
 
 log = logging.getLogger("openfeature_canary")
 
 _ERROR = Reason.ERROR
+_REASONS: Mapping[str, Reason] = {
+    "STATIC": Reason.STATIC,
+    "DISABLED": Reason.DISABLED,
+    "ERROR": Reason.ERROR,
+}
 
 
 class _Answers:
     """Preallocated results for one view: evaluations return these without allocating."""
 
-    __slots__ = ("by_key", "fixed", "meta", "off", "on", "view")
+    __slots__ = ("bucket", "by_key", "fixed", "meta", "off", "on", "view")
 
     def __init__(self, view: FlagView) -> None:
         self.view = view
@@ -51,12 +71,18 @@ class _Answers:
         self.by_key = view.bucket_by == "targetingKey"
         self.on = FlagResolutionDetails(True, None, None, Reason.SPLIT, "on", view.metadata)
         self.off = FlagResolutionDetails(False, None, None, Reason.SPLIT, "off", view.metadata)
+        self.bucket: Callable[[object], int] = unit_hasher(view.key, view.scheme)
         self.fixed: FlagResolutionDetails[bool] | None = None
         fixed = view.fixed
-        if fixed is not None and fixed.error_code is None:
-            reason = Reason.STATIC if fixed.variant == ON else Reason.DISABLED
+        if fixed is not None:
+            code = ErrorCode(fixed.error_code) if fixed.error_code else None
             self.fixed = FlagResolutionDetails(
-                fixed.value, None, None, reason, fixed.variant, view.metadata
+                fixed.value,
+                code,
+                fixed.error_message,
+                _REASONS[fixed.reason],
+                fixed.variant,
+                view.metadata,
             )
 
 
@@ -65,27 +91,47 @@ class CanaryProvider(AbstractProvider):
 
     Use it as the OpenFeature provider of a service (or of a domain)::
 
-        provider = CanaryProvider("canary_plan.toml", store="file:///var/lib/canary/state.json")
-        api.set_provider_and_wait(provider)
-        client = api.get_client()
-        on = client.get_boolean_value("dataservice-read-canary", False,
-                                      EvaluationContext(targeting_key=request_id))
+        telemetry = setup_telemetry(plan, prometheus_port=9464)
+        provider = CanaryProvider(plan, store="file:///var/lib/canary/state.json",
+                                  telemetry=telemetry)
+        api.set_provider_and_wait(provider)     # reads the store; the policy starts ticking
+        on = api.get_client().get_boolean_value("dataservice-read-canary", False,
+                                                EvaluationContext(targeting_key=request_id))
 
     Answers: variant ``on``/``off``; reason ``SPLIT`` for 0 < p < 100, ``STATIC`` at 100 %,
     ``DISABLED`` at 0 % (pending or rolled back, with the trigger in ``flag_metadata``).
-    ``flag_metadata`` carries ``stage``, ``percent`` and ``status``. Errors return the caller's
-    default: ``FLAG_NOT_FOUND``, ``TYPE_MISMATCH``, ``TARGETING_KEY_MISSING`` (no unit at
-    0 < p < 100), ``PARSE_ERROR`` (an invalid env override, named in the message).
+    ``flag_metadata`` carries ``stage``, ``percent`` and ``status``. Errors: ``FLAG_NOT_FOUND``,
+    ``TYPE_MISMATCH``, ``TARGETING_KEY_MISSING`` (no unit at 0 < p < 100), ``PARSE_ERROR`` (an
+    invalid env override, named in the message; ignored on a rolled-back flag, which stays
+    off), ``GENERAL`` (a unit that is not valid Unicode text, e.g. a lone surrogate from JSON:
+    never hashed, never a crash); OpenFeature then returns the caller's default. A store that
+    cannot be read for longer than ``max_staleness`` serves 0 % (``False``, ``DISABLED``, the
+    reason in ``flag_metadata["unavailable"]``), whatever default the caller passed.
 
-    The evaluation path reads an immutable snapshot: no I/O, no lock. ``initialize`` starts a
-    background thread that notices other processes' changes (``refresh_interval``) and ticks
-    the policy; ``shutdown`` stops it. Give ``signals`` (e.g.
-    ``InProcessSignalSource(setup_telemetry(plan).reader)``) to run the policy automatically:
-    stage gates, hard triggers, telemetry events (``events``, by default a durable outbox to
-    the plan's ingest URL) and reports (``reports_dir``, by default the plan's).
-    ``background=False`` leaves ticking to the caller (virtual-time drivers such as the demo).
-    ``PROVIDER_CONFIGURATION_CHANGED`` is emitted with ``flags_changed`` whenever a flag's
-    served percentage or status changes.
+    **The policy.** Give ``telemetry`` (what :func:`~openfeature_canary.setup_telemetry`
+    returns) and the provider runs the policy on this process's traffic: it reads the
+    signals from ``telemetry.reader``, brings its own
+    :class:`~openfeature.contrib.hook.canary.MetricsHook` (``get_provider_hooks``; do not add
+    another for the same meter provider) and exposes the controller's metrics. ``signals`` is
+    for another :class:`~openfeature_canary.signals.SignalSource` (with ``meter_provider`` for
+    the metrics). Without either, the provider only serves: an operator (or the process that
+    runs the policy) moves the rollout.
+
+    **Effects.** Every transition this process makes is persisted, then served (with
+    ``PROVIDER_CONFIGURATION_CHANGED`` and ``flags_changed``), then its event goes to ``events``
+    (by default a durable outbox drained to the plan's ingest URL) and the reports to
+    ``reports_dir`` (by default the plan's).
+
+    **Lifecycle.** The constructor reads the plan file and nothing else. ``initialize`` reads
+    the store (``ProviderNotReadyError`` naming it when it cannot be read, ``ProviderFatalError``
+    when its folder does not exist), writes ``canary_plan.md`` when the policy runs here, and
+    starts the background thread (``background=False`` leaves ticking to the caller, e.g. a
+    virtual-time driver). A store that later cannot be read emits ``PROVIDER_STALE`` (the last
+    known state is served for up to ``max_staleness`` seconds), then ``PROVIDER_ERROR`` and the
+    old path; ``PROVIDER_READY`` when it is readable again. :meth:`flush_events` and
+    :meth:`shutdown` are the ways to drain and stop.
+
+    The evaluation path reads an immutable snapshot: no I/O, no lock.
     """
 
     def __init__(
@@ -94,68 +140,162 @@ class CanaryProvider(AbstractProvider):
         *,
         store: StateStore | str | None = None,
         clock: Clock | None = None,
+        telemetry: Telemetry | None = None,
+        signals: SignalSource | None = None,
         meter_provider: Any = None,
         environ: Mapping[str, str] | None = None,
-        signals: SignalSource | None = None,
         events: EventSink | None = None,
         reports_dir: str | Path | None = None,
         background: bool = True,
         refresh_interval: float = 0.5,
+        max_staleness: float = 10.0,
         name: str = "CanaryProvider",
     ) -> None:
         super().__init__()
+        if telemetry is not None and not isinstance(telemetry, Telemetry):
+            raise TypeError(
+                "CanaryProvider: telemetry= takes what setup_telemetry() returns, got "
+                f"{type(telemetry).__name__}"
+            )
+        if telemetry is not None and signals is not None:
+            raise ValueError("CanaryProvider: give telemetry= or signals=, not both")
+        if telemetry is not None and meter_provider not in (None, telemetry.meter_provider):
+            raise ValueError(
+                "CanaryProvider: meter_provider= differs from telemetry.meter_provider; "
+                "give telemetry= alone"
+            )
+        if max_staleness < 0 or refresh_interval <= 0:
+            raise ValueError(
+                "CanaryProvider: max_staleness must be >= 0 and refresh_interval > 0, got "
+                f"{max_staleness} and {refresh_interval}"
+            )
         self.plan = plan if isinstance(plan, RolloutPlan) else load_plan(plan)
+        self._environ: Mapping[str, str] = os.environ if environ is None else environ
+        self._telemetry = telemetry
+        if telemetry is not None:
+            meter_provider = telemetry.meter_provider
+            signals = InProcessSignalSource(telemetry.reader)
+        self.meter_provider = meter_provider
+        store_obj = (
+            store
+            if store is not None and not isinstance(store, str)
+            else open_store(store or self.plan.store or "memory://")
+        )
+        reports = ReportWriter(reports_dir or self.plan.reports.dir)
+        self._sender: TelemetrySender | None = None
+        if events is None:
+            self._sender = sender_for_plan(
+                self.plan,
+                _outbox_path(store_obj, reports.dir),
+                environ=self._environ,
+                counters=IngestInstruments(meter_provider=meter_provider),
+            )
+            events = self._sender
+        self.reports = reports
         self.rollout = Rollout(
             self.plan,
-            store=store or self.plan.store or "memory://",
+            store=store_obj,
             clock=clock,
-            serve_unreadable=True,
+            policy=Autopilot(signals) if signals is not None else None,
+            serve=self._serve,
+            events=events,
+            reports=reports,
+            meter_provider=meter_provider,
         )
-        self.meter_provider = meter_provider
-        self._environ: Mapping[str, str] = os.environ if environ is None else environ
-        self._metadata = Metadata(name=name)
-        self._answers: Mapping[str, _Answers] = MappingProxyType({})
-        self._rebuild()
-        # Registered first: the OpenFeature event goes out before telemetry and reports.
-        self.rollout.add_listener(self._on_transition)
-        self.runtime: Runtime | None = None
-        if signals is not None:
-            self.runtime = build_runtime(
-                self.rollout,
-                signals,
-                meter_provider=meter_provider,
-                environ=self._environ,
-                events=events,
-                reports_dir=reports_dir,
-            )
         self._background = background
-        self.runner = BackgroundRunner(
-            self.rollout, interval=refresh_interval, on_poll=self._rebuild
+        self._max_staleness = max_staleness
+        self._metadata = Metadata(name=name)
+        self._swap_lock = threading.Lock()
+        self._unavailable: str | None = None
+        self._failing_since: float | None = None
+        self._health = "not_ready"
+        self._answers: Mapping[str, _Answers] = MappingProxyType(
+            {
+                ctl.key: _Answers(build_view(ctl.flag, ctl.state, self._environ))
+                for ctl in self.rollout.controllers()
+            }
         )
+        self.runner = BackgroundRunner(
+            self.rollout,
+            interval=refresh_interval,
+            on_poll=self._rebuild,
+            on_health=self._on_store_health,
+        )
+        self._hooks: list[Hook] = []
+        if telemetry is not None:
+            from openfeature.contrib.hook.canary import MetricsHook
+
+            self._hooks = [MetricsHook(meter_provider=telemetry.meter_provider)]
 
     # ------------------------------------------------------------------ lifecycle
 
     def initialize(self, evaluation_context: EvaluationContext) -> None:
-        """Start background work (store polling, policy ticks)."""
-        self.rollout.refresh()
+        """Read the store, write ``canary_plan.md`` (policy here), start background work.
+
+        Raises ``ProviderFatalError`` when the store's folder does not exist and
+        ``ProviderNotReadyError`` when the store cannot be read; in the latter case the
+        background thread still starts, and the provider emits ``PROVIDER_READY`` once the
+        store can be read (meanwhile every flag serves the old path).
+        """
+        store = self.rollout.store
+        if isinstance(store, FileStateStore) and not store.path.parent.is_dir():
+            raise ProviderFatalError(
+                f"{store.url}: folder {store.path.parent} does not exist; create it or fix "
+                "the store URL"
+            )
+        try:
+            self.rollout.load()
+        except StateStoreError as exc:
+            self._health = "error"
+            self._unavailable = f"{exc}; serving the old path until it can be read"
+            self._rebuild()
+            if self._background:
+                self.runner.start()
+            raise ProviderNotReadyError(str(exc)) from exc
+        self._health = "ready"
         self._rebuild()
-        if self.runtime is not None:
-            self.runtime.start()
+        if self.rollout.policy is not None:
+            try:
+                self.reports.write_plan(render_plan_markdown(self.plan))
+            except Exception as exc:  # a report must not stop a service from serving
+                log.error("openfeature-canary: cannot write canary_plan.md: %s", exc)
+        if self._sender is not None:
+            self._sender.start()
         if self._background:
             self.runner.start()
 
     def shutdown(self) -> None:
         """Stop background work (undelivered telemetry events stay in the outbox)."""
         self.runner.stop()
-        if self.runtime is not None:
-            self.runtime.stop()
+        if self._sender is not None:
+            self._sender.stop()
+
+    def flush_events(self, timeout_s: float = 5.0) -> bool:
+        """Deliver the queued telemetry events now; True when none is left undelivered.
+
+        Blocks for at most about ``timeout_s`` seconds.
+        """
+        if self._sender is None:
+            return True
+        return self._sender.flush(timeout_s)
+
+    @property
+    def outbox(self) -> Outbox | None:
+        """The durable outbox of this provider's events (``None`` with ``events=``)."""
+        return None if self._sender is None else self._sender.outbox
 
     def get_metadata(self) -> Metadata:
         """Provider metadata (``name``)."""
         return self._metadata
 
+    def get_provider_hooks(self) -> list[Hook]:
+        """With ``telemetry=``: the MetricsHook that records every evaluation of this
+        provider's flags (the signals the policy reads need it)."""
+        return list(self._hooks)
+
     def controller(self, flag_key: str) -> Controller:
-        """The flag's controller (commands, ``tick()``, ``state``); ``KeyError`` if unknown."""
+        """The flag's controller (commands, ``tick()``, ``state``); ``UnknownFlagError`` if
+        the plan has no such flag."""
         return self.rollout.controller(flag_key)
 
     def view(self, flag_key: str) -> FlagView:
@@ -165,41 +305,71 @@ class CanaryProvider(AbstractProvider):
             raise UnknownFlagError(f"unknown flag {flag_key!r}")
         return answers.view
 
-    # ------------------------------------------------------------------ snapshot
+    # ------------------------------------------------------------------ the snapshot
+
+    def _serve(self, _old: RolloutState, new: RolloutState) -> None:
+        """Step 2 of the pipeline: serve a persisted state (and announce it)."""
+        self._swap({new.flag_key: new})
 
     def _rebuild(self) -> None:
         """Rebuild every view from the controllers' states and the environment."""
-        old = self._answers
-        new = {
-            key: self._answers_for(ctl.state, old.get(key))
-            for key, ctl in ((c.key, c) for c in self.rollout.controllers())
-        }
-        self._swap(new)
+        self._swap({ctl.key: ctl.state for ctl in self.rollout.controllers()})
 
-    def _on_transition(self, _old: RolloutState, new: RolloutState) -> None:
-        current = dict(self._answers)
-        current[new.flag_key] = self._answers_for(new, current.get(new.flag_key))
-        self._swap(current)
-
-    def _answers_for(self, state: RolloutState, previous: _Answers | None) -> _Answers:
-        view = build_view(self.plan.flag(state.flag_key), state, self._environ)
-        if previous is not None and previous.view == view:
-            return previous
-        return _Answers(view)
-
-    def _swap(self, new: dict[str, _Answers]) -> None:
-        old = self._answers
-        changed = [k for k, a in new.items() if old.get(k) is not a]
-        if not changed and len(old) == len(new):
-            return
-        self._answers = MappingProxyType(new)
-        if old:
-            for key in changed:
-                log.info(
-                    "%s now serves %s%% (%s)", key, new[key].view.percent, new[key].view.status
+    def _swap(self, states: Mapping[str, RolloutState]) -> None:
+        with self._swap_lock:  # writers only: evaluations never wait
+            old = self._answers
+            new = dict(old)
+            changed: list[str] = []
+            for key, state in states.items():
+                previous = old.get(key)
+                if previous is not None and state.version < previous.view.version:
+                    continue  # a served view never goes back to an older state
+                view = build_view(
+                    self.plan.flag(key), state, self._environ, unavailable=self._unavailable
                 )
-            self.emit_provider_configuration_changed(
-                ProviderEventDetails(flags_changed=changed, message="canary rollout changed")
+                if previous is not None and previous.view == view:
+                    continue
+                new[key] = _Answers(view)
+                changed.append(key)
+            if not changed:
+                return
+            self._answers = MappingProxyType(new)
+        for key in changed:
+            view = new[key].view
+            log.info("%s now serves %s%% (%s)", key, view.percent, view.status)
+        self.emit_provider_configuration_changed(
+            ProviderEventDetails(flags_changed=changed, message="canary rollout changed")
+        )
+
+    def _on_store_health(self, error: StateStoreError | None) -> None:
+        """The runner read the store (``error=None``) or could not: STALE, ERROR, READY."""
+        now = self.rollout.clock.now()
+        if error is None:
+            self._failing_since = None
+            if self._health != "ready":
+                self._health, self._unavailable = "ready", None
+                self._rebuild()
+                log.warning("openfeature-canary: %s is readable again", self.rollout.store.url)
+                self.emit_provider_ready(ProviderEventDetails(message="state store readable"))
+            return
+        if self._failing_since is None:
+            self._failing_since = now
+        if self._health == "ready" and self._max_staleness > 0:
+            self._health = "stale"
+            log.error("openfeature-canary: %s; serving the last known state", error)
+            self.emit_provider_stale(
+                ProviderEventDetails(
+                    message=f"{error}; serving the last known state for up to "
+                    f"{self._max_staleness:g}s"
+                )
+            )
+        if self._health != "error" and now - self._failing_since >= self._max_staleness:
+            self._health = "error"
+            self._unavailable = f"{error}; serving the old path until it can be read"
+            self._rebuild()
+            log.critical("openfeature-canary: %s; every flag serves the old path (0 %%)", error)
+            self.emit_provider_error(
+                ProviderEventDetails(message=self._unavailable, error_code=ErrorCode.GENERAL)
             )
 
     # ------------------------------------------------------------------ resolution
@@ -216,30 +386,21 @@ class CanaryProvider(AbstractProvider):
             raise FlagNotFoundError(f"flag {flag_key!r} is not in the canary plan")
         if answers.fixed is not None:
             return answers.fixed
-        view = answers.view
-        if view.fixed is not None:  # an error that does not depend on the caller
-            return FlagResolutionDetails(
-                default_value,
-                ErrorCode(view.fixed.error_code or ErrorCode.GENERAL),
-                view.fixed.error_message,
-                _ERROR,
-                None,
-                answers.meta,
-            )
         if evaluation_context is None:
             unit: Any = None
         elif answers.by_key:
             unit = evaluation_context.targeting_key
         else:
-            unit = evaluation_context.attributes.get(view.bucket_by)
+            unit = evaluation_context.attributes.get(answers.view.bucket_by)
         if unit is None or unit == "":
-            return self._missing_unit(view, default_value, answers)
-        if view.scheme == "flagd":
-            text = unit if type(unit) is str else str(unit)
-            slot = (mmh3.hash(flag_key + text, 0, False) * 10000) >> 32
-        else:
-            slot = bucket(flag_key, unit, view.scheme)
-        return answers.on if slot < view.basis_points else answers.off
+            return self._missing_unit(answers.view, default_value, answers)
+        try:
+            slot = answers.bucket(unit)
+        except ValueError as exc:  # UnitEncodingError: never hash text mmh3 cannot take
+            return FlagResolutionDetails(
+                default_value, ErrorCode.GENERAL, str(exc), _ERROR, None, answers.meta
+            )
+        return answers.on if slot < answers.view.basis_points else answers.off
 
     async def resolve_boolean_details_async(
         self,
@@ -298,3 +459,11 @@ class CanaryProvider(AbstractProvider):
     ) -> FlagResolutionDetails[Any]:
         """Canary flags are boolean: ``TYPE_MISMATCH`` (or ``FLAG_NOT_FOUND``)."""
         return self._type_mismatch(flag_key, "object")  # type: ignore[no-any-return]
+
+
+def _outbox_path(store: StateStore, reports_dir: Path) -> Path:
+    """Next to the state file for a ``file://`` store (shared by the host's processes), else
+    in the reports folder."""
+    if isinstance(store, FileStateStore):
+        return store.path.with_name(store.path.name + ".outbox.jsonl")
+    return reports_dir / "telemetry-outbox.jsonl"

@@ -1,0 +1,52 @@
+"""Events: what a rollout tells people and other systems once a transition is persisted.
+
+- the telemetry ingest's events (``canary_rollback``, ``canary_stage_advanced`` …): queued in a
+  durable :class:`Outbox`, delivered by a :class:`TelemetrySender` through an
+  :class:`IngestClient` (``POST {url}/telemetry/ingest``), at least once;
+- the markdown reports (:class:`ReportWriter`): ``canary_plan.md``, ``canary_results.md``,
+  ``canary_abort.md``.
+
+"Telemetry" elsewhere in this package means OpenTelemetry metrics; here it is only the name
+of the ingest the events go to.
+"""
+
+from __future__ import annotations
+
+from openfeature_canary.events._ingest import (
+    IngestClient,
+    IngestCounters,
+    IngestError,
+    NoopIngestCounters,
+    redact_url,
+)
+from openfeature_canary.events._outbox import JsonScalar, Outbox, OutboxError, OutboxEvent
+from openfeature_canary.events._render import render_plan_markdown
+from openfeature_canary.events._reports import (
+    AbortRecord,
+    ReportError,
+    ReportSink,
+    ReportWriter,
+    StageResult,
+)
+from openfeature_canary.events._sender import EventSink, TelemetrySender, sender_for_plan
+
+__all__ = [
+    "AbortRecord",
+    "EventSink",
+    "IngestClient",
+    "IngestCounters",
+    "IngestError",
+    "JsonScalar",
+    "NoopIngestCounters",
+    "Outbox",
+    "OutboxError",
+    "OutboxEvent",
+    "ReportError",
+    "ReportSink",
+    "ReportWriter",
+    "StageResult",
+    "TelemetrySender",
+    "redact_url",
+    "render_plan_markdown",
+    "sender_for_plan",
+]

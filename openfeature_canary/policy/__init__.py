@@ -1,0 +1,57 @@
+"""The policy: pure decisions, the controllers that apply them, and what each flag serves.
+
+- :func:`decide` is a pure function of (plan, state, readings, memory, now) → :class:`Decision`.
+- :class:`Autopilot` is the policy a :class:`Rollout` is built with: it reads a
+  :class:`~openfeature_canary.signals.SignalSource` and calls :func:`decide`.
+- :class:`Controller` (one per flag) applies operator commands and policy decisions through
+  the rollout's one :class:`Pipeline`: persist, serve, announce, report, count.
+- :class:`BackgroundRunner` is the one tick schedule of a process.
+- :class:`FlagView` is what a flag serves now (the provider's immutable snapshot).
+"""
+
+from __future__ import annotations
+
+from openfeature_canary.policy._autopilot import Autopilot, TickResult
+from openfeature_canary.policy._controller import ALLOWED, Controller, Policy, Rollout
+from openfeature_canary.policy._decide import (
+    Action,
+    Decision,
+    GateReadings,
+    Memory,
+    Reading,
+    Readings,
+    decide,
+    stage_evidence,
+)
+from openfeature_canary.policy._metrics import RolloutMetrics
+from openfeature_canary.policy._pipeline import Pipeline, RollbackCounter, TransitionListener
+from openfeature_canary.policy._schedule import BackgroundRunner, StoreHealth
+from openfeature_canary.policy._view import OFF, ON, FlagView, Resolution, build_view
+
+__all__ = [
+    "ALLOWED",
+    "OFF",
+    "ON",
+    "Action",
+    "Autopilot",
+    "BackgroundRunner",
+    "Controller",
+    "Decision",
+    "FlagView",
+    "GateReadings",
+    "Memory",
+    "Pipeline",
+    "Policy",
+    "Reading",
+    "Readings",
+    "Resolution",
+    "RollbackCounter",
+    "Rollout",
+    "RolloutMetrics",
+    "StoreHealth",
+    "TickResult",
+    "TransitionListener",
+    "build_view",
+    "decide",
+    "stage_evidence",
+]

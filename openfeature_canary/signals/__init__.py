@@ -1,0 +1,33 @@
+"""Signals: what the policy reads about a flag's traffic, per cohort, over a window.
+
+A :class:`SignalSource` answers ``read`` / ``read_between`` / ``count_beyond`` for the built-in
+signals of spec §6 (``latency_p95_ms``, ``error_rate``, ``requests`` …; ``baseline_`` prefixed
+for the ``off`` cohort). :class:`InProcessSignalSource` computes them from cumulative
+OpenTelemetry snapshots of this process (windows are differences of snapshots; quantiles follow
+Prometheus' ``histogram_quantile``), keeping the history the plan's longest window needs
+(:func:`retention_for_plan`).
+"""
+
+from __future__ import annotations
+
+from openfeature_canary.signals._histogram import count_above, count_at_least, histogram_quantile
+from openfeature_canary.signals._source import (
+    DEFAULT_RETENTION_S,
+    InProcessSignalSource,
+    MetricsDataReader,
+    SignalReading,
+    SignalSource,
+    retention_for_plan,
+)
+
+__all__ = [
+    "DEFAULT_RETENTION_S",
+    "InProcessSignalSource",
+    "MetricsDataReader",
+    "SignalReading",
+    "SignalSource",
+    "count_above",
+    "count_at_least",
+    "histogram_quantile",
+    "retention_for_plan",
+]
