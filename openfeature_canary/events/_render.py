@@ -2,7 +2,8 @@
 
 Used by ``openfeature-canary plan render`` and by the reports: both call
 :func:`render_plan_markdown`, a pure function of the plan (no I/O, no clock), so the same
-plan always renders to the same bytes.
+plan always renders to the same bytes. URLs are shown without their secrets: credentials and
+a query string in the telemetry URL (or the store URL) become ``***``.
 
 >>> from openfeature_canary import load_plan                    # doctest: +SKIP
 >>> print(render_plan_markdown(load_plan("canary_plan.toml")))  # doctest: +SKIP
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Final
+from urllib.parse import urlsplit
 
 from openfeature_canary._format import (
     format_duration,
@@ -22,6 +24,7 @@ from openfeature_canary._format import (
     format_rate,
     format_span,
 )
+from openfeature_canary.events._ingest import INGEST_PATH, IngestError, ingest_url, redact_url
 from openfeature_canary.plan import DEFAULT_MIN_SAMPLES, FlagPlan, RolloutPlan, Stage
 
 __all__ = ["phase_of", "render_plan_markdown"]
@@ -60,7 +63,7 @@ def render_plan_markdown(plan: RolloutPlan) -> str:
 def _preamble(plan: RolloutPlan) -> list[str]:
     tel = plan.telemetry
     if tel.url:
-        target = f"`POST {tel.url.rstrip('/')}/telemetry/ingest`"
+        target = f"`POST {_shown_ingest_url(tel.url)}`"
     elif tel.url_env:
         target = f"`POST {{{tel.url_env}}}/telemetry/ingest` (base URL from `${tel.url_env}`)"
     else:
@@ -72,10 +75,28 @@ def _preamble(plan: RolloutPlan) -> list[str]:
         "`canary_abort.md`)",
     ]
     if plan.store:
-        out.append(f"- State store: `{plan.store}`")
+        out.append(f"- State store: `{_shown_url(plan.store)}`")
     if plan.signals:
         out.append(f"- PromQL overrides for: {', '.join(f'`{s}`' for s in plan.signals)}")
     return out
+
+
+def _shown_ingest_url(base_url: str) -> str:
+    """The ingest endpoint with its credentials and query replaced by ``***``: the rendered
+    plan is a report, shared and committed, and must not carry the URL's secrets."""
+    try:
+        return redact_url(ingest_url(base_url))
+    except IngestError:
+        return redact_url(base_url.rstrip("/")) + INGEST_PATH
+
+
+def _shown_url(url: str) -> str:
+    """``url`` as written, unless it carries credentials or a query (then redacted)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return redact_url(url)
+    return redact_url(url) if "@" in parts.netloc or parts.query else url
 
 
 def _flag_section(plan: RolloutPlan, key: str, flag: FlagPlan) -> list[str]:
