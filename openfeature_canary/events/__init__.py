@@ -19,7 +19,13 @@ from openfeature_canary.events._ingest import (
     NoopIngestCounters,
     redact_url,
 )
-from openfeature_canary.events._outbox import JsonScalar, Outbox, OutboxError, OutboxEvent
+from openfeature_canary.events._outbox import (
+    REMEMBERED_DELIVERED,
+    JsonScalar,
+    Outbox,
+    OutboxError,
+    OutboxEvent,
+)
 from openfeature_canary.events._render import render_plan_markdown
 from openfeature_canary.events._reports import (
     AbortRecord,
@@ -31,6 +37,7 @@ from openfeature_canary.events._reports import (
 from openfeature_canary.events._sender import EventSink, TelemetrySender, sender_for_plan
 
 __all__ = [
+    "REMEMBERED_DELIVERED",
     "AbortRecord",
     "EventSink",
     "IngestClient",

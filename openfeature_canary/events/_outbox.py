@@ -12,11 +12,17 @@ On disk the outbox is an append-only JSON-lines journal::
     {"op": "attempt", "id": "…", "error": "HTTP 503", "next_attempt_at": 1700000012.5}
     {"op": "delivered", "ids": ["…"]}
 
-Replaying it gives the pending events. Every write holds ``fcntl.flock`` on ``<file>.lock``, so
-several processes on one host may share an outbox. When nothing is pending the journal is
-emptied, and when it has grown much longer than what is pending it is rewritten (atomically,
-with ``os.replace``). A line torn by a crash mid-write is skipped with a warning; the next
-write starts on a fresh line, so one torn line never spoils another.
+Replaying it gives the pending events, and the ids of the last :data:`REMEMBERED_DELIVERED`
+delivered ones. An event's id is its identity: :meth:`Outbox.enqueue` writes nothing for an id
+that is pending or was delivered recently, so a transition announced twice (by the process
+that made it and by a start-up reconciliation, see
+:meth:`~openfeature_canary.policy.Pipeline.reconcile`) is queued once.
+
+Every write holds ``fcntl.flock`` on ``<file>.lock``, so several processes on one host may share
+an outbox. When nothing is pending the journal is rewritten to the one line that remembers the
+delivered ids, and when it has grown much longer than what is pending it is rewritten the same
+way (atomically, with ``os.replace``). A line torn by a crash mid-write is skipped with a
+warning; the next write starts on a fresh line, so one torn line never spoils another.
 """
 
 from __future__ import annotations
@@ -28,7 +34,6 @@ import math
 import os
 import threading
 import uuid
-import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -38,8 +43,9 @@ from typing import Any, Final
 
 from openfeature_canary.errors import CanaryError
 from openfeature_canary.stores._atomicfile import atomic_write_text, fsync_dir
+from openfeature_canary.stores._forksafe import hold_locks_across_fork
 
-__all__ = ["JsonScalar", "Outbox", "OutboxError", "OutboxEvent"]
+__all__ = ["REMEMBERED_DELIVERED", "JsonScalar", "Outbox", "OutboxError", "OutboxEvent"]
 
 log = logging.getLogger("openfeature_canary.telemetry")
 
@@ -48,6 +54,11 @@ JsonScalar = str | int | float | bool | None
 
 # Rewrite the journal once it has this many lines more than there are pending events.
 _COMPACT_SLACK: Final = 1000
+
+#: How many delivered event ids an outbox remembers (the newest), so that an event announced
+#: again after its delivery (a start-up reconciliation) is not queued twice. Kept across the
+#: journal's compaction; about 35 bytes each on disk.
+REMEMBERED_DELIVERED: Final = 2000
 
 
 class OutboxError(CanaryError):
@@ -62,10 +73,11 @@ class OutboxError(CanaryError):
 class OutboxEvent:
     """One queued telemetry event and its delivery bookkeeping.
 
-    ``id`` is a uuid4 hex string; ``properties`` holds JSON scalars only (it is copied into a
-    read-only mapping). ``attempts`` counts failed deliveries, ``next_attempt_at`` is the
-    earliest time (seconds, same clock as ``created_at``) of the next try and ``last_error``
-    the reason the last try failed.
+    ``id`` identifies the event: a fresh uuid4 hex string, or the ``event_id`` its producer
+    derived from what it announces (see :meth:`create`). ``properties`` holds JSON scalars only
+    (it is copied into a read-only mapping). ``attempts`` counts failed deliveries,
+    ``next_attempt_at`` is the earliest time (seconds, same clock as ``created_at``) of the next
+    try and ``last_error`` the reason the last try failed.
 
     >>> event = OutboxEvent.create("canary_rollback", {"from_pct": 25}, now=0.0)
     >>> event.attempts, event.properties["from_pct"]
@@ -99,11 +111,21 @@ class OutboxEvent:
 
     @classmethod
     def create(
-        cls, event_name: str, properties: Mapping[str, JsonScalar], *, now: float
+        cls,
+        event_name: str,
+        properties: Mapping[str, JsonScalar],
+        *,
+        now: float,
+        event_id: str | None = None,
     ) -> OutboxEvent:
-        """A new event with a fresh id, due at once."""
+        """A new event, due at once, with ``event_id`` as its id (a fresh uuid4 when ``None``).
+
+        Give an id derived from what the event announces to make queueing it idempotent.
+        """
+        if event_id is not None and not event_id:
+            raise ValueError(f"event {event_name}: an empty event_id")
         return cls(
-            id=uuid.uuid4().hex,
+            id=uuid.uuid4().hex if event_id is None else event_id,
             event_name=event_name,
             properties=properties,
             created_at=now,
@@ -140,8 +162,13 @@ class OutboxEvent:
 @dataclass
 class _Replay:
     events: dict[str, OutboxEvent] = field(default_factory=dict)
+    #: The newest delivered ids, oldest first (an ordered set).
+    delivered: dict[str, None] = field(default_factory=dict)
     lines: int = 0
     corrupt: list[tuple[int, str]] = field(default_factory=list)
+
+    def knows(self, event_id: str) -> bool:
+        return event_id in self.events or event_id in self.delivered
 
 
 class Outbox:
@@ -167,17 +194,20 @@ class Outbox:
         self._cache = _Replay()
         # No I/O here: the folder is created by the first write (a provider's constructor
         # must not touch the disk).
-        ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _reset_after_fork(ref))
+        _reset_after_fork(self)
 
     def __repr__(self) -> str:
         return f"Outbox({str(self.path)!r})"
 
     # ------------------------------------------------------------------ public
 
-    def enqueue(self, event: OutboxEvent) -> None:
-        """Append ``event``; return once it is on disk (``fsync``), so it survives a crash."""
-        self._append([{"op": "enqueue", "event": event.to_dict()}])
+    def enqueue(self, event: OutboxEvent) -> bool:
+        """Append ``event``; return once it is on disk (``fsync``), so it survives a crash.
+
+        Idempotent by id: an event whose id is pending, or among the last
+        :data:`REMEMBERED_DELIVERED` delivered, is not written again (returns ``False``).
+        """
+        return self._append([{"op": "enqueue", "event": event.to_dict()}], unless_known=event.id)
 
     def pending(self) -> list[OutboxEvent]:
         """The undelivered events, oldest first (due or not: see ``next_attempt_at``)."""
@@ -187,7 +217,8 @@ class Outbox:
             return list(self._replay().events.values())
 
     def mark_delivered(self, ids: Iterable[str]) -> None:
-        """Forget these events (the ingest accepted them). Unknown ids are ignored."""
+        """Forget these events (the ingest accepted them) and remember their ids (the newest
+        :data:`REMEMBERED_DELIVERED`), so that they are not queued again."""
         id_list = list(dict.fromkeys(ids))
         if not id_list:
             return
@@ -219,9 +250,11 @@ class Outbox:
         except OSError as exc:
             raise OutboxError(f"outbox {self.path}: {exc.strerror or exc}") from exc
 
-    def _append(self, records: list[dict[str, Any]]) -> None:
+    def _append(self, records: list[dict[str, Any]], *, unless_known: str | None = None) -> bool:
         data = "".join(json.dumps(r, allow_nan=False, sort_keys=True) + "\n" for r in records)
         with self._locked(exclusive=True):
+            if unless_known is not None and self._replay().knows(unless_known):
+                return False
             existed = self.path.exists()
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
@@ -237,6 +270,7 @@ class Outbox:
             if not existed:
                 fsync_dir(self.path.parent)
             self._compact_if_due()
+        return True
 
     def _replay(self) -> _Replay:
         """Read the journal (caller holds the lock); cached while the file is unchanged."""
@@ -265,15 +299,16 @@ class Outbox:
 
     def _compact_if_due(self) -> None:
         replay = self._replay()
-        if replay.events and replay.lines - len(replay.events) < _COMPACT_SLACK:
+        # What a compacted journal holds: one line of remembered ids, one line per pending event.
+        needed = len(replay.events) + (1 if replay.delivered else 0)
+        slack = replay.lines - needed
+        if slack <= 0 or (replay.events and slack < _COMPACT_SLACK):
             return
-        if not replay.events and replay.lines == 0:
-            return
-        text = "".join(
-            json.dumps({"op": "enqueue", "event": e.to_dict()}, allow_nan=False, sort_keys=True)
-            + "\n"
-            for e in replay.events.values()
-        )
+        records: list[dict[str, Any]] = []
+        if replay.delivered:
+            records.append({"op": "delivered", "ids": list(replay.delivered)})
+        records += ({"op": "enqueue", "event": e.to_dict()} for e in replay.events.values())
+        text = "".join(json.dumps(r, allow_nan=False, sort_keys=True) + "\n" for r in records)
         atomic_write_text(self.path, text, mode=0o600)
 
 
@@ -285,6 +320,7 @@ def _open_lock(path: Path) -> Any:
 def _parse(raw: bytes) -> _Replay:
     replay = _Replay()
     events = replay.events
+    delivered = replay.delivered
     for lineno, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():
             continue
@@ -306,12 +342,18 @@ def _parse(raw: bytes) -> _Replay:
                         next_attempt_at=float(record["next_attempt_at"]),
                     )
             elif op == "delivered":
-                for event_id in record["ids"]:
-                    events.pop(str(event_id), None)
+                for raw_id in record["ids"]:
+                    event_id = str(raw_id)
+                    events.pop(event_id, None)
+                    delivered.pop(event_id, None)  # re-inserted as the newest
+                    delivered[event_id] = None
             else:
                 raise ValueError(f"unknown op {op!r}")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             replay.corrupt.append((lineno, f"{type(exc).__name__}: {exc}"[:200]))
+    if len(delivered) > REMEMBERED_DELIVERED:
+        for old_id in list(delivered)[: len(delivered) - REMEMBERED_DELIVERED]:
+            del delivered[old_id]
     return replay
 
 
@@ -322,8 +364,8 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _reset_after_fork(ref: weakref.ref[Outbox]) -> None:
-    outbox = ref()
-    if outbox is not None:
-        # A lock held by a thread that does not exist in the child would never be released.
-        outbox._thread_lock = threading.Lock()
+def _reset_after_fork(outbox: Outbox) -> None:
+    """Fork safety: a fork waits for the write (or read) under way, whose ``flock`` the child
+    would otherwise inherit and keep (every process's writes then wait for the child to
+    exit); the child gets a fresh thread lock."""
+    hold_locks_across_fork(outbox, "_thread_lock")

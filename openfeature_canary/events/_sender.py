@@ -37,7 +37,10 @@ log = logging.getLogger("openfeature_canary.telemetry")
 class EventSink(Protocol):
     """Where a transition's event goes (:class:`TelemetrySender` is the durable one).
 
-    ``enqueue`` must return quickly and keep the event across a crash once it returns.
+    ``enqueue`` must return quickly and keep the event across a crash once it returns. The
+    pipeline gives every event an ``event_id`` derived from the transition it announces; a
+    sink that is handed the same ``event_id`` again should drop it (the durable
+    :class:`TelemetrySender` does), which makes a start-up reconciliation safe.
     """
 
     def enqueue(self, event_name: str, properties: Mapping[str, JsonScalar]) -> object: ...
@@ -160,18 +163,25 @@ class TelemetrySender:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout_s)
 
-    def enqueue(self, event_name: str, properties: Mapping[str, JsonScalar]) -> OutboxEvent:
+    def enqueue(self, event_name: str, properties: Mapping[str, JsonScalar]) -> OutboxEvent | None:
         """Queue an event durably, then wake the sender; return the queued event.
 
-        An ``event_id`` property (the outbox id) is added unless one is given, so that the
-        ingest can drop the duplicates that at-least-once delivery may produce. Raises
-        ``ValueError`` for a property that is not a JSON scalar and
-        :class:`~openfeature_canary.events._outbox.OutboxError` when the event could not be written.
+        The ``event_id`` property is the event's identity, so that the ingest can drop the
+        duplicates that at-least-once delivery may produce: when given (a non-empty string) it
+        is the outbox id, and an event whose id is pending or was delivered recently is not
+        queued again (``None`` is returned); when absent, a fresh uuid4 is used and added.
+        Raises ``ValueError`` for a property that is not a JSON scalar (or an ``event_id`` that
+        is not a non-empty string) and :class:`~openfeature_canary.events.OutboxError` when the
+        event could not be written.
         """
-        event = OutboxEvent.create(event_name, properties, now=self._clock())
-        if "event_id" not in event.properties:
+        given = properties.get("event_id")
+        if given is not None and (not isinstance(given, str) or not given):
+            raise ValueError(f"event {event_name}: event_id must be a non-empty string")
+        event = OutboxEvent.create(event_name, properties, now=self._clock(), event_id=given)
+        if given is None:
             event = replace(event, properties={**event.properties, "event_id": event.id})
-        self.outbox.enqueue(event)
+        if not self.outbox.enqueue(event):
+            return None
         self._wake.set()
         return event
 
@@ -195,13 +205,15 @@ class TelemetrySender:
             self._warn_no_client()
             return not self._pending_safely()
         if not self.running:
-            self._round(force=True)
+            # Each attempt gets only the time left, so a slow ingest cannot hold the caller
+            # (e.g. the CLI's 5 s flush) past its deadline.
+            self._round(force=True, deadline=deadline)
             while self._pending_safely():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 time.sleep(min(remaining, self._wait_s()))
-                self._round(force=False)
+                self._round(force=False, deadline=deadline)
             return True
         with self._progress:
             self._force = True
@@ -218,7 +230,7 @@ class TelemetrySender:
 
     # ------------------------------------------------------------------ internals
 
-    def _round(self, *, force: bool) -> int:
+    def _round(self, *, force: bool, deadline: float | None = None) -> int:
         with self._round_lock:
             if self.client is None:
                 self._warn_no_client()
@@ -234,17 +246,22 @@ class TelemetrySender:
             due = [e for e in pending if force or e.next_attempt_at <= now]
             delivered = 0
             for start in range(0, len(due), self.batch_size):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
                 batch = due[start : start + self.batch_size]
-                if not self._deliver(self.client, batch):
+                if not self._deliver(self.client, batch, left):
                     break
                 delivered += len(batch)
             return delivered
 
-    def _deliver(self, client: IngestClient, batch: list[OutboxEvent]) -> bool:
+    def _deliver(
+        self, client: IngestClient, batch: list[OutboxEvent], time_left: float | None = None
+    ) -> bool:
         # ``sent`` is counted once the outcome is known, together with ``accepted``: counted
         # before the POST, a scrape in between would see an in-flight batch as refused.
         try:
-            client.send(batch)
+            client.send(batch, timeout_s=time_left)
         except IngestError as exc:
             self.counters.sent(len(batch))
             attempts = max(e.attempts for e in batch) + 1

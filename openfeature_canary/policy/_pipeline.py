@@ -17,14 +17,23 @@ Steps 3 to 5 happen once per transition, in the process that made it; a process 
 another's change in the store runs steps 2 and 6. Everything a step needs is read from the
 persisted states and the decision log, so nothing decided before the write can leak into a
 later transition when a write loses its race.
+
+A process killed between steps 1 and 3 has persisted a transition whose event is in no outbox.
+The event is therefore a function of the persisted decision entry, with an id derived from it
+(:func:`event_id`), and :meth:`Pipeline.reconcile` (called when a process starts, after it
+reads the store) queues every event the recent decision logs imply that the outbox does not
+know. The outbox drops an id it has pending or delivered recently, and the ingest drops a
+repeated ``event_id``: each transition's event is delivered at least once, whoever queues it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from openfeature_canary._format import iso_utc
 from openfeature_canary.events import AbortRecord, EventSink, ReportSink, StageResult
@@ -32,11 +41,14 @@ from openfeature_canary.state import LogEntry, RolloutState, Status
 from openfeature_canary.stores import StateStore
 
 __all__ = [
+    "RECONCILE_WINDOW_S",
     "Pipeline",
     "RollbackCounter",
     "TransitionListener",
     "abort_record",
     "event_for",
+    "event_id",
+    "implied_events",
     "stage_result",
 ]
 
@@ -47,6 +59,11 @@ TransitionListener = Callable[[RolloutState, RolloutState], None]
 
 #: Decision-log actions that end the stage a flag was in.
 _STAGE_ENDS = frozenset({"advance", "complete", "rollback"})
+
+#: How far back (seconds of the rollout's clock) :meth:`Pipeline.reconcile` looks in the
+#: decision logs: a transition persisted by a process that died before queueing its event is
+#: announced by the next process that starts within this window.
+RECONCILE_WINDOW_S: Final = 7 * 86400.0
 
 
 class RollbackCounter(Protocol):
@@ -82,6 +99,57 @@ class Pipeline:
         self.store.save(new, expected_version=old.version)
         self.after_persist(old, new)
         return new
+
+    def reconcile(
+        self,
+        states: Iterable[RolloutState],
+        *,
+        now: float,
+        window_s: float = RECONCILE_WINDOW_S,
+    ) -> int:
+        """Queue the events that persisted transitions imply and the event sink does not have:
+        the events of a process that died between persisting a transition and queueing it.
+
+        Call it when a process starts, with the states it has just read from the store (the
+        provider does, in ``initialize``; a command-line tool may too). Every eventful decision
+        entry logged at or after ``now - window_s`` (the rollout's clock) is handed to the sink,
+        oldest first, with its :func:`event_id` and ``recovered: true``; the sink must drop an
+        ``event_id`` it has pending or delivered recently (the durable
+        :class:`~openfeature_canary.events.TelemetrySender` does, from the outbox's memory of the
+        last :data:`~openfeature_canary.events.REMEMBERED_DELIVERED` delivered ids), so a restart
+        does not announce old history again. Returns how many events were newly queued; a sink
+        that fails is logged, never raised (starting must not depend on the ingest's outbox).
+        """
+        events = self.events
+        if events is None:
+            return 0
+        since = now - window_s
+        implied = sorted(
+            (event for state in states for event in _implied(state, since)), key=lambda e: e[0]
+        )
+        queued: list[str] = []
+        for _at, name, props in implied:
+            try:
+                result = events.enqueue(name, {**props, "recovered": True})
+            except Exception as exc:  # the outbox cannot be written: the next start tries again
+                log.error(
+                    "openfeature-canary: cannot queue the %s event of %s found in the decision "
+                    "log: %s",
+                    name,
+                    props["flag"],
+                    exc,
+                )
+                continue
+            if result is not None:
+                queued.append(f"{name} of {props['flag']} at {props['at']}")
+        if queued:
+            log.warning(
+                "openfeature-canary: queued %d event(s) of persisted transitions that the outbox "
+                "did not have (a process died before queueing them, or the outbox is new): %s",
+                len(queued),
+                "; ".join(queued[:3]) + ("; …" if len(queued) > 3 else ""),
+            )
+        return len(queued)
 
     def after_persist(self, old: RolloutState, new: RolloutState, *, local: bool = True) -> None:
         """Steps 2 to 6 for a transition already persisted (or forced locally, see the
@@ -123,41 +191,147 @@ def _rolled_back(old: RolloutState, new: RolloutState) -> bool:
 # --------------------------------------------------------------------------- pure parts
 
 
+def event_id(flag_key: str, entry: LogEntry) -> str:
+    """The ``event_id`` of the event a decision entry announces (32 hex digits).
+
+    A digest of the flag key and the entry's time, action and reason: every process computes
+    the same id from the persisted entry, so the outbox and the ingest can drop a second
+    announcement of one transition. Two decisions of one flag at the same instant with the
+    same action and reason (possible only under a virtual clock) are one event.
+
+    >>> event_id("f", LogEntry(at=0.0, action="rollback", reason="p95_breach"))
+    '00819505a95e88f24105b2e9deb75db6'
+    """
+    key = json.dumps([flag_key, float(entry.at), entry.action, entry.reason])
+    return hashlib.sha256(key.encode("ascii")).hexdigest()[:32]
+
+
 def event_for(
     old: RolloutState, new: RolloutState, entry: LogEntry
 ) -> tuple[str, dict[str, Any]] | None:
-    """The telemetry event a transition announces (name, properties), or ``None``."""
+    """The telemetry event a transition announces (name, properties with its
+    :func:`event_id`), or ``None``."""
+    return _event(new.flag_key, entry, before=(old.percent, old.stage), after=new)
+
+
+def implied_events(
+    state: RolloutState, *, since: float = float("-inf")
+) -> list[tuple[str, dict[str, Any]]]:
+    """The events that the decision entries of ``state`` logged at or after ``since``
+    announce, oldest first: what :meth:`Pipeline.reconcile` queues.
+
+    The newest entry gives exactly the event :func:`event_for` gave when it was made (the
+    state after it is ``state``); an older one is rebuilt from the log (a percentage the log
+    no longer shows is ``None``). The ids are always the same.
+    """
+    return [(name, props) for _at, name, props in _implied(state, since)]
+
+
+def _implied(state: RolloutState, since: float) -> list[tuple[float, str, dict[str, Any]]]:
+    found = []
+    log_ = state.log
+    last = len(log_) - 1
+    for i, entry in enumerate(log_):
+        if entry.action not in _EVENTFUL or not entry.at >= since:
+            continue
+        event = _event(
+            state.flag_key,
+            entry,
+            before=_before(log_, i),
+            after=state if i == last else None,
+        )
+        if event is not None:
+            found.append((entry.at, *event))
+    return found
+
+
+#: Decision-log actions that may announce an event.
+_EVENTFUL = frozenset({"rollback", "advance", "start", "complete", "pause"})
+
+
+def _event(
+    flag_key: str,
+    entry: LogEntry,
+    *,
+    before: tuple[float | None, int | None],
+    after: RolloutState | None,
+) -> tuple[str, dict[str, Any]] | None:
+    """The event of ``entry``; ``before`` is the flag's (percent, stage) before it, ``after``
+    the state it led to (``None`` when only the log is known: the values come from it)."""
     n = entry.numbers
-    base: dict[str, Any] = {"flag": new.flag_key, "at": iso_utc(entry.at)}
-    if n.get("dry_run"):
+    dry = bool(n.get("dry_run"))
+    from_pct, from_stage = before
+    # Where the flag is after the entry: the state, or what the log says.
+    pct: float | None
+    stage: int | None
+    if after is not None:
+        pct, stage = after.percent, after.stage
+    elif entry.action in ("advance", "start"):  # a dry-run flag stays at 0 %
+        pct, stage = 0.0 if dry else _num(n.get("to_pct")), _int(n.get("to_stage"))
+    else:
+        pct, stage = from_pct, from_stage
+    base: dict[str, Any] = {"flag": flag_key, "at": iso_utc(entry.at)}
+    if dry:
         base["dry_run"] = True
-    if entry.action == "rollback" and (new.status is Status.ROLLED_BACK or n.get("dry_run")):
-        return "canary_rollback", {
-            "from_pct": _int_if_whole(old.percent),
-            "reason": entry.reason,
-            **base,
-            "stage": old.stage,
-            "value": n.get("value"),
-            "threshold": n.get("threshold"),
-        }
-    if entry.action in ("advance", "start"):
-        return "canary_stage_advanced", {
-            **base,
-            "from_pct": _int_if_whole(old.percent),
-            "to_pct": _int_if_whole(new.percent),
-            "stage": new.stage,
-            "reason": entry.reason,
-        }
-    if entry.action == "complete":
-        return "canary_completed", {**base, "pct": _int_if_whole(new.percent), "stage": new.stage}
-    if entry.action == "pause" and new.status is Status.PAUSED:
-        return "canary_paused", {
-            **base,
-            "pct": _int_if_whole(new.percent),
-            "stage": new.stage,
-            "reason": entry.reason,
-        }
-    return None
+    props: dict[str, Any]
+    if entry.action == "rollback":
+        if after is not None and after.status is not Status.ROLLED_BACK and not dry:
+            return None
+        name = "canary_rollback"
+        props = {"from_pct": _pct(from_pct), "reason": entry.reason, **base, "stage": from_stage}
+        props.update(value=n.get("value"), threshold=n.get("threshold"))
+    elif entry.action in ("advance", "start"):
+        name = "canary_stage_advanced"
+        props = {**base, "from_pct": _pct(from_pct), "to_pct": _pct(pct), "stage": stage}
+        props["reason"] = entry.reason
+    elif entry.action == "complete":
+        name = "canary_completed"
+        props = {**base, "pct": _pct(pct), "stage": stage}
+    elif entry.action == "pause" and (after is None or after.status is Status.PAUSED):
+        name = "canary_paused"
+        props = {**base, "pct": _pct(pct), "stage": stage, "reason": entry.reason}
+    else:
+        return None
+    props["event_id"] = event_id(flag_key, entry)
+    return name, props
+
+
+def _before(log_: tuple[LogEntry, ...], i: int) -> tuple[float | None, int | None]:
+    """The flag's (percent, stage) just before ``log_[i]``, as far as the log shows."""
+    n = log_[i].numbers
+    if log_[i].action == "start":
+        return 0.0, 0
+    pct: float | None = None
+    stage: int | None = None
+    for entry in reversed(log_[:i]):
+        action, m = entry.action, entry.numbers
+        if action in ("start", "advance"):
+            pct, stage = 0.0 if m.get("dry_run") else _num(m.get("to_pct")), _int(m.get("to_stage"))
+            break
+        if action == "reset" or (action == "rollback" and not m.get("dry_run")):
+            pct, stage = 0.0, 0
+            break
+    # What the entry itself logs about where it started wins (a rollback logs both).
+    logged_pct, logged_stage = _num(n.get("from_pct")), _int(n.get("from_stage"))
+    return (
+        pct if logged_pct is None else logged_pct,
+        stage if logged_stage is None else logged_stage,
+    )
+
+
+def _num(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _int(value: object) -> int | None:
+    number = _num(value)
+    return None if number is None or not number.is_integer() else int(number)
+
+
+def _pct(x: float | None) -> float | int | None:
+    return None if x is None else _int_if_whole(x)
 
 
 def stage_result(old: RolloutState, new: RolloutState, entry: LogEntry) -> StageResult | None:

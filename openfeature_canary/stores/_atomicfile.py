@@ -3,15 +3,29 @@
 Write to a temporary file in the same folder, ``fsync`` it, rename it over the target
 (atomic on POSIX), then ``fsync`` the folder so the rename itself survives a power cut: a
 reader sees the old file or the new one, never half of either.
+
+A writer killed half-way leaves its temporary file (``<name>.XXXXXXXX.tmp``) behind; the next
+write of the same target removes those older than :data:`STALE_TMP_S` (a younger one may be a
+live concurrent writer's, and is left alone).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
+from typing import Final
 
-__all__ = ["atomic_write_text", "current_umask", "fsync_dir"]
+__all__ = ["STALE_TMP_S", "atomic_write_text", "current_umask", "fsync_dir"]
+
+#: A temporary file of a target untouched for this long (seconds) belongs to a killed writer.
+STALE_TMP_S: Final = 10.0
+
+# mkstemp's random part: 8 characters of this alphabet (tempfile._RandomNameSequence).
+_TMP_PART: Final = r"\.[a-z0-9_]{8}\.tmp"
 
 
 def current_umask() -> int:
@@ -64,4 +78,24 @@ def atomic_write_text(path: Path, text: str, *, mode: int | None = None) -> None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _remove_stale_temps(path)
     fsync_dir(path.parent)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove the temporary files a killed writer of ``path`` left, when older than
+    :data:`STALE_TMP_S`; only names of exactly that target's pattern. Best effort."""
+    pattern = re.compile(re.escape(path.name) + _TMP_PART)
+    cutoff = time.time() - STALE_TMP_S
+    try:
+        with os.scandir(path.parent) as entries:
+            candidates = [e for e in entries if pattern.fullmatch(e.name)]
+    except OSError:
+        return
+    for entry in candidates:
+        # A file that vanished meanwhile was another writer's, renamed or cleaned by it.
+        with contextlib.suppress(OSError):
+            if entry.is_file(follow_symlinks=False) and (
+                entry.stat(follow_symlinks=False).st_mtime < cutoff
+            ):
+                os.unlink(entry.path)
