@@ -13,7 +13,30 @@ from typing import Any, NoReturn, cast
 from openfeature_canary._format import parse_duration
 from openfeature_canary.errors import PlanError
 
-__all__ = ["Reader"]
+__all__ = ["Reader", "show", "show_key"]
+
+_SHOW_MAX = 60
+
+
+def show(value: Any) -> str:
+    """A value inside a message: short, on one line (``repr`` of a scalar, truncated; a
+    table or an array by its kind), whatever the input holds."""
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    try:
+        text = repr(value)
+    except ValueError:  # an integer beyond Python's digits limit
+        return "a very large integer"
+    return text if len(text) <= _SHOW_MAX else text[: _SHOW_MAX - 1] + "…"
+
+
+def show_key(key: Any) -> str:
+    """A key inside a path: as written when it is short printable text, else quoted."""
+    if isinstance(key, str) and key.isprintable() and len(key) <= _SHOW_MAX:
+        return key
+    return show(key)
 
 
 class Reader:
@@ -35,11 +58,12 @@ class Reader:
         if not isinstance(data, Mapping):
             self.fail(path or "<top>", f"must be a table, got {type(data).__name__}")
         table = cast(Mapping[str, Any], data)
-        if allowed is not None:
-            for key in table:
-                if key not in allowed:
-                    where = f"{path}.{key}" if path else str(key)
-                    self.fail(where, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        for key in table:
+            if not isinstance(key, str):
+                self.fail(path or "<top>", f"keys must be strings, got {show(key)}")
+            if allowed is not None and key not in allowed:
+                where = _join(path, show_key(key))
+                self.fail(where, f"unknown key (allowed: {', '.join(sorted(allowed))})")
         return table
 
     def array(self, data: Any, path: str, *, required: bool = False) -> Sequence[Any]:
@@ -67,22 +91,26 @@ class Reader:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             self.fail(_join(path, key), f"must be a number, got {type(value).__name__}")
-        if not math.isfinite(value):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer too large for a float
+            number = math.inf
+        if not math.isfinite(number):
             self.fail(_join(path, key), "must be a finite number")
-        return float(value)
+        return number
 
     def int_(self, t: Mapping[str, Any], path: str, key: str, default: int, *, minimum: int) -> int:
         value = t.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int):
             self.fail(_join(path, key), f"must be an integer, got {type(value).__name__}")
         if value < minimum:
-            self.fail(_join(path, key), f"must be >= {minimum}, got {value}")
+            self.fail(_join(path, key), f"must be >= {minimum}, got {show(value)}")
         return int(value)
 
     def bool_(self, t: Mapping[str, Any], path: str, key: str, default: bool) -> bool:
         value = t.get(key, default)
         if not isinstance(value, bool):
-            self.fail(_join(path, key), f"must be true or false, got {value!r}")
+            self.fail(_join(path, key), f"must be true or false, got {show(value)}")
         return bool(value)
 
     def choice(
@@ -90,13 +118,19 @@ class Reader:
     ) -> Any:
         value = t.get(key, default)
         if value not in options:
-            self.fail(_join(path, key), f"must be one of {', '.join(options)}, got {value!r}")
+            self.fail(_join(path, key), f"must be one of {', '.join(options)}, got {show(value)}")
         return value
 
     def duration(self, t: Mapping[str, Any], path: str, key: str, default: str | None) -> float:
         value = t.get(key, default)
         if value is None:
             self.fail(_join(path, key), "is required")
+        if not isinstance(value, str):
+            self.fail(
+                _join(path, key), f"expected a duration string such as '10m', got {show(value)}"
+            )
+        if len(value) > _SHOW_MAX:  # also keeps every duration finite
+            self.fail(_join(path, key), f"malformed duration {show(value)}: too long")
         try:
             seconds = parse_duration(value)
         except ValueError as exc:

@@ -19,8 +19,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
-from openfeature_canary._plan_reader import Reader
-from openfeature_canary.bucketing import SCHEMES
+from openfeature_canary._plan_reader import Reader, show, show_key
+from openfeature_canary.bucketing import SCHEMES, percent_to_basis_points
 from openfeature_canary.errors import PlanError, UnknownFlagError
 from openfeature_canary.signals._names import KNOWN_SIGNALS, MS_SIGNALS, RATE_SIGNALS
 
@@ -50,6 +50,9 @@ OnError = Literal["rollback", "ignore"]
 
 OPERATORS: Final[tuple[Operator, ...]] = ("above", "at_least", "below", "at_most")
 DEFAULT_MIN_SAMPLES: Final = 60
+#: The smallest stage percentage: traffic is split in basis points (0.01 %), so a smaller
+#: share would serve 0 %.
+MIN_PERCENT: Final = 0.01
 
 
 @dataclass(frozen=True)
@@ -219,18 +222,68 @@ def load_plan(path: str | Path) -> RolloutPlan:
         raise PlanError("plan file not found", source=source) from None
     except OSError as exc:
         raise PlanError(f"cannot read plan file: {exc.strerror}", source=source) from exc
+    except ValueError as exc:  # a NUL byte in the path
+        raise PlanError(f"cannot read plan file: {exc}", source=repr(source)) from exc
+    repeated: list[bool] = []
     try:
+        text = raw.decode("utf-8")
         if p.suffix.lower() == ".json":
-            data = json.loads(raw.decode("utf-8"))
+            data = json.loads(text, object_pairs_hook=lambda pairs: _json_object(pairs, repeated))
         else:
-            data = tomllib.loads(raw.decode("utf-8"))
+            data = tomllib.loads(text)
     except UnicodeDecodeError as exc:
         raise PlanError("not UTF-8 text", source=source) from exc
+    except RecursionError:
+        raise PlanError("nested too deeply to be a plan", source=source) from None
     except tomllib.TOMLDecodeError as exc:
         raise PlanError(f"malformed TOML: {exc}", source=source) from exc
-    except json.JSONDecodeError as exc:
-        raise PlanError(f"malformed JSON: {exc}", source=source) from exc
+    except ValueError as exc:  # JSONDecodeError; an integer beyond Python's digits limit
+        kind = "JSON" if p.suffix.lower() == ".json" else "TOML"
+        raise PlanError(f"malformed {kind}: {exc}", source=source) from exc
+    if repeated:
+        _fail_on_repeated_key(data, source)
     return parse_plan(data, source=source)
+
+
+class _Repeated(dict[str, Any]):
+    """A decoded JSON object in which a key was given more than once (the first such key)."""
+
+    repeated: str = ""
+
+
+def _json_object(pairs: list[tuple[str, Any]], repeated: list[bool]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    marked = _Repeated(obj)
+    for key, _ in pairs:
+        if key in seen:
+            marked.repeated = key
+            break
+        seen.add(key)
+    repeated.append(True)
+    return marked
+
+
+def _fail_on_repeated_key(data: Any, source: str) -> None:
+    """JSON keeps the last of two equal keys silently (TOML refuses them): name the first
+    one, in document order, with its path."""
+    todo: list[tuple[str, Any]] = [("", data)]
+    while todo:
+        path, value = todo.pop()
+        if isinstance(value, _Repeated):
+            where = f"{path}.{show_key(value.repeated)}" if path else show_key(value.repeated)
+            raise PlanError(
+                "given twice (JSON would keep only the last one)", path=where, source=source
+            )
+        if isinstance(value, dict):
+            todo.extend(
+                (f"{path}.{show_key(k)}" if path else show_key(k), v)
+                for k, v in reversed(value.items())
+            )
+        elif isinstance(value, list):
+            todo.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(value))))
 
 
 def parse_plan(data: Mapping[str, Any], *, source: str = "<plan>") -> RolloutPlan:
@@ -243,6 +296,8 @@ def parse_plan(data: Mapping[str, Any], *, source: str = "<plan>") -> RolloutPla
     flags = {key: _flag(r, key, value) for key, value in flags_data.items()}
     _check_after(r, flags)
     store = r.opt_str(top, "", "store")
+    if store is not None and not store.strip():
+        r.fail("store", "must be a store URL such as file:///var/lib/canary/state.json, got ''")
     signals = _signals(r, top.get("signals"))
     return RolloutPlan(
         flags=MappingProxyType(flags),
@@ -255,7 +310,9 @@ def parse_plan(data: Mapping[str, Any], *, source: str = "<plan>") -> RolloutPla
 
 
 def _flag(r: Reader, key: str, data: Any) -> FlagPlan:
-    path = f"flags.{key}"
+    path = f"flags.{show_key(key)}"
+    if not key.isprintable():
+        r.fail(path, "flag key must be printable text (no control characters)")
     t = r.table(
         data,
         path,
@@ -293,7 +350,7 @@ def _flag(r: Reader, key: str, data: Any) -> FlagPlan:
     for i, tr in enumerate(r.array(t.get("triggers"), f"{path}.triggers")):
         trigger = _trigger(r, f"{path}.triggers[{i}]", tr)
         if any(x.name == trigger.name for x in triggers):
-            r.fail(f"{path}.triggers[{i}].name", f"duplicate trigger name {trigger.name!r}")
+            r.fail(f"{path}.triggers[{i}].name", f"duplicate trigger name {show(trigger.name)}")
         triggers.append(trigger)
     scheme = r.choice(t, path, "scheme", SCHEMES, "flagd")
     bucket_by = r.opt_str(t, path, "bucket_by")
@@ -340,8 +397,20 @@ def _stage(
     assert percent is not None
     if not 0 < percent <= 100:
         r.fail(f"{path}.percent", f"must be in (0, 100], got {_num(percent)}")
+    if percent < MIN_PERCENT:
+        r.fail(
+            f"{path}.percent",
+            f"must be at least {MIN_PERCENT} (one basis point, the bucketing resolution: a "
+            f"smaller share would serve 0 %), got {_num(percent)}",
+        )
     if prev is not None and percent <= prev:
         r.fail(f"{path}.percent", f"must be greater than the previous stage ({_num(prev)})")
+    if prev is not None and percent_to_basis_points(percent) <= percent_to_basis_points(prev):
+        r.fail(
+            f"{path}.percent",
+            f"must be at least 0.01 greater than the previous stage ({_num(prev)}): traffic is "
+            f"split in basis points (0.01 %), so {_num(percent)} would serve the same share",
+        )
     duration = r.duration(t, path, "duration", None)
     window = r.duration(t, path, "window", None) if "window" in t else duration
     if window > duration:
@@ -420,7 +489,7 @@ def _telemetry(r: Reader, data: Any) -> TelemetryConfig:
     if url and url_env:
         r.fail("telemetry", "give either url or url_env, not both")
     if url is not None and not url.startswith(("http://", "https://")):
-        r.fail("telemetry.url", f"must start with http:// or https://, got {url!r}")
+        r.fail("telemetry.url", f"must start with http:// or https://, got {show(url)}")
     return TelemetryConfig(
         app=r.opt_str(t, "telemetry", "app") or "openfeature_canary",
         url=url,
@@ -443,7 +512,7 @@ def _signals(r: Reader, data: Any) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, query in t.items():
         if name not in KNOWN_SIGNALS:
-            r.fail(f"signals.{name}", "unknown signal")
+            r.fail(f"signals.{show_key(name)}", "unknown signal")
         if not isinstance(query, str) or not query.strip():
             r.fail(f"signals.{name}", "must be a non-empty PromQL string")
         out[name] = query
@@ -454,7 +523,7 @@ def _check_after(r: Reader, flags: Mapping[str, FlagPlan]) -> None:
     # Every name first: the cycle walk below may then follow any chain without a KeyError.
     for key, flag in flags.items():
         if flag.after is not None and flag.after not in flags:
-            r.fail(f"flags.{key}.after", f"names an unknown flag {flag.after!r}")
+            r.fail(f"flags.{show_key(key)}.after", f"names an unknown flag {show(flag.after)}")
     for key, flag in flags.items():
         if flag.after is None:
             continue
@@ -463,7 +532,7 @@ def _check_after(r: Reader, flags: Mapping[str, FlagPlan]) -> None:
         while cur is not None:
             if cur in seen:
                 cycle = " -> ".join([*seen, cur])
-                r.fail(f"flags.{key}.after", f"forms a cycle ({cycle})")
+                r.fail(f"flags.{show_key(key)}.after", f"forms a cycle ({cycle})")
             seen.append(cur)
             cur = flags[cur].after
 

@@ -1,15 +1,36 @@
-"""The rollout state of one flag: an immutable, versioned record with its decision log."""
+"""The rollout state of one flag: an immutable, versioned record with its decision log.
+
+A state read back from a store is validated like the plan: :meth:`RolloutState.from_dict`
+raises :class:`~openfeature_canary.errors.StateStoreError` naming the field and the rule
+(``flags.x.percent: must be a number in [0, 100], got 500``), and
+:func:`check_state_against_plan` checks what only the plan knows (the stage exists).
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from types import MappingProxyType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
-__all__ = ["LOG_LIMIT", "LogEntry", "RolloutState", "Status", "Verdict", "WindowRecord"]
+from openfeature_canary.errors import StateStoreError
+
+if TYPE_CHECKING:
+    from openfeature_canary.plan import FlagPlan
+
+__all__ = [
+    "LOG_LIMIT",
+    "LogEntry",
+    "RolloutState",
+    "Status",
+    "Verdict",
+    "WindowRecord",
+    "check_state_against_plan",
+]
 
 if sys.version_info >= (3, 11):
     from enum import StrEnum
@@ -58,14 +79,26 @@ class LogEntry:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> LogEntry:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            at=float(data["at"]),
-            action=str(data["action"]),
-            reason=str(data.get("reason", "")),
-            numbers=MappingProxyType(dict(data.get("numbers", {}))),
-        )
+    def from_dict(cls, data: Any, *, path: str = "") -> LogEntry:
+        """Inverse of :meth:`to_dict`; :class:`StateStoreError` naming ``path`` and the field
+        when ``data`` is not a log entry (``numbers`` are evidence: any number, a string or
+        null)."""
+        t = _object(data, path)
+        numbers = _object(t.get("numbers", {}), _join(path, "numbers"))
+        for key, value in numbers.items():
+            if type(value) not in _SCALARS and not isinstance(value, (int, float, str)):
+                _bad(
+                    f"{_join(path, 'numbers')}.{_show_key(key)}",
+                    f"must be a number, a string or null, got {_show(value)}",
+                )
+        at, action, reason = t.get("at"), t.get("action"), t.get("reason", "")
+        if not (type(at) is float and math.isfinite(at)):  # the common case first: it is
+            at = _finite(t, path, "at")  # the store's hot path (50 entries a flag)
+        if type(action) is not str:
+            action = _text(t, path, "action")
+        if type(reason) is not str:
+            reason = _text(t, path, "reason", "")
+        return cls(at=at, action=action, reason=reason, numbers=MappingProxyType(dict(numbers)))
 
 
 class Verdict(StrEnum):
@@ -103,18 +136,19 @@ class WindowRecord:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> WindowRecord:
-        """Inverse of :meth:`to_dict`."""
-        p95, rate = data.get("p95_ms"), data.get("error_rate")
+    def from_dict(cls, data: Any, *, path: str = "") -> WindowRecord:
+        """Inverse of :meth:`to_dict`; :class:`StateStoreError` naming ``path`` and the field
+        when ``data`` is not a window record."""
+        t = _object(data, path)
         return cls(
-            index=int(data["index"]),
-            start=float(data["start"]),
-            end=float(data["end"]),
-            verdict=Verdict(data["verdict"]),
-            n=int(data["n"]),
-            p95_ms=None if p95 is None else float(p95),
-            error_rate=None if rate is None else float(rate),
-            reason=str(data.get("reason", "")),
+            index=_integer(t, path, "index"),
+            start=_finite(t, path, "start"),
+            end=_finite(t, path, "end"),
+            verdict=Verdict(_choice(t, path, "verdict", Verdict)),
+            n=_integer(t, path, "n"),
+            p95_ms=_evidence(t, path, "p95_ms"),
+            error_rate=_evidence(t, path, "error_rate"),
+            reason=_text(t, path, "reason", ""),
         )
 
 
@@ -167,17 +201,196 @@ class RolloutState:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RolloutState:
-        """Inverse of :meth:`to_dict`; raises ``ValueError``/``KeyError`` on malformed data."""
+    def from_dict(cls, data: Any, *, path: str = "") -> RolloutState:
+        """Inverse of :meth:`to_dict`, validated: :class:`StateStoreError` naming ``path``
+        (e.g. ``flags.x``), the field and the rule when ``data`` is not a state this engine
+        could have written.
+
+        The rules: ``status`` one of :class:`Status`; ``percent`` a number in [0, 100];
+        ``stage`` and ``version`` integers ≥ 0; ``since`` and every time finite; ``stage`` and
+        ``percent`` 0 while pending or rolled back, ``stage`` ≥ 1 otherwise; ``log`` and
+        ``windows`` arrays of well-formed entries; ``requested`` empty or ``"start"``. Keys
+        it does not know are ignored. What only the plan knows (that the stage exists) is
+        :func:`check_state_against_plan`. Example message, for ``path="flags.f"``:
+        ``flags.f.percent: must be a number in [0, 100], got 500``.
+        """
+        t = _object(data, path)
+        status = Status(_choice(t, path, "status", Status))
+        stage = _integer(t, path, "stage")
+        percent = _percent(t, path)
+        if status in (Status.PENDING, Status.ROLLED_BACK):
+            if stage != 0:
+                _bad(_join(path, "stage"), f"must be 0 while {status.value}, got {stage}")
+            if percent != 0:
+                _bad(
+                    _join(path, "percent"), f"must be 0 while {status.value}, got {_show(percent)}"
+                )
+        elif stage < 1:
+            _bad(_join(path, "stage"), f"must be at least 1 while {status.value}, got {stage}")
+        requested = _text(t, path, "requested", "")
+        if requested not in _REQUESTS:
+            _bad(_join(path, "requested"), f"must be empty or 'start', got {_show(requested)}")
         return cls(
-            flag_key=str(data["flag_key"]),
-            status=Status(data["status"]),
-            stage=int(data["stage"]),
-            percent=float(data["percent"]),
-            since=float(data["since"]),
-            reason=str(data.get("reason", "")),
-            version=int(data["version"]),
-            log=tuple(LogEntry.from_dict(e) for e in data.get("log", ())),
-            windows=tuple(WindowRecord.from_dict(w) for w in data.get("windows", ())),
-            requested=str(data.get("requested", "")),
+            flag_key=_text(t, path, "flag_key"),
+            status=status,
+            stage=stage,
+            percent=percent,
+            since=_finite(t, path, "since"),
+            reason=_text(t, path, "reason", ""),
+            version=_integer(t, path, "version"),
+            log=tuple(
+                LogEntry.from_dict(e, path=f"{_join(path, 'log')}[{i}]")
+                for i, e in enumerate(_array(t, path, "log"))
+            ),
+            windows=tuple(
+                WindowRecord.from_dict(w, path=f"{_join(path, 'windows')}[{i}]")
+                for i, w in enumerate(_array(t, path, "windows"))
+            ),
+            requested=requested,
         )
+
+
+def check_state_against_plan(flag: FlagPlan, state: RolloutState, *, source: str = "") -> None:
+    """Raise :class:`StateStoreError` when a stored ``state`` does not fit ``flag``'s plan.
+
+    Call it where a state read from a store meets the plan (a store does not know the
+    plan): the state must be this flag's, and its stage one of the plan's (0..N). A stage
+    beyond the plan (the plan lost stages while the flag was running) would otherwise serve a
+    percentage the plan no longer has. ``source`` (the store URL) starts the message, e.g.
+    ``file:///var/lib/canary/state.json: state does not fit the plan: flags.f.stage: must be
+    in 0..4 (the plan's stages), got 99``.
+
+    >>> from openfeature_canary.plan import FlagPlan, Stage
+    >>> flag = FlagPlan("f", (Stage(5, 60, 60), Stage(100, 60, 60)))
+    >>> check_state_against_plan(flag, RolloutState("f", Status.RUNNING, 2, 100.0, 0.0))
+    """
+    where = f"flags.{_show_key(flag.key)}"
+    prefix = f"{source}: " if source else ""
+    if state.flag_key != flag.key:
+        raise StateStoreError(
+            f"{prefix}state does not fit the plan: {where}.flag_key: must be "
+            f"{_show(flag.key)}, got {_show(state.flag_key)}"
+        )
+    if not 0 <= state.stage <= len(flag.stages):
+        raise StateStoreError(
+            f"{prefix}state does not fit the plan: {where}.stage: must be in "
+            f"0..{len(flag.stages)} (the plan's stages), got {state.stage}"
+        )
+
+
+# --------------------------------------------------------------------------- validation
+
+_REQUESTS: Final = ("", "start")
+_SCALARS: Final = frozenset({int, float, str, bool, type(None)})
+_ABSENT: Final[Any] = object()
+_SHOW_MAX: Final = 40
+
+
+def _bad(path: str, message: str) -> NoReturn:
+    raise StateStoreError(f"{path}: {message}" if path else message)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _show(value: Any) -> str:
+    """A value as it would read in JSON, on one line and short; containers by their kind."""
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):  # an int beyond the digits limit, an unknown type
+        return type(value).__name__
+    return text if len(text) <= _SHOW_MAX else text[: _SHOW_MAX - 1] + "…"
+
+
+def _show_key(key: Any) -> str:
+    """A key inside a path: as is when it is short printable text, else quoted."""
+    if isinstance(key, str) and key.isprintable() and len(key) <= _SHOW_MAX:
+        return key
+    return _show(key)
+
+
+def _object(data: Any, path: str) -> Mapping[str, Any]:
+    if type(data) is not dict and not isinstance(data, Mapping):
+        _bad(path, f"must be an object, got {_show(data)}")
+    return data
+
+
+def _value(t: Mapping[str, Any], path: str, key: str, default: Any) -> Any:
+    if key in t:
+        return t[key]
+    if default is _ABSENT:
+        _bad(_join(path, key), "is required")
+    return default
+
+
+def _text(t: Mapping[str, Any], path: str, key: str, default: Any = _ABSENT) -> str:
+    value = _value(t, path, key, default)
+    if not isinstance(value, str):
+        _bad(_join(path, key), f"must be a string, got {_show(value)}")
+    return value
+
+
+def _choice(t: Mapping[str, Any], path: str, key: str, options: type[StrEnum]) -> str:
+    value = _value(t, path, key, _ABSENT)
+    names = [o.value for o in options]
+    if not isinstance(value, str) or value not in names:
+        _bad(_join(path, key), f"must be one of {', '.join(names)}, got {_show(value)}")
+    return value
+
+
+def _integer(t: Mapping[str, Any], path: str, key: str) -> int:
+    value = _value(t, path, key, _ABSENT)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        _bad(_join(path, key), f"must be an integer >= 0, got {_show(value)}")
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _finite(t: Mapping[str, Any], path: str, key: str) -> float:
+    """A time or a duration: a finite number."""
+    value = _value(t, path, key, _ABSENT)
+    if not _is_number(value) or not _finite_float(value):
+        _bad(_join(path, key), f"must be a finite number, got {_show(value)}")
+    return float(value)
+
+
+def _finite_float(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _percent(t: Mapping[str, Any], path: str) -> float:
+    value = _value(t, path, "percent", _ABSENT)
+    if not _is_number(value) or not _finite_float(value) or not 0 <= value <= 100:
+        _bad(_join(path, "percent"), f"must be a number in [0, 100], got {_show(value)}")
+    return float(value)
+
+
+def _evidence(t: Mapping[str, Any], path: str, key: str) -> float | None:
+    """A measured value: a number (non-finite allowed: it is shown, never acted on) or null."""
+    value = t.get(key)
+    if value is None:
+        return None
+    if not _is_number(value):
+        _bad(_join(path, key), f"must be a number or null, got {_show(value)}")
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _array(t: Mapping[str, Any], path: str, key: str) -> list[Any]:
+    value = t.get(key, [])
+    if not isinstance(value, list):
+        _bad(_join(path, key), f"must be an array, got {_show(value)}")
+    return value

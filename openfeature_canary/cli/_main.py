@@ -255,6 +255,8 @@ def _load(args: argparse.Namespace) -> RolloutPlan:
 
 def _store_url(args: argparse.Namespace, plan: RolloutPlan) -> str:
     url: str | None = getattr(args, "store", None)
+    if url == "":
+        raise UsageError("--store is empty: give --store file:///path/state.json")
     if url is None:
         url = plan.store
     if not url:
@@ -306,6 +308,11 @@ def _open(
         rollout.load()
     except StateStoreError as exc:
         raise UsageError(str(exc)) from exc
+    if sender is not None:
+        # Events a killed process persisted but never queued go out with this command's.
+        rollout.pipeline.reconcile(
+            [c.state for c in rollout.controllers()], now=rollout.clock.now()
+        )
     return rollout, sender
 
 

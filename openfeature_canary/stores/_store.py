@@ -21,9 +21,9 @@ from typing import Any, Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
 
 from openfeature_canary.errors import StaleStateError, StateStoreError
-from openfeature_canary.state import RolloutState
+from openfeature_canary.state import RolloutState, _show, _show_key
 from openfeature_canary.stores._atomicfile import atomic_write_text
-from openfeature_canary.stores._forksafe import renew_locks_after_fork
+from openfeature_canary.stores._forksafe import hold_locks_across_fork
 
 __all__ = ["FileStateStore", "MemoryStateStore", "StateStore", "open_store"]
 
@@ -74,7 +74,7 @@ class MemoryStateStore:
         self.url = "memory://"
         self._states: dict[str, RolloutState] = {}
         self._lock = threading.Lock()
-        renew_locks_after_fork(self, "_lock")
+        hold_locks_across_fork(self, "_lock")
         self._changes = 0
 
     def load(self, flag_key: str) -> RolloutState | None:
@@ -120,7 +120,8 @@ class FileStateStore:
         self.url = f"file://{self.path}"
         self._lock_path = self.path.with_name(self.path.name + ".lock")
         self._thread_lock = threading.Lock()
-        renew_locks_after_fork(self, "_thread_lock")
+        # A fork waits for the write under way: a child must not inherit its flock.
+        hold_locks_across_fork(self, "_thread_lock")
         self._parsed: tuple[bytes, dict[str, RolloutState]] | None = None
 
     def _read(self) -> dict[str, RolloutState]:
@@ -134,6 +135,8 @@ class FileStateStore:
             return {}
         except OSError as exc:
             raise StateStoreError(f"{self.url}: cannot read: {exc.strerror or exc}") from exc
+        except ValueError as exc:  # a NUL byte in a path given directly (not via open_store)
+            raise StateStoreError(f"{self.url!r}: cannot read: {exc}") from exc
         cached = self._parsed
         if cached is not None and cached[0] == raw:
             return cached[1]
@@ -199,18 +202,63 @@ class FileStateStore:
 
 
 def _parse_states(url: str, raw: bytes) -> dict[str, RolloutState]:
+    """The states of a state file's bytes, validated; :class:`StateStoreError` naming the
+    store and, for a bad value, the flag and the field (``flags.x.percent: must be …``)."""
+
+    def corrupt(detail: str) -> StateStoreError:
+        return StateStoreError(f"{url}: corrupt state file: {detail}")
+
     try:
-        data = json.loads(raw.decode("utf-8"))
-        if not isinstance(data, dict) or data.get("format") != _FORMAT:
-            found = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise ValueError(f"unsupported format {found!r}")
-        flags = data["flags"]
-        if not isinstance(flags, dict):
-            raise ValueError("'flags' is not an object")
-        return {k: RolloutState.from_dict(v) for k, v in flags.items()}
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
-        # UnicodeDecodeError is a ValueError: a non-UTF-8 file gets this one line too.
-        raise StateStoreError(f"{url}: corrupt state file: {exc}") from exc
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        byte = f"0x{raw[exc.start]:02x}"
+        raise corrupt(f"not UTF-8 text (byte {byte} at offset {exc.start})") from exc
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise corrupt("nested too deeply to be a state file") from None
+    except ValueError as exc:  # JSONDecodeError, a duplicate key, an integer beyond the limit
+        raise corrupt(f"not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise corrupt(f"expected a JSON object, got {_json_kind(data)}")
+    found = data.get("format")
+    if type(found) is not int or found != _FORMAT:
+        raise corrupt(f"unsupported format {_show(found)}" if "format" in data else "no 'format'")
+    flags = data.get("flags")
+    if not isinstance(flags, dict):
+        raise corrupt("'flags' is not an object" if "flags" in data else "no 'flags'")
+    states: dict[str, RolloutState] = {}
+    try:
+        for key, entry in flags.items():
+            path = f"flags.{_show_key(key)}"
+            state = RolloutState.from_dict(entry, path=path)
+            if state.flag_key != key:
+                raise StateStoreError(
+                    f"{path}.flag_key: must be its entry's key {_show(key)}, got "
+                    f"{_show(state.flag_key)}"
+                )
+            states[key] = state
+    except StateStoreError as exc:
+        raise corrupt(str(exc)) from exc
+    return states
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """JSON objects without repeated keys (``json`` would keep the last one silently)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {_show(key)}")
+            seen.add(key)
+    return obj
+
+
+def _json_kind(data: object) -> str:
+    return {list: "an array", str: "a string", type(None): "null", bool: "a boolean"}.get(
+        type(data), "a number"
+    )
 
 
 def _apply(
@@ -242,6 +290,10 @@ def open_store(url: str) -> StateStore:
 
     Raises :class:`StateStoreError` naming the URL when it is not understood.
     """
+    if not url.strip():
+        raise StateStoreError(
+            f"store URL {url!r} is empty: give memory:// or file:///path/state.json"
+        )
     parsed = urlparse(url)
     if parsed.scheme == "memory":
         return MemoryStateStore()
@@ -249,6 +301,11 @@ def open_store(url: str) -> StateStore:
         if parsed.netloc not in ("", "localhost"):
             raise StateStoreError(f"store URL {url!r}: file URLs need an absolute path (file:///…)")
         path = unquote(parsed.path)
+        if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in path):
+            raise StateStoreError(
+                f"store URL {url!r}: a file path cannot contain control characters "
+                "(a NUL byte %00, a newline %0A, …)"
+            )
         if not path.startswith("/"):
             # A relative path would follow each worker's current folder and split the state.
             raise StateStoreError(f"store URL {url!r}: file URLs need an absolute path (file:///…)")
