@@ -55,6 +55,8 @@ from typing import Any, Final, Protocol, TypeVar
 from opentelemetry.metrics import Counter, Histogram, MeterProvider, get_meter_provider
 from opentelemetry.util.types import AttributeValue
 
+from openfeature_canary.stores._forksafe import renew_locks_after_fork
+
 __all__ = [
     "DEFAULT_LATENCY_BOUNDS_S",
     "EVENT_LOOP_LAG_NAME",
@@ -215,6 +217,7 @@ class _InstrumentCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        renew_locks_after_fork(self, "_lock")
         self._by_provider: weakref.WeakKeyDictionary[MeterProvider, _Instruments] = (
             weakref.WeakKeyDictionary()
         )

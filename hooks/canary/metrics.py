@@ -20,17 +20,19 @@ for the holder (or the next collection) to fold. A collection reads the total an
 shards under that lock, so a thread ending meanwhile is counted once, live or folded.
 
 In a child process forked from a threaded one, only the forking thread exists: the other
-threads' shards are folded at the fork (their evaluations in flight then never finish there),
-and the fork waits for a collection under way to end, so no fold is left half done.
+threads' shards are folded at the fork (their evaluations in flight then never finish there).
+The fork waits for this hook's lock (a callback's sum or a fold under way), so no fold is left
+half done, and the meter provider is made fork-safe (``stores._forksafe``: no data point half
+updated, every SDK lock free again in the child), so the child records and collects at once.
+The evaluation path takes none of these locks.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from time import perf_counter
 from typing import Any, Final
 
@@ -59,6 +61,12 @@ from opentelemetry.metrics import (
 from opentelemetry.util.types import AttributeValue
 
 from openfeature_canary.instrumentation import remember_variant
+from openfeature_canary.stores._forksafe import (
+    HOOKS,
+    acquire_until,
+    hold_opentelemetry_across_fork,
+    on_fork,
+)
 
 __all__ = ["MetricsHook"]
 
@@ -204,13 +212,16 @@ class MetricsHook(Hook):
             unit="{evaluation}",
             description="Feature flag evaluations in flight.",
         )
-        if hasattr(os, "register_at_fork"):  # not on Windows
-            ref = weakref.ref(self)
-            os.register_at_fork(
-                before=lambda: _call(ref, MetricsHook._before_fork),
-                after_in_parent=lambda: _call(ref, MetricsHook._after_fork_in_parent),
-                after_in_child=lambda: _call(ref, MetricsHook._after_fork_in_child),
-            )
+        # A child records and collects without waiting for a thread that is not there: the
+        # fork waits for the SDK's data points, then for this hook's lock.
+        hold_opentelemetry_across_fork(mp)
+        on_fork(
+            self,
+            level=HOOKS,
+            before=MetricsHook._before_fork,
+            after_in_parent=MetricsHook._after_fork_in_parent,
+            after_in_child=MetricsHook._after_fork_in_child,
+        )
 
     # ------------------------------------------------------------------ evaluation path
     # Hot path: about 1 µs of our own work per evaluation besides one Histogram.record.
@@ -318,10 +329,9 @@ class MetricsHook(Hook):
 
     # ------------------------------------------------------------------ fork
 
-    def _before_fork(self) -> None:
-        # No fold half done in the child: wait for the collection under way, if any.
-        self._lock.acquire()
-        self._fork_locked = True
+    def _before_fork(self, deadline: float) -> None:
+        # No fold half done in the child: wait for the callback or fold under way, if any.
+        self._fork_locked = acquire_until(self._lock, deadline, "MetricsHook")
 
     def _after_fork_in_parent(self) -> None:
         if self._fork_locked:
@@ -394,10 +404,3 @@ class MetricsHook(Hook):
                     active[flag_key] = active.get(flag_key, 0) + n
         self._fold_ended()
         return [Observation(n, {FLAG_KEY: flag_key}) for flag_key, n in active.items()]
-
-
-def _call(ref: weakref.ref[MetricsHook], method: Callable[[MetricsHook], None]) -> None:
-    """Run a fork handler of a hook that still exists."""
-    hook = ref()
-    if hook is not None:
-        method(hook)

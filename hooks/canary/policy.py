@@ -12,7 +12,7 @@ from openfeature.hook import Hook, HookContext, HookHints
 
 from openfeature_canary import Controller, Rollout, RolloutState, StateStoreError, Status
 from openfeature_canary.policy import BackgroundRunner
-from openfeature_canary.stores._forksafe import renew_locks_after_fork
+from openfeature_canary.stores._forksafe import hold_locks_across_fork, renew_locks_after_fork
 
 __all__ = ["PolicyHook"]
 
@@ -55,7 +55,11 @@ class PolicyHook(Hook):
         self._next_due = float("-inf")
         self._lock = threading.Lock()
         self._track_lock = threading.Lock()
-        renew_locks_after_fork(self, "_lock", "_track_lock")
+        # Fork safety: the tick lock may be held for a whole policy round (the fork does not
+        # wait for it; the child gets a fresh one); a copy of ``_blocked`` is never half done
+        # across a fork (a child that missed a rollback would not see it again).
+        renew_locks_after_fork(self, "_lock")
+        hold_locks_across_fork(self, "_track_lock")
         self._blocked: dict[str, str] = {}
         rollout.add_observer(lambda _old, new: self._track(new))
         for ctl in rollout.controllers():

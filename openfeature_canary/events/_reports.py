@@ -32,7 +32,7 @@ from openfeature_canary.errors import CanaryError
 from openfeature_canary.signals._names import MS_SIGNALS, RATE_SIGNALS
 from openfeature_canary.state import LogEntry, Number
 from openfeature_canary.stores._atomicfile import atomic_write_text
-from openfeature_canary.stores._forksafe import renew_locks_after_fork
+from openfeature_canary.stores._forksafe import hold_locks_across_fork
 
 __all__ = [
     "ABORT_FILE",
@@ -181,7 +181,8 @@ class ReportWriter:
     def __init__(self, dir: Path | str) -> None:
         self.dir = Path(dir)
         self._thread_lock = threading.Lock()
-        renew_locks_after_fork(self, "_thread_lock")
+        # A fork must not happen mid-write: the child would keep the flock held.
+        hold_locks_across_fork(self, "_thread_lock")
 
     def __repr__(self) -> str:
         return f"ReportWriter({str(self.dir)!r})"

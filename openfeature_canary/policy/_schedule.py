@@ -11,13 +11,12 @@ as gunicorn) the thread does not exist in the child; the runner restarts it ther
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import weakref
 from collections.abc import Callable
 
 from openfeature_canary.errors import StateStoreError
-from openfeature_canary.policy._controller import Rollout
+from openfeature_canary.policy._rollout import Rollout
+from openfeature_canary.stores._forksafe import THREADS, on_fork
 
 __all__ = ["BackgroundRunner", "StoreHealth"]
 
@@ -51,8 +50,8 @@ class BackgroundRunner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._token: object = _NOT_READ
-        ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _restart_in_child(ref))
+        # In a forked child, once every lock is renewed (stores._forksafe).
+        on_fork(self, level=THREADS, after_in_child=_restart_in_child)
 
     @property
     def running(self) -> bool:
@@ -115,9 +114,8 @@ class BackgroundRunner:
                 log.exception("openfeature-canary: background round failed")
 
 
-def _restart_in_child(ref: weakref.ref[BackgroundRunner]) -> None:
-    runner = ref()
-    if runner is None or runner._thread is None:
+def _restart_in_child(runner: BackgroundRunner) -> None:
+    if runner._thread is None:  # it was not running
         return
     runner._thread = None
     runner.start()
