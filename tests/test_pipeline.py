@@ -4,6 +4,7 @@ persisted; one tick schedule; an unreadable store does not stop the policy."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -267,3 +268,44 @@ def test_reset_withdraws_a_requested_start(tmp_path: Path) -> None:
     assert (state.status, state.requested) == (Status.PENDING, "")
     with pytest.raises(TransitionError, match="pending already"):
         ctl.reset()
+
+
+def test_rollback_forced_on_an_unwritable_store_is_persisted_once_it_is_repaired(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.json"
+    plan = load_plan(EXAMPLE)
+    journal: list[str] = []
+    rollout = Rollout(plan, store=f"file://{path}", events=Sink(journal))
+    ctl = rollout.controller(FLAG)
+    ctl.start()
+    while ctl.state.stage < 4:
+        ctl.promote()
+    good = path.read_bytes()
+    path.write_text("{ not json")
+    with pytest.raises(StateStoreError):
+        ctl.rollback("ops saw errors")
+    assert ctl.state.status is Status.ROLLED_BACK  # off here at once
+    path.write_bytes(good)  # the store is restored from a copy taken before the rollback
+    rollout.load()
+    # Repairing the store did not turn the canary back on: the rollback is written there now,
+    # without announcing it a second time.
+    fresh = Rollout(plan, store=f"file://{path}")
+    fresh.load()
+    assert fresh.controller(FLAG).state.status is Status.ROLLED_BACK
+    assert fresh.controller(FLAG).state.reason == "ops saw errors"
+    assert ctl.state.version == fresh.controller(FLAG).state.version
+    assert journal.count("event canary_rollback") == 1
+
+
+def test_load_refuses_a_stage_beyond_the_plan_before_adopting_any_flag(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    plan = load_plan(EXAMPLE)
+    Rollout(plan, store=f"file://{path}").controller(FLAG).start()
+    data = json.loads(path.read_text())
+    data["flags"][FLAG]["stage"] = 99
+    path.write_text(json.dumps(data))
+    rollout = Rollout(plan, store=f"file://{path}")
+    with pytest.raises(StateStoreError, match=r"stage: must be in 0\.\.4"):
+        rollout.load()
+    assert rollout.controller(FLAG).state.status is Status.PENDING  # nothing adopted

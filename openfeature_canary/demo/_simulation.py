@@ -27,7 +27,7 @@ from openfeature_canary.instrumentation import (
     shadow_compare,
 )
 from openfeature_canary.plan import FlagPlan
-from openfeature_canary.policy._controller import Rollout
+from openfeature_canary.policy._rollout import Rollout
 from openfeature_canary.state import Status
 
 __all__ = ["FAULTS", "CohortModel", "Fault", "FaultKind", "SimulatedService", "Simulation"]

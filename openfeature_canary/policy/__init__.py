@@ -12,7 +12,8 @@
 from __future__ import annotations
 
 from openfeature_canary.policy._autopilot import Autopilot, TickResult
-from openfeature_canary.policy._controller import ALLOWED, Controller, Policy, Rollout
+from openfeature_canary.policy._commands import ALLOWED
+from openfeature_canary.policy._controller import Controller, Policy
 from openfeature_canary.policy._decide import (
     Action,
     Decision,
@@ -24,7 +25,15 @@ from openfeature_canary.policy._decide import (
     stage_evidence,
 )
 from openfeature_canary.policy._metrics import RolloutMetrics
-from openfeature_canary.policy._pipeline import Pipeline, RollbackCounter, TransitionListener
+from openfeature_canary.policy._pipeline import (
+    RECONCILE_WINDOW_S,
+    Pipeline,
+    RollbackCounter,
+    TransitionListener,
+    event_id,
+    implied_events,
+)
+from openfeature_canary.policy._rollout import Rollout
 from openfeature_canary.policy._schedule import BackgroundRunner, StoreHealth
 from openfeature_canary.policy._view import OFF, ON, FlagView, Resolution, build_view
 
@@ -32,6 +41,7 @@ __all__ = [
     "ALLOWED",
     "OFF",
     "ON",
+    "RECONCILE_WINDOW_S",
     "Action",
     "Autopilot",
     "BackgroundRunner",
@@ -53,5 +63,7 @@ __all__ = [
     "TransitionListener",
     "build_view",
     "decide",
+    "event_id",
+    "implied_events",
     "stage_evidence",
 ]

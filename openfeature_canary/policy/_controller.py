@@ -3,11 +3,11 @@
 A :class:`Controller` turns a command (``start``, ``promote``, ``rollback`` …) or a policy
 decision into a new :class:`RolloutState` and hands it to the rollout's one
 :class:`~openfeature_canary.policy.Pipeline` (persist, then serve, announce, report, count).
-Which commands are valid in which status is one table, :data:`ALLOWED`.
+What each command does to a state, and which commands are valid in which status (one table,
+:data:`ALLOWED`), are pure functions in ``_commands.py``.
 
-:class:`Rollout` groups the controllers of a plan over one store, one clock, one policy and
-one pipeline, all given when it is built. Building it does no I/O; :meth:`Rollout.load`
-reads the store.
+The controllers of a plan live in a :class:`~openfeature_canary.policy.Rollout`
+(``_rollout.py``), which owns the store, the clock, the policy and the pipeline.
 """
 
 from __future__ import annotations
@@ -15,44 +15,25 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from types import MappingProxyType
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
-from opentelemetry.metrics import MeterProvider
-
-from openfeature_canary.clock import Clock, SystemClock
 from openfeature_canary.errors import StaleStateError, StateStoreError, TransitionError
-from openfeature_canary.events import EventSink, ReportSink
-from openfeature_canary.plan import FlagPlan, RolloutPlan
-from openfeature_canary.policy._decide import stage_evidence
-from openfeature_canary.policy._metrics import RolloutMetrics
-from openfeature_canary.policy._pipeline import Pipeline, TransitionListener
-from openfeature_canary.state import LogEntry, Number, RolloutState, Status
-from openfeature_canary.stores import StateStore, open_store
+from openfeature_canary.plan import FlagPlan
+from openfeature_canary.policy import _commands as commands
+from openfeature_canary.state import (
+    Number,
+    RolloutState,
+    Status,
+    check_state_against_plan,
+)
 from openfeature_canary.stores._forksafe import renew_locks_after_fork
 
-__all__ = ["ALLOWED", "Controller", "Policy", "Rollout"]
+if TYPE_CHECKING:
+    from openfeature_canary.policy._rollout import Rollout
+
+__all__ = ["Controller", "Policy"]
 
 log = logging.getLogger("openfeature_canary")
-
-#: Which statuses each operator command may start from.
-ALLOWED: Final[Mapping[str, frozenset[Status]]] = MappingProxyType(
-    {
-        "start": frozenset({Status.PENDING}),
-        "pause": frozenset({Status.RUNNING}),
-        "resume": frozenset({Status.PAUSED}),
-        "promote": frozenset({Status.RUNNING, Status.PAUSED}),
-        "rollback": frozenset({Status.PENDING, Status.RUNNING, Status.PAUSED, Status.COMPLETED}),
-        "reset": frozenset({Status.RUNNING, Status.PAUSED, Status.COMPLETED, Status.ROLLED_BACK}),
-    }
-)
-
-_HINTS: Final = {
-    Status.ROLLED_BACK: "reset it first",
-    Status.COMPLETED: "it has finished; reset it to run again",
-    Status.PENDING: "start it first",
-    Status.PAUSED: "resume it first",
-}
 
 
 class Policy(Protocol):
@@ -89,6 +70,9 @@ class Controller:
         self.rollout = rollout
         # Until the store is read (Rollout.load), the flag is pending: the safe side (0 %).
         self._state = RolloutState(flag_key=flag.key)
+        #: A rollback that took effect here while the store could not be written; persisted
+        #: (re-asserted over what the store holds) as soon as the store can be read again.
+        self._forced: RolloutState | None = None
         self._mutex = threading.RLock()
         self._due_lock = threading.Lock()
         renew_locks_after_fork(self, "_mutex", factory=threading.RLock)
@@ -110,9 +94,16 @@ class Controller:
         """Take ``stored`` (read from the store) when it is newer than what this process knows.
 
         States only move forward: an older version (a read that raced a newer write) is
-        ignored, so a served rollback can never be undone by a slow reader.
+        ignored, so a served rollback can never be undone by a slow reader. A rollback forced
+        in this process while the store could not be written is written over ``stored``
+        first, so that repairing the store cannot turn the canary back on.
         """
+        if stored is not None:
+            check_state_against_plan(self.flag, stored, source=self.rollout.store.url)
         with self._mutex:
+            if self._forced is not None:
+                self._reassert_forced(stored)
+                return self._state
             if stored is not None and stored.version > self._state.version:
                 old, self._state = self._state, stored
                 self.rollout.pipeline.after_persist(old, stored, local=False)
@@ -141,17 +132,7 @@ class Controller:
                         f"cannot start {self.key}: the baseline is not quiet ({', '.join(loud)}); "
                         "fix it or start with force"
                     )
-            first = self.flag.stages[0]
-            return cur.evolve(
-                _entry(now, "start", "operator", to_stage=1, to_pct=first.percent),
-                status=Status.RUNNING,
-                stage=1,
-                percent=first.percent,
-                since=now,
-                windows=(),
-                reason="started",
-                requested="",
-            )
+            return commands.started(self.flag, cur, now)
 
         return self._change("start", build)
 
@@ -166,97 +147,47 @@ class Controller:
 
         def build(cur: RolloutState) -> RolloutState:
             self._check_after()
-            if cur.requested == "start":
-                raise TransitionError(f"cannot start {self.key}: a start is requested already")
-            return cur.evolve(
-                _entry(now, "request_start", "operator"),
-                requested="start",
-                reason="start requested",
-            )
+            return commands.start_requested(self.key, cur, now)
 
         return self._change("start", build)
 
     def pause(self, reason: str = "operator") -> RolloutState:
         """Hold the current stage: no automatic advance (triggers still roll back)."""
         now = self.rollout.clock.now()
-        return self._change(
-            "pause",
-            lambda cur: cur.evolve(
-                _entry(now, "pause", reason, stage=cur.stage, pct=cur.percent),
-                status=Status.PAUSED,
-                since=now,
-                windows=(),
-                reason=reason,
-            ),
-        )
+        return self._change("pause", lambda cur: commands.paused(cur, now, reason))
 
     def resume(self) -> RolloutState:
         """Continue a paused stage; its observation restarts now."""
         now = self.rollout.clock.now()
-        return self._change(
-            "resume",
-            lambda cur: cur.evolve(
-                _entry(now, "resume", "operator", stage=cur.stage, pct=cur.percent),
-                status=Status.RUNNING,
-                since=now,
-                windows=(),
-                reason="resumed",
-            ),
-        )
+        return self._change("resume", lambda cur: commands.resumed(cur, now))
 
     def promote(self, reason: str = "operator") -> RolloutState:
         """Advance to the next stage now (``completed`` after the last one)."""
         now = self.rollout.clock.now()
-        return self._change("promote", lambda cur: self._promoted(cur, now, reason))
+        return self._change("promote", lambda cur: commands.promoted(self.flag, cur, now, reason))
 
     def rollback(self, reason: str, numbers: Mapping[str, Number] | None = None) -> RolloutState:
         """Force the flag to 0 % and keep it there until an operator resets it.
 
         The state is persisted first. If the store cannot be written, the rollback still
-        takes effect in this process (it serves 0 % and the effects run) and
-        :class:`StateStoreError` is raised so that the caller can raise an alarm.
+        takes effect in this process (it serves 0 % and the effects run), is persisted as soon
+        as the store can be read again, and :class:`StateStoreError` is raised so that the
+        caller can raise an alarm.
         """
         if not reason or not reason.strip():
             raise ValueError("rollback needs a reason")
         now = self.rollout.clock.now()
-
-        def build(cur: RolloutState) -> RolloutState:
-            extra = {**self._evidence(cur), **dict(numbers or {})}
-            return cur.evolve(
-                _entry(
-                    now, "rollback", reason, from_stage=cur.stage, from_pct=cur.percent, **extra
-                ),
-                status=Status.ROLLED_BACK,
-                stage=0,
-                percent=0.0,
-                since=now,
-                windows=(),
-                reason=reason,
-                requested="",
-            )
-
-        return self._change("rollback", build, sticky_on_store_error=True)
+        return self._change(
+            "rollback",
+            lambda cur: commands.rolled_back(self.flag, cur, now, reason, numbers),
+            sticky_on_store_error=True,
+        )
 
     def reset(self) -> RolloutState:
         """Return to ``pending`` (0 %), e.g. after a rollback has been investigated; on a
         pending flag, withdraw a requested start."""
         now = self.rollout.clock.now()
-
-        def build(cur: RolloutState) -> RolloutState:
-            return cur.evolve(
-                _entry(
-                    now, "reset", "operator", from_status=cur.status.value, from_pct=cur.percent
-                ),
-                status=Status.PENDING,
-                stage=0,
-                percent=0.0,
-                since=now,
-                windows=(),
-                reason="reset",
-                requested="",
-            )
-
-        return self._change("reset", build)
+        return self._change("reset", lambda cur: commands.reset(cur, now))
 
     # ------------------------------------------------------------------ the policy
 
@@ -359,14 +290,15 @@ class Controller:
             for _ in range(_CAS_RETRIES):
                 try:
                     current = self.rollout.store.load(self.key) or self._state
+                    check_state_against_plan(self.flag, current, source=self.rollout.store.url)
                 except StateStoreError:
                     if sticky_on_store_error:  # an unreadable store must not block a rollback
-                        self._check_allowed(command, self._state)
+                        commands.check_allowed(self.key, command, self._state)
                         self._force_local(self._state, build(self._state))
                     raise
                 if current.version < self._state.version:
                     current = self._state
-                self._check_allowed(command, current)
+                commands.check_allowed(self.key, command, current)
                 new = build(current)
                 try:
                     return self._commit(current, new)
@@ -383,28 +315,40 @@ class Controller:
 
     def _force_local(self, old: RolloutState, new: RolloutState) -> None:
         log.critical(
-            "ALARM: %s: could not persist %s to %s; the flag is off in this process only",
+            "ALARM: %s: could not persist %s to %s; the flag is off in this process only "
+            "until the store can be written again",
             self.key,
             new.status.value,
             self.rollout.store.url,
         )
         self._state = new
+        self._forced = new
         self.rollout.pipeline.after_persist(old, new)
 
-    def _check_allowed(self, command: str, current: RolloutState) -> None:
-        if current.status in ALLOWED[command]:
+    def _reassert_forced(self, stored: RolloutState | None) -> None:
+        """Write the forced rollback over ``stored`` (no effects again: they ran when it was
+        forced), unless the store shows it rolled back already or an operator reset it since."""
+        forced = self._forced
+        assert forced is not None
+        target = commands.reasserted_rollback(self.key, stored, forced)
+        if target is None:  # rolled back in the store already, or reset by an operator since
+            self._forced = None
+            if stored is not None and stored.version > self._state.version:
+                old, self._state = self._state, stored
+                self.rollout.pipeline.after_persist(old, stored, local=False)
             return
-        if command == "reset" and current.requested:
-            return  # a pending flag's requested start is withdrawn by a reset
-        if _already(command, current.status):
-            raise TransitionError(
-                f"cannot {command} {self.key}: it is {current.status.value} already"
-            )
-        msg = f"cannot {command} {self.key}: it is {current.status.value}"
-        if current.status is Status.ROLLED_BACK and current.reason:
-            msg += f" (reason: {current.reason})"
-        hint = _HINTS.get(current.status)
-        raise TransitionError(f"{msg}; {hint}" if hint else msg)
+        try:
+            self.rollout.store.save(target, expected_version=stored.version if stored else 0)
+        except StateStoreError as exc:
+            log.error("%s: the forced rollback is not persisted yet: %s", self.key, exc)
+            return
+        log.warning(
+            "%s: the rollback forced earlier is now persisted to %s",
+            self.key,
+            self.rollout.store.url,
+        )
+        self._forced = None
+        self._state = target
 
     def _check_after(self) -> None:
         after = self.flag.after
@@ -415,147 +359,3 @@ class Controller:
             raise TransitionError(
                 f"cannot start {self.key}: it runs after {after}, which is {peer.status.value}"
             )
-
-    def _evidence(self, cur: RolloutState) -> dict[str, Number]:
-        if cur.status not in (Status.RUNNING, Status.PAUSED) or cur.stage < 1:
-            return {}
-        return stage_evidence(self.flag.stage(cur.stage), cur.windows)
-
-    def _promoted(self, cur: RolloutState, now: float, reason: str) -> RolloutState:
-        stages = self.flag.stages
-        evidence = self._evidence(cur)
-        if cur.stage >= len(stages):
-            return cur.evolve(
-                _entry(now, "complete", reason, stage=cur.stage, pct=cur.percent, **evidence),
-                status=Status.COMPLETED,
-                since=now,
-                windows=(),
-                reason="completed",
-            )
-        nxt = stages[cur.stage]
-        return cur.evolve(
-            _entry(
-                now,
-                "advance",
-                reason,
-                from_stage=cur.stage,
-                to_stage=cur.stage + 1,
-                to_pct=nxt.percent,
-                **evidence,
-            ),
-            status=Status.RUNNING,
-            stage=cur.stage + 1,
-            percent=nxt.percent,
-            since=now,
-            windows=(),
-            reason=reason,
-        )
-
-
-def _already(command: str, status: Status) -> bool:
-    return (command, status) in {
-        ("pause", Status.PAUSED),
-        ("rollback", Status.ROLLED_BACK),
-        ("reset", Status.PENDING),
-        ("start", Status.RUNNING),
-    }
-
-
-class Rollout:
-    """The controllers of one plan, sharing a store, a clock, a policy and a pipeline.
-
-    ``store`` is a :class:`StateStore` or a URL (``memory://``, ``file:///path``); ``policy``
-    decides at each tick (``None``: a rollout driven by operators only); ``serve``, ``events``
-    and ``reports`` are the pipeline's steps 2 to 4 and ``meter_provider`` gets the
-    controller's metrics (step 5; see :class:`~openfeature_canary.policy.Pipeline`). Building a
-    rollout does no I/O: every flag is ``pending`` until :meth:`load` reads the store.
-    """
-
-    def __init__(
-        self,
-        plan: RolloutPlan,
-        *,
-        store: StateStore | str = "memory://",
-        clock: Clock | None = None,
-        policy: Policy | None = None,
-        serve: TransitionListener | None = None,
-        events: EventSink | None = None,
-        reports: ReportSink | None = None,
-        meter_provider: MeterProvider | None = None,
-    ) -> None:
-        self.plan = plan
-        self.store = open_store(store) if isinstance(store, str) else store
-        self.clock: Clock = clock or SystemClock()
-        self.policy = policy
-        self._controllers = {key: Controller(flag, self) for key, flag in plan.flags.items()}
-        #: The controller's own metrics (spec §7), when a meter provider is given.
-        self.metrics = None if meter_provider is None else RolloutMetrics(self, meter_provider)
-        self.pipeline = Pipeline(
-            self.store, serve=serve, events=events, reports=reports, metrics=self.metrics
-        )
-
-    def controller(self, flag_key: str) -> Controller:
-        """The flag's controller; :class:`UnknownFlagError` for a flag not in the plan."""
-        self.plan.flag(flag_key)
-        return self._controllers[flag_key]
-
-    def controllers(self) -> tuple[Controller, ...]:
-        """All controllers, in plan order."""
-        return tuple(self._controllers.values())
-
-    def add_observer(self, observer: TransitionListener) -> None:
-        """Call ``observer(old, new)`` after every transition of any flag, this process's or
-        another's seen in the store, after the pipeline's ordered effects. For watchers (a
-        PolicyHook, a printer, a test), not for effects whose order matters."""
-        self.pipeline.observers.append(observer)
-
-    def tick_due(self) -> None:
-        """One policy round: every flag that is due decides, and every change is persisted in
-        one write of the store (a file store parses and writes its file once, however many
-        flags changed); then each committed transition runs its effects, in plan order.
-
-        A change another writer beat is dropped (their word wins; the next round decides
-        again). If the store cannot be written, rollbacks still take effect in this process
-        (with an alarm) and the other changes wait for the next round. One flag's failing
-        decision is logged with its name and does not stop the others.
-        """
-        decided: list[tuple[Controller, RolloutState, RolloutState]] = []
-        for ctl in self._controllers.values():
-            try:
-                pair = ctl.decide_if_due()
-            except Exception:
-                log.exception("openfeature-canary: the policy tick of %s failed", ctl.key)
-                continue
-            if pair is not None:
-                decided.append((ctl, *pair))
-        if not decided:
-            return
-        try:
-            written = self.store.save_many([(target, base.version) for _, base, target in decided])
-        except StateStoreError as exc:
-            log.error("openfeature-canary: %s; this round's changes wait", exc)
-            for ctl, base, target in decided:
-                if target.status is Status.ROLLED_BACK:
-                    ctl._force_local(base, target)
-            return
-        for (ctl, base, target), ok in zip(decided, written, strict=True):
-            if ok:
-                ctl.committed(base, target)
-            else:
-                log.info("%s: another writer changed the state first; re-read", ctl.key)
-                ctl._refresh_quietly()
-
-    def load(self) -> None:
-        """Read every flag's state from the store (one read); raises
-        :class:`StateStoreError` naming the store when it cannot."""
-        states = self.store.load_all()
-        for key, ctl in self._controllers.items():
-            ctl.adopt(states.get(key))
-
-    def refresh(self) -> None:
-        """:meth:`load`, under its other name: re-read what other processes may have done."""
-        self.load()
-
-
-def _entry(at: float, action: str, reason: str, **numbers: Number) -> LogEntry:
-    return LogEntry(at=at, action=action, reason=reason, numbers=MappingProxyType(numbers))

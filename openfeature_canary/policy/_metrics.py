@@ -21,7 +21,7 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, g
 from openfeature_canary.state import RolloutState, Status
 
 if TYPE_CHECKING:
-    from openfeature_canary.policy._controller import Rollout
+    from openfeature_canary.policy._rollout import Rollout
 
 __all__ = ["RolloutMetrics"]
 

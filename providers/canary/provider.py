@@ -46,6 +46,7 @@ from openfeature_canary.instrumentation import IngestInstruments
 from openfeature_canary.policy import Autopilot, BackgroundRunner, FlagView, Rollout, build_view
 from openfeature_canary.signals import InProcessSignalSource, SignalSource
 from openfeature_canary.stores import FileStateStore, open_store
+from openfeature_canary.stores._forksafe import hold_locks_across_fork
 from openfeature_canary.telemetry import Telemetry
 
 __all__ = ["CanaryProvider"]
@@ -174,12 +175,13 @@ class CanaryProvider(AbstractProvider):
         self._telemetry = telemetry
         if telemetry is not None:
             meter_provider = telemetry.meter_provider
-            signals = InProcessSignalSource(telemetry.reader)
+            # The snapshot ring keeps what the plan's longest window needs, no more.
+            signals = InProcessSignalSource(telemetry.reader, plan=self.plan)
         self.meter_provider = meter_provider
         store_obj = (
             store
             if store is not None and not isinstance(store, str)
-            else open_store(store or self.plan.store or "memory://")
+            else open_store(store if store is not None else (self.plan.store or "memory://"))
         )
         reports = ReportWriter(reports_dir or self.plan.reports.dir)
         self._sender: TelemetrySender | None = None
@@ -206,6 +208,7 @@ class CanaryProvider(AbstractProvider):
         self._max_staleness = max_staleness
         self._metadata = Metadata(name=name)
         self._swap_lock = threading.Lock()
+        hold_locks_across_fork(self, "_swap_lock")  # a child must be able to serve changes
         self._unavailable: str | None = None
         self._failing_since: float | None = None
         self._health = "not_ready"
@@ -232,6 +235,10 @@ class CanaryProvider(AbstractProvider):
     def initialize(self, evaluation_context: EvaluationContext) -> None:
         """Read the store, write ``canary_plan.md`` (policy here), start background work.
 
+        Once the store is read and served, the events of transitions that a process persisted
+        but died before queueing are queued (see
+        :meth:`~openfeature_canary.policy.Pipeline.reconcile`).
+
         Raises ``ProviderFatalError`` when the store's folder does not exist and
         ``ProviderNotReadyError`` when the store cannot be read; in the latter case the
         background thread still starts, and the provider emits ``PROVIDER_READY`` once the
@@ -249,11 +256,14 @@ class CanaryProvider(AbstractProvider):
             self._health = "error"
             self._unavailable = f"{exc}; serving the old path until it can be read"
             self._rebuild()
+            if self._sender is not None:
+                self._sender.start()  # what earlier processes queued still goes out
             if self._background:
                 self.runner.start()
             raise ProviderNotReadyError(str(exc)) from exc
         self._health = "ready"
         self._rebuild()
+        self._reconcile_events()
         if self.rollout.policy is not None:
             try:
                 self.reports.write_plan(render_plan_markdown(self.plan))
@@ -263,6 +273,18 @@ class CanaryProvider(AbstractProvider):
             self._sender.start()
         if self._background:
             self.runner.start()
+
+    def _reconcile_events(self) -> None:
+        """Queue the events of transitions a process persisted but died before queueing
+        (:meth:`~openfeature_canary.policy.Pipeline.reconcile`), into this provider's own
+        durable outbox, which drops what it has pending or delivered recently. A sink given
+        with ``events=`` is not asked: it may not drop what it has seen."""
+        if self._sender is None:
+            return
+        rollout = self.rollout
+        rollout.pipeline.reconcile(
+            [ctl.state for ctl in rollout.controllers()], now=rollout.clock.now()
+        )
 
     def shutdown(self) -> None:
         """Stop background work (undelivered telemetry events stay in the outbox)."""
@@ -349,6 +371,7 @@ class CanaryProvider(AbstractProvider):
             if self._health != "ready":
                 self._health, self._unavailable = "ready", None
                 self._rebuild()
+                self._reconcile_events()
                 log.warning("openfeature-canary: %s is readable again", self.rollout.store.url)
                 self.emit_provider_ready(ProviderEventDetails(message="state store readable"))
             return
