@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
@@ -32,6 +33,9 @@ HEADER = (
     "| Stage | Traffic | Started | Ended | Planned P95 | Observed P95 (worst window) "
     "| Planned 5xx | Observed 5xx | Samples | Windows pass/fail/inconclusive | Decision |"
 )
+
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "canary_plan.toml"
 
 
 def stage(n: int, **changes: object) -> StageResult:
@@ -321,3 +325,22 @@ def test_abort_operator_rollback_without_numbers_shows_dashes(tmp_path: Path) ->
 )
 def test_formatters_numbers_for_humans(formatted: str, expected: str) -> None:
     assert formatted == expected
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o077, 0o600), (0o022, 0o644)])
+def test_reports_and_rendered_plan_follow_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    """Reports are files a person reads: they follow the process's umask like any tool's
+    output (the state file and the outbox are owner-only whatever the umask)."""
+    from openfeature_canary.cli import run
+
+    old = os.umask(umask)
+    try:
+        writer = ReportWriter(tmp_path / "reports")
+        writer.record_stage(stage(1))
+        writer.write_plan("# plan\n")
+        out = tmp_path / "rendered" / "canary_plan.md"
+        assert run(["plan", "render", "--plan", str(EXAMPLE), "--out", str(out)]) == 0
+    finally:
+        os.umask(old)
+    for path in (writer.results_path, writer.results_data_path, writer.plan_path, out):
+        assert path.stat().st_mode & 0o777 == mode, path
