@@ -178,7 +178,7 @@ def unit_hasher(flag_key: str, scheme: Scheme | str = "flagd") -> UnitHasher:
     total = _TOTAL
 
     if scheme == "flagd":
-
+        # _encode_unit inlined in both closures: they run on every evaluation.
         def flagd_bucket(unit: object) -> int:
             text = unit if isinstance(unit, str) else str(unit)
             try:

@@ -31,13 +31,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from openfeature_canary._format import iso_utc
 from openfeature_canary.events import AbortRecord, EventSink, ReportSink, StageResult
-from openfeature_canary.state import LogEntry, RolloutState, Status
+from openfeature_canary.state import LogEntry, Number, RolloutState, Status
 from openfeature_canary.stores import StateStore
 
 __all__ = [
@@ -355,12 +355,11 @@ def stage_result(old: RolloutState, new: RolloutState, entry: LogEntry) -> Stage
     n = entry.numbers
 
     def num(key: str) -> float | None:
-        value = n.get(key)
-        return float(value) if isinstance(value, (int, float)) else None
+        return _number(n, key)
 
     def count(key: str) -> int:
-        value = n.get(key)
-        return int(value) if isinstance(value, (int, float)) else 0
+        value = _number(n, key)
+        return 0 if value is None else int(value)
 
     reason = entry.reason
     if n.get("dry_run"):
@@ -389,8 +388,7 @@ def abort_record(old: RolloutState, new: RolloutState, entry: LogEntry) -> Abort
     n = entry.numbers
 
     def num(key: str) -> float | None:
-        value = n.get(key)
-        return float(value) if isinstance(value, (int, float)) else None
+        return _number(n, key)
 
     samples = num("n")
     return AbortRecord(
@@ -406,6 +404,12 @@ def abort_record(old: RolloutState, new: RolloutState, entry: LogEntry) -> Abort
         signal=str(n["signal"]) if n.get("signal") is not None else None,
         last_decisions=new.log[-8:],
     )
+
+
+def _number(numbers: Mapping[str, Number], key: str) -> float | None:
+    """A decision-log number as a float (``None`` when absent or not a number)."""
+    value = numbers.get(key)
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _int_if_whole(x: float) -> float | int:
