@@ -268,10 +268,10 @@ class Controller:
 
     def _commit(self, base: RolloutState, target: RolloutState) -> RolloutState:
         with self._mutex:
-            self.rollout.pipeline.store.save(target, expected_version=base.version)
-            self._state = target
-            self.rollout.pipeline.after_persist(base, target)
-            return target
+            return self.rollout.pipeline.commit(base, target, self._adopt_committed)
+
+    def _adopt_committed(self, state: RolloutState) -> None:
+        self._state = state
 
     def _refresh_quietly(self) -> None:
         try:

@@ -79,7 +79,7 @@ class Pipeline:
     Built once per process with everything it needs (no parts are added later)::
 
         pipeline = Pipeline(store, serve=provider_swap, events=sender, reports=writer)
-        pipeline.commit(current, new)   # persist, then the effects in order
+        pipeline.commit(current, new, adopt)   # persist, adopt, then the effects in order
     """
 
     store: StateStore
@@ -89,14 +89,22 @@ class Pipeline:
     metrics: RollbackCounter | None = None
     observers: list[TransitionListener] = field(default_factory=list)
 
-    def commit(self, old: RolloutState, new: RolloutState) -> RolloutState:
-        """Step 1, then the rest: persist ``new`` if the store still holds ``old``'s version.
+    def commit(
+        self,
+        old: RolloutState,
+        new: RolloutState,
+        adopt: Callable[[RolloutState], None] | None = None,
+    ) -> RolloutState:
+        """Step 1, then the rest: persist ``new`` if the store still holds ``old``'s version,
+        let the caller ``adopt`` it (the controller's known state), then steps 2 to 6.
 
         Raises :class:`~openfeature_canary.StaleStateError` (someone else wrote first) or
         :class:`~openfeature_canary.StateStoreError` (the store cannot be written); in both
         cases no effect has run.
         """
         self.store.save(new, expected_version=old.version)
+        if adopt is not None:
+            adopt(new)
         self.after_persist(old, new)
         return new
 
