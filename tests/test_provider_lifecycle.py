@@ -361,3 +361,20 @@ def test_provider_flush_events_delivers_an_operator_rollback(
         assert outbox.stat().st_mode & 0o777 == 0o600
     finally:
         server.stop()
+
+
+def test_provider_bookkeeping_change_neither_logs_nor_announces(plan: RolloutPlan) -> None:
+    """A state change that leaves the answers alone (a judged gate window, a start request)
+    is not a configuration change for OpenFeature."""
+    provider = CanaryProvider(plan, background=False)
+    api.set_provider_and_wait(provider)
+    changed: list[object] = []
+    api.add_handler(ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, changed.append)
+    before = provider.view(FLAG)
+    provider.controller(FLAG).request_start()  # version moves, answers do not
+    assert provider.view(FLAG) is before
+    provider.controller(FLAG).start(force=True)  # 5 %: a real change
+    assert provider.view(FLAG).percent == 5.0
+    deadline = threading.Event()
+    deadline.wait(0.5)  # handlers run on the SDK's executor
+    assert len(changed) == 1

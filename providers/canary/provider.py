@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -64,10 +65,13 @@ _REASONS: Mapping[str, Reason] = {
 class _Answers:
     """Preallocated results for one view: evaluations return these without allocating."""
 
-    __slots__ = ("bucket", "by_key", "fixed", "meta", "off", "on", "view")
+    __slots__ = ("bucket", "by_key", "fixed", "meta", "newest", "off", "on", "view")
 
     def __init__(self, view: FlagView) -> None:
         self.view = view
+        #: The newest state version these answers stand for (a state change that does not
+        #: change the answers, e.g. a judged gate window, only moves this forward).
+        self.newest = view.version
         self.meta = view.metadata
         self.by_key = view.bucket_by == "targetingKey"
         self.on = FlagResolutionDetails(True, None, None, Reason.SPLIT, "on", view.metadata)
@@ -344,12 +348,16 @@ class CanaryProvider(AbstractProvider):
             changed: list[str] = []
             for key, state in states.items():
                 previous = old.get(key)
-                if previous is not None and state.version < previous.view.version:
+                if previous is not None and state.version < previous.newest:
                     continue  # a served view never goes back to an older state
                 view = build_view(
                     self.plan.flag(key), state, self._environ, unavailable=self._unavailable
                 )
-                if previous is not None and previous.view == view:
+                if previous is not None and replace(view, version=previous.view.version) == (
+                    previous.view
+                ):
+                    # The same answers: nothing to serve anew, nothing to announce.
+                    previous.newest = max(previous.newest, state.version)
                     continue
                 new[key] = _Answers(view)
                 changed.append(key)
