@@ -17,6 +17,17 @@ if [ ! -d .ci-deps/flagd-core-1 ]; then
     python -m pip install -q --no-deps --target .ci-deps/flagd-core-1 'openfeature-flagd-core==1.0.0'
 fi
 
+# Debian's prometheus gives promtool, which checks the example's rules and config; its
+# post-install does not start a server. Installed once, when missing.
+if ! command -v promtool >/dev/null 2>&1; then
+    echo "== installing Debian's prometheus (promtool)"
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        prometheus >/dev/null
+fi
+
 echo "== ruff check"; ruff check .
 echo "== ruff format --check"; ruff format --check .
 # mypy sees the contrib folders under their import names through a symlinked tree.
