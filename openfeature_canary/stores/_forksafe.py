@@ -76,6 +76,9 @@ class _Handlers:
     after_in_child: After | None
 
 
+# The one deliberate module-level state of the package: os.register_at_fork is itself
+# process-wide and cannot be unregistered, so the handlers of every object live in one
+# process-wide registry (registered once, pruned as owners die).
 _registry: list[_Handlers] = []
 _registry_lock = threading.Lock()
 #: The handlers entered by the fork under way, each with its owner (alive until it ends).
