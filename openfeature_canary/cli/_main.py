@@ -47,13 +47,14 @@ from openfeature_canary.errors import (
 from openfeature_canary.events import (
     ReportWriter,
     TelemetrySender,
+    outbox_path_for,
     render_plan_markdown,
     sender_for_plan,
 )
 from openfeature_canary.plan import RolloutPlan, load_plan
 from openfeature_canary.policy import Controller, Rollout
 from openfeature_canary.state import RolloutState
-from openfeature_canary.stores import FileStateStore, StateStore, open_store
+from openfeature_canary.stores import StateStore, open_store
 from openfeature_canary.stores._atomicfile import atomic_write_text
 
 __all__ = ["EXIT_OK", "EXIT_REFUSED", "EXIT_USAGE", "UsageError", "main", "run"]
@@ -291,18 +292,11 @@ def _open(
             "the store is memory://, which no service shares: give --store "
             "file:///path/state.json (the one the service uses) or set `store` in the plan"
         )
-    if isinstance(store, FileStateStore) and not store.path.parent.is_dir():
-        raise UsageError(f"{store.url}: folder {store.path.parent} does not exist")
     sender: TelemetrySender | None = None
     reports: ReportWriter | None = None
     if with_effects:
         reports = ReportWriter(plan.reports.dir)
-        outbox = (
-            store.path.with_name(store.path.name + ".outbox.jsonl")
-            if isinstance(store, FileStateStore)
-            else reports.dir / "telemetry-outbox.jsonl"
-        )
-        sender = sender_for_plan(plan, outbox, environ=os.environ)
+        sender = sender_for_plan(plan, outbox_path_for(store, reports.dir), environ=os.environ)
     rollout = Rollout(plan, store=store, clock=io.clock, events=sender, reports=reports)
     try:
         rollout.load()
@@ -310,9 +304,7 @@ def _open(
         raise UsageError(str(exc)) from exc
     if sender is not None:
         # Events a killed process persisted but never queued go out with this command's.
-        rollout.pipeline.reconcile(
-            [c.state for c in rollout.controllers()], now=rollout.clock.now()
-        )
+        rollout.reconcile_events()
     return rollout, sender
 
 

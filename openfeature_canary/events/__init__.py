@@ -34,7 +34,12 @@ from openfeature_canary.events._reports import (
     ReportWriter,
     StageResult,
 )
-from openfeature_canary.events._sender import EventSink, TelemetrySender, sender_for_plan
+from openfeature_canary.events._sender import (
+    EventSink,
+    TelemetrySender,
+    outbox_path_for,
+    sender_for_plan,
+)
 
 __all__ = [
     "REMEMBERED_DELIVERED",
@@ -53,6 +58,7 @@ __all__ = [
     "ReportWriter",
     "StageResult",
     "TelemetrySender",
+    "outbox_path_for",
     "redact_url",
     "render_plan_markdown",
     "sender_for_plan",

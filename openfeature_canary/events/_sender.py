@@ -28,8 +28,9 @@ from openfeature_canary.events._ingest import (
 )
 from openfeature_canary.events._outbox import JsonScalar, Outbox, OutboxEvent
 from openfeature_canary.plan import RolloutPlan
+from openfeature_canary.stores import FileStateStore, StateStore
 
-__all__ = ["EventSink", "TelemetrySender", "sender_for_plan"]
+__all__ = ["EventSink", "TelemetrySender", "outbox_path_for", "sender_for_plan"]
 
 log = logging.getLogger("openfeature_canary.telemetry")
 
@@ -44,6 +45,14 @@ class EventSink(Protocol):
     """
 
     def enqueue(self, event_name: str, properties: Mapping[str, JsonScalar]) -> object: ...
+
+
+def outbox_path_for(store: StateStore, reports_dir: Path) -> Path:
+    """Where a rollout's events wait: beside the state file for a ``file://`` store (so every
+    process of the host, the CLI included, shares one outbox), else in the reports folder."""
+    if isinstance(store, FileStateStore):
+        return store.path.with_name(store.path.name + ".outbox.jsonl")
+    return reports_dir / "telemetry-outbox.jsonl"
 
 
 def sender_for_plan(

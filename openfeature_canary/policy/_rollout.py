@@ -121,6 +121,14 @@ class Rollout:
         for key, ctl in self._controllers.items():
             ctl.adopt(states.get(key))
 
+    def reconcile_events(self) -> int:
+        """Queue the events of transitions a process persisted but died before queueing
+        (:meth:`~openfeature_canary.policy.Pipeline.reconcile`); how many were queued. Call it
+        only with a sink that drops an ``event_id`` it has seen (the durable outbox does)."""
+        return self.pipeline.reconcile(
+            [ctl.state for ctl in self._controllers.values()], now=self.clock.now()
+        )
+
     def refresh(self) -> None:
         """:meth:`load`, under its other name: re-read what other processes may have done."""
         self.load()

@@ -40,6 +40,7 @@ from openfeature_canary.events import (
     Outbox,
     ReportWriter,
     TelemetrySender,
+    outbox_path_for,
     render_plan_markdown,
     sender_for_plan,
 )
@@ -176,7 +177,6 @@ class CanaryProvider(AbstractProvider):
             )
         self.plan = plan if isinstance(plan, RolloutPlan) else load_plan(plan)
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
-        self._telemetry = telemetry
         if telemetry is not None:
             meter_provider = telemetry.meter_provider
             # The snapshot ring keeps what the plan's longest window needs, no more.
@@ -192,7 +192,7 @@ class CanaryProvider(AbstractProvider):
         if events is None:
             self._sender = sender_for_plan(
                 self.plan,
-                _outbox_path(store_obj, reports.dir),
+                outbox_path_for(store_obj, reports.dir),
                 environ=self._environ,
                 counters=IngestInstruments(meter_provider=meter_provider),
             )
@@ -283,12 +283,8 @@ class CanaryProvider(AbstractProvider):
         (:meth:`~openfeature_canary.policy.Pipeline.reconcile`), into this provider's own
         durable outbox, which drops what it has pending or delivered recently. A sink given
         with ``events=`` is not asked: it may not drop what it has seen."""
-        if self._sender is None:
-            return
-        rollout = self.rollout
-        rollout.pipeline.reconcile(
-            [ctl.state for ctl in rollout.controllers()], now=rollout.clock.now()
-        )
+        if self._sender is not None:
+            self.rollout.reconcile_events()
 
     def shutdown(self) -> None:
         """Stop background work (undelivered telemetry events stay in the outbox)."""
@@ -490,11 +486,3 @@ class CanaryProvider(AbstractProvider):
     ) -> FlagResolutionDetails[Any]:
         """Canary flags are boolean: ``TYPE_MISMATCH`` (or ``FLAG_NOT_FOUND``)."""
         return self._type_mismatch(flag_key, "object")  # type: ignore[no-any-return]
-
-
-def _outbox_path(store: StateStore, reports_dir: Path) -> Path:
-    """Next to the state file for a ``file://`` store (shared by the host's processes), else
-    in the reports folder."""
-    if isinstance(store, FileStateStore):
-        return store.path.with_name(store.path.name + ".outbox.jsonl")
-    return reports_dir / "telemetry-outbox.jsonl"
