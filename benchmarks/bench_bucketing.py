@@ -27,16 +27,17 @@ Before timing, the script checks that old and new agree on every unit, for both 
 from __future__ import annotations
 
 import argparse
-import gc
 import random
 import statistics
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import mmh3
+
+# The benchmarks run as scripts from this folder: share bench_provider.py's timing loop.
+from bench_provider import time_per_call_ns
 from openfeature import api
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.exception import ErrorCode
@@ -113,26 +114,6 @@ class _ModelProvider(InMemoryProvider):
 # ------------------------------------------------------------------ timing
 
 
-def _time_per_call_ns(call: Callable[[Any], object], items: list[Any], calls: int) -> float:
-    """Nanoseconds per call of ``call`` over ``calls`` calls cycling through ``items``."""
-    n = len(items)
-    rounds, rest = divmod(calls, n)
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        start = time.perf_counter_ns()
-        for _ in range(rounds):
-            for item in items:
-                call(item)
-        for item in items[:rest]:
-            call(item)
-        elapsed = time.perf_counter_ns() - start
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return elapsed / calls
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print a short table; exit 1 when the target is missed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -190,11 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         **{k: (fn, list(ctxs), args.calls) for k, fn in via_client.items()},
     }
     for fn, items, calls in subjects.values():  # warm-up
-        _time_per_call_ns(fn, items, calls // 4)
+        time_per_call_ns(fn, items, calls // 4)
     samples: dict[str, list[float]] = {k: [] for k in subjects}
     for _ in range(args.repeats):
         for name, (fn, items, calls) in subjects.items():
-            samples[name].append(_time_per_call_ns(fn, items, calls))
+            samples[name].append(time_per_call_ns(fn, items, calls))
     api.shutdown()
     api.clear_providers()
 

@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from openfeature import api
 from openfeature.contrib.provider.canary import CanaryProvider
@@ -38,21 +39,20 @@ TARGET_RATIO = 1.10
 TARGET_RAW_US = 1.5
 
 
-def _time_per_call_ns(
-    call: Callable[[EvaluationContext], object], ctxs: list[EvaluationContext], calls: int
-) -> float:
-    """Nanoseconds per call of ``call`` over ``calls`` calls cycling through ``ctxs``."""
-    n = len(ctxs)
+def time_per_call_ns(call: Callable[[Any], object], items: list[Any], calls: int) -> float:
+    """Nanoseconds per call of ``call`` over ``calls`` calls cycling through ``items``
+    (garbage collection off while timing). Shared with ``bench_bucketing.py``."""
+    n = len(items)
     rounds, rest = divmod(calls, n)
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
         start = time.perf_counter_ns()
         for _ in range(rounds):
-            for ctx in ctxs:
-                call(ctx)
-        for ctx in ctxs[:rest]:
-            call(ctx)
+            for item in items:
+                call(item)
+        for item in items[:rest]:
+            call(item)
         elapsed = time.perf_counter_ns() - start
     finally:
         if gc_was_enabled:
@@ -95,12 +95,12 @@ def main(argv: list[str] | None = None) -> int:
 
     subjects = {"canary": via_canary, "static": via_static, "raw": raw}
     for fn in subjects.values():  # warm-up
-        _time_per_call_ns(fn, ctxs, args.calls // 4)
+        time_per_call_ns(fn, ctxs, args.calls // 4)
     samples: dict[str, list[float]] = {k: [] for k in subjects}
     for _ in range(args.repeats):
         for name, fn in subjects.items():
             calls = args.calls * 10 if name == "raw" else args.calls
-            samples[name].append(_time_per_call_ns(fn, ctxs, calls))
+            samples[name].append(time_per_call_ns(fn, ctxs, calls))
     api.shutdown()
     api.clear_providers()
 
