@@ -31,13 +31,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from openfeature_canary._format import iso_utc
 from openfeature_canary.events import AbortRecord, EventSink, ReportSink, StageResult
-from openfeature_canary.state import LogEntry, Number, RolloutState, Status
+from openfeature_canary.state import LogEntry, RolloutState, Status
 from openfeature_canary.stores import StateStore
 
 __all__ = [
@@ -363,10 +363,10 @@ def stage_result(old: RolloutState, new: RolloutState, entry: LogEntry) -> Stage
     n = entry.numbers
 
     def num(key: str) -> float | None:
-        return _number(n, key)
+        return _num(n.get(key))
 
     def count(key: str) -> int:
-        value = _number(n, key)
+        value = _num(n.get(key))
         return 0 if value is None else int(value)
 
     reason = entry.reason
@@ -396,7 +396,7 @@ def abort_record(old: RolloutState, new: RolloutState, entry: LogEntry) -> Abort
     n = entry.numbers
 
     def num(key: str) -> float | None:
-        return _number(n, key)
+        return _num(n.get(key))
 
     samples = num("n")
     return AbortRecord(
@@ -412,12 +412,6 @@ def abort_record(old: RolloutState, new: RolloutState, entry: LogEntry) -> Abort
         signal=str(n["signal"]) if n.get("signal") is not None else None,
         last_decisions=new.log[-8:],
     )
-
-
-def _number(numbers: Mapping[str, Number], key: str) -> float | None:
-    """A decision-log number as a float (``None`` when absent or not a number)."""
-    value = numbers.get(key)
-    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _int_if_whole(x: float) -> float | int:
