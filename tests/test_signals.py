@@ -914,3 +914,47 @@ def test_read_bucket_layout_changed_inside_window_reports_error_counts_still_add
     assert mixed.value is None and mixed.error is not None and "bounds changed" in mixed.error
     after = source.read_between(FLAG, "latency_p95_ms", 60, 120)
     assert after.error is None and after.value == pytest.approx(95.0)
+
+
+def test_counts_between_gives_both_cohorts_buckets_and_errors() -> None:
+    app = App()
+    source = InProcessSignalSource(app.reader)
+    source.snapshot(0.0)
+    app.requests([0.05, 0.12, 0.2], variant="on")
+    app.request(0.3, variant="on", status=503)
+    app.requests([0.05, 0.05], variant="off")
+    source.snapshot(10.0)
+    reading = source.counts_between(FLAG, 0.0, 10.0)
+    assert reading.error is None and (reading.start, reading.end) == (0.0, 10.0)
+    assert (reading.canary.n, reading.canary.errors) == (4, 1)
+    assert (reading.baseline.n, reading.baseline.errors) == (2, 0)
+    assert sum(reading.canary.counts) == 4
+    assert len(reading.canary.counts) == len(reading.canary.bounds) + 1
+    # Bounds are milliseconds; 300 ms lands above the 250 ms bound.
+    above_250 = sum(
+        c for b, c in zip((*reading.canary.bounds, math.inf), reading.canary.counts) if b > 250
+    )
+    assert above_250 == 1
+
+
+def test_counts_between_start_before_history_uses_oldest_snapshot_never_twice() -> None:
+    app = App()
+    source = InProcessSignalSource(app.reader)
+    app.requests([0.05] * 5, variant="on")  # before the first snapshot: the source's baseline
+    source.snapshot(100.0)
+    app.requests([0.05] * 2, variant="on")
+    source.snapshot(110.0)
+    reading = source.counts_between(FLAG, 50.0, 110.0)
+    assert reading.start == 100.0 and reading.canary.n == 2
+
+
+def test_counts_between_failed_snapshot_reads_as_error() -> None:
+    app = App()
+    flaky = FlakyReader(app.reader)
+    source = InProcessSignalSource(flaky)
+    source.snapshot(0.0)
+    flaky.failing = True
+    with pytest.raises(SignalSourceError):
+        source.snapshot(10.0)
+    reading = source.counts_between(FLAG, 0.0, 10.0)
+    assert reading.error and reading.canary.n == 0

@@ -10,6 +10,7 @@ Prometheus' ``histogram_quantile``), keeping the history the plan's longest wind
 
 from __future__ import annotations
 
+from openfeature_canary.signals._counts import EMPTY_COHORT, CohortCounts, CountsReading
 from openfeature_canary.signals._histogram import count_above, count_at_least, histogram_quantile
 from openfeature_canary.signals._source import (
     DEFAULT_RETENTION_S,
@@ -22,6 +23,9 @@ from openfeature_canary.signals._source import (
 
 __all__ = [
     "DEFAULT_RETENTION_S",
+    "EMPTY_COHORT",
+    "CohortCounts",
+    "CountsReading",
     "InProcessSignalSource",
     "MetricsDataReader",
     "SignalReading",

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 from opentelemetry.sdk.metrics.export import MetricsData
 
 from openfeature_canary.errors import SignalSourceError
+from openfeature_canary.signals._counts import EMPTY_COHORT, CohortCounts, CountsReading
 from openfeature_canary.signals._histogram import count_above, count_at_least, histogram_quantile
 from openfeature_canary.signals._names import KNOWN_SIGNALS
 from openfeature_canary.signals._snapshots import (
@@ -157,6 +158,16 @@ class SignalSource(Protocol):
         now: float,
     ) -> SignalReading:
         """Count the samples of a histogram signal above (``>=`` if inclusive) ``threshold``."""
+        ...
+
+    def counts_between(self, flag_key: str, start: float, end: float) -> CountsReading:
+        """Both cohorts' request counts (buckets and 5xx) between ``start`` and ``end``.
+
+        The gates fold these in at every tick, from the end of the previous reading. A
+        ``start`` before the history the source holds uses its oldest data (the reading's
+        ``start`` says so): evidence lost, never counted twice. A failing backend gives a
+        reading with ``error`` set rather than raising.
+        """
         ...
 
 
@@ -384,6 +395,32 @@ class InProcessSignalSource:
             beyond = sum(count(threshold, b, c) for b, c in hist.by_bounds.items())
             return _reading(signal, float(beyond), hist.n, span)
 
+    def counts_between(self, flag_key: str, start: float, end: float) -> CountsReading:
+        """See :meth:`SignalSource.counts_between`.
+
+        Uses the snapshots at or before ``start`` and ``end`` (the oldest one kept when
+        ``start`` is before it). When the histogram's bucket layout changed inside the span,
+        the layout holding most requests is counted and the others are left out.
+        """
+        _check_time("start", start)
+        _check_time("end", end)
+        if start > end:
+            raise ValueError(f"start {start} is after end {end}")
+        with self._lock:
+            failure = self._failed_by(end)
+            ring = self._ring
+            last = ring.at_or_before(end)
+            if failure is not None or last is None:
+                return CountsReading(EMPTY_COHORT, EMPTY_COHORT, start, end, failure)
+            first = ring.at_or_before(start)
+            old, new = ring[0 if first is None else first], ring[last]
+            problem = new.problems.get(REQUEST_DURATION)
+            if problem is not None:
+                return CountsReading(EMPTY_COHORT, EMPTY_COHORT, old.t, new.t, problem)
+            canary = _cohort_counts(self._hist(flag_key, _CANARY, "requests", old, new))
+            baseline = _cohort_counts(self._hist(flag_key, _BASELINE, "requests", old, new))
+            return CountsReading(canary, baseline, old.t, new.t)
+
     def flag_keys(self) -> tuple[str, ...]:
         """Flag keys seen so far in request durations or ledger mismatches, sorted."""
         with self._lock:
@@ -486,6 +523,14 @@ class InProcessSignalSource:
         if sent <= 0:
             return _empty(signal, span, new.t)
         return _reading(signal, increase(TELEMETRY_ACCEPTED, "") / sent, round(sent), span)
+
+
+def _cohort_counts(hist: _HistWindow) -> CohortCounts:
+    if not hist.by_bounds:
+        return EMPTY_COHORT
+    bounds, counts = max(hist.by_bounds.items(), key=lambda item: sum(item[1]))
+    n = sum(counts)
+    return CohortCounts(n, min(max(hist.errors, 0), n), tuple(bounds), tuple(counts))
 
 
 def _parse(signal: str) -> tuple[str, str]:

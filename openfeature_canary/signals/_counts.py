@@ -1,0 +1,63 @@
+"""Per-cohort request counts over a span: the raw evidence the sequential gates fold in.
+
+A :class:`CountsReading` is what :meth:`SignalSource.counts_between` returns: for the canary
+(variant ``on``) and the baseline (variant ``off``) cohort of one flag, how many requests were
+served between two times, how many of them answered 5xx, and how they spread over the request
+duration histogram's buckets (bounds in milliseconds, the last bucket ``+Inf``). The gates
+(``policy/_evidence.py``) need counts, not quantiles: "P95 above 150 ms" is "more than 5 % of
+requests above the 150 ms bound", a binomial proportion like the 5xx share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["EMPTY_COHORT", "CohortCounts", "CountsReading"]
+
+
+@dataclass(frozen=True)
+class CohortCounts:
+    """One cohort's increase over a span.
+
+    ``bounds`` are the histogram's finite upper bounds in milliseconds (ascending);
+    ``counts`` has one more entry than ``bounds`` (the last is the ``+Inf`` bucket) and sums to
+    ``n``. ``errors`` counts responses with status >= 500 (``0 <= errors <= n``).
+
+    >>> CohortCounts(3, 1, (100.0,), (2, 1)).n
+    3
+    """
+
+    n: int
+    errors: int
+    bounds: tuple[float, ...] = ()
+    counts: tuple[int, ...] = (0,)
+
+    def __post_init__(self) -> None:
+        if len(self.counts) != len(self.bounds) + 1:
+            raise ValueError(
+                f"counts has {len(self.counts)} buckets for {len(self.bounds)} bounds "
+                "(expected one more, the +Inf bucket)"
+            )
+        if self.n < 0 or not 0 <= self.errors <= max(self.n, 0):
+            raise ValueError(f"inconsistent counts: n={self.n}, errors={self.errors}")
+
+
+#: A cohort that served nothing.
+EMPTY_COHORT: Final = CohortCounts(0, 0)
+
+
+@dataclass(frozen=True)
+class CountsReading:
+    """Both cohorts of one flag between the snapshots at ``start`` and ``end``.
+
+    ``start``/``end`` are the times of the data actually used (a source may start later than
+    asked when its history does not reach back, never earlier); ``error`` says why the source
+    could not read (then both cohorts are empty).
+    """
+
+    canary: CohortCounts
+    baseline: CohortCounts
+    start: float
+    end: float
+    error: str | None = None
