@@ -932,7 +932,9 @@ def test_counts_between_gives_both_cohorts_buckets_and_errors() -> None:
     assert len(reading.canary.counts) == len(reading.canary.bounds) + 1
     # Bounds are milliseconds; 300 ms lands above the 250 ms bound.
     above_250 = sum(
-        c for b, c in zip((*reading.canary.bounds, math.inf), reading.canary.counts) if b > 250
+        c
+        for b, c in zip((*reading.canary.bounds, math.inf), reading.canary.counts, strict=True)
+        if b > 250
     )
     assert above_250 == 1
 
