@@ -28,6 +28,17 @@ if ! command -v promtool >/dev/null 2>&1; then
         prometheus >/dev/null
 fi
 
+# Debian's redis-server: the redis:// store's tests start their own on a free 127.0.0.1 port
+# (tests/redis_server.py); a service the package may start is not used. Installed once.
+if ! command -v redis-server >/dev/null 2>&1; then
+    echo "== installing Debian's redis-server"
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        redis-server >/dev/null
+fi
+
 echo "== ruff check"; ruff check .
 echo "== ruff format --check"; ruff format --check .
 # mypy sees the contrib folders under their import names through a symlinked tree.

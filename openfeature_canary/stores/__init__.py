@@ -1,12 +1,14 @@
 """State stores: where each flag's :class:`~openfeature_canary.state.RolloutState` lives.
 
-``open_store(url)`` gives ``memory://`` (this process) or ``file:///path/state.json`` (the
-processes of one host); both implement the :class:`StateStore` protocol, whose every write is a
-compare-and-set on the state's version.
+``open_store(url)`` gives ``memory://`` (this process), ``file:///path/state.json`` (the
+processes of one host) or ``redis://host:port/db`` (a fleet; the ``[redis]`` extra); all
+implement the :class:`StateStore` protocol, whose every write is a compare-and-set on the
+state's version.
 """
 
 from __future__ import annotations
 
+from openfeature_canary.stores._redis import RedisStateStore
 from openfeature_canary.stores._store import (
     FileStateStore,
     MemoryStateStore,
@@ -14,4 +16,4 @@ from openfeature_canary.stores._store import (
     open_store,
 )
 
-__all__ = ["FileStateStore", "MemoryStateStore", "StateStore", "open_store"]
+__all__ = ["FileStateStore", "MemoryStateStore", "RedisStateStore", "StateStore", "open_store"]
