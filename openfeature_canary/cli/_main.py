@@ -224,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     bucket.add_argument("unit", metavar="UNIT", help="the bucketing unit, e.g. a request id")
     bucket.set_defaults(handler=_cmd_bucket)
 
+    from openfeature_canary.cli._export import add_export_parser  # it imports this module
+
+    add_export_parser(sub, common)
+
     # add_help=False: `demo --help` and every other demo option go to the demo itself.
     sub.add_parser(
         "demo", parents=[common], add_help=False, help="run the reference scenario end to end"
