@@ -29,7 +29,16 @@ from openfeature_canary.errors import (
     UnknownFlagError,
 )
 from openfeature_canary.events import EventSink, ReportSink
-from openfeature_canary.plan import FlagPlan, RolloutPlan, Stage, Trigger, load_plan, parse_plan
+from openfeature_canary.evidence import StageEvidence, Tally
+from openfeature_canary.plan import (
+    DecisionRules,
+    FlagPlan,
+    RolloutPlan,
+    Stage,
+    Trigger,
+    load_plan,
+    parse_plan,
+)
 from openfeature_canary.policy import (
     ALLOWED,
     Autopilot,
@@ -52,6 +61,7 @@ __all__ = [
     "CanaryError",
     "Clock",
     "Controller",
+    "DecisionRules",
     "EventSink",
     "FileStateStore",
     "FlagPlan",
@@ -71,11 +81,13 @@ __all__ = [
     "SignalSource",
     "SignalSourceError",
     "Stage",
+    "StageEvidence",
     "StaleStateError",
     "StateStore",
     "StateStoreError",
     "Status",
     "SystemClock",
+    "Tally",
     "Telemetry",
     "TransitionError",
     "Trigger",

@@ -19,10 +19,16 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
+from openfeature_canary._plan_decisions import DecisionRules, parse_decisions
 from openfeature_canary._plan_reader import Reader, show, show_key
 from openfeature_canary.bucketing import SCHEMES, percent_to_basis_points
 from openfeature_canary.errors import PlanError, UnknownFlagError
-from openfeature_canary.signals._names import KNOWN_SIGNALS, MS_SIGNALS, RATE_SIGNALS
+from openfeature_canary.signals._names import (
+    COHORT_SIGNALS,
+    KNOWN_SIGNALS,
+    MS_SIGNALS,
+    RATE_SIGNALS,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,6 +36,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = [
+    "DecisionRules",
     "FlagPlan",
     "OnError",
     "OnNoGo",
@@ -47,9 +54,9 @@ __all__ = [
 Operator = Literal["above", "at_least", "below", "at_most"]
 OnNoGo = Literal["rollback", "pause"]
 OnError = Literal["rollback", "ignore"]
+OnBaselineBreach = Literal["rollback", "pause"]
 
 OPERATORS: Final[tuple[Operator, ...]] = ("above", "at_least", "below", "at_most")
-DEFAULT_MIN_SAMPLES: Final = 60
 #: The smallest stage percentage: traffic is split in basis points (0.01 %), so a smaller
 #: share would serve 0 %.
 MIN_PERCENT: Final = 0.01
@@ -59,9 +66,10 @@ MIN_PERCENT: Final = 0.01
 class Stage:
     """One stage: traffic share, how long it is held, and its go/no-go gate.
 
-    ``window`` is the gate window judged as it closes; ``max_*`` are the gate thresholds
-    (``None`` means "not judged"). A window with fewer than ``min_samples`` canary requests is
-    inconclusive, never a pass.
+    ``max_*`` are the stage's lines (``None`` means "not judged"), judged on the evidence the
+    whole stage accumulates (docs/decisions.md); ``duration`` is the least time it is held;
+    ``window`` is the unit of reporting (each window's numbers go to the decision log and the
+    reports); ``on_no_go`` is what a line or comparison judged breached does.
     """
 
     percent: float
@@ -70,14 +78,7 @@ class Stage:
     max_p95_ms: float | None = None
     max_p99_ms: float | None = None
     max_error_rate: float | None = None
-    min_samples: int = DEFAULT_MIN_SAMPLES
-    max_failed_windows: int = 0
     on_no_go: OnNoGo = "rollback"
-
-    @property
-    def windows(self) -> int:
-        """How many whole gate windows fit in the stage's duration (at least one)."""
-        return max(1, int(self.duration_s // self.window_s))
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,9 @@ class Trigger:
     It breaches when ``signal <op> threshold`` (``op`` one of above, at_least, below, at_most).
     ``for_s`` makes it fire only when the breach is sustained that long (like a Prometheus
     alert's ``for``); ``occurrences`` makes it fire on the Nth breach within ``window_s``;
-    neither means it fires at once. ``on_error`` says what a failing signal source does.
+    neither means it fires at once. ``on_error`` says what a failing signal source does;
+    ``if_baseline_breaches = "pause"`` pauses instead of rolling back when the baseline cohort
+    breaches the same rule at that moment (the trouble is not the canary's).
     """
 
     name: str
@@ -99,6 +102,7 @@ class Trigger:
     occurrences: int = 1
     min_samples: int = 1
     on_error: OnError = "rollback"
+    if_baseline_breaches: OnBaselineBreach = "rollback"
 
     def breached(self, value: float) -> bool:
         """True when ``value`` is on the wrong side of the threshold."""
@@ -139,12 +143,21 @@ class FlagPlan:
     after: str | None = None
     dry_run: bool = False
     source_error_for_s: float = 60.0
+    decisions: DecisionRules = field(default_factory=DecisionRules)
 
     def stage(self, index: int) -> Stage:
         """Stage by its 1-based index (stage 0 is "pending", 0 %, and has no ``Stage``)."""
         if not 1 <= index <= len(self.stages):
             raise IndexError(f"{self.key}: stage {index} is not in 1..{len(self.stages)}")
         return self.stages[index - 1]
+
+    def serving_percent(self, index: int) -> float:
+        """What stage ``index`` serves: its percent, less the ``holdback`` in the final stage
+        (a live baseline to compare with at 100 %; the flag serves 100 % once it completes)."""
+        percent = self.stage(index).percent
+        if index == len(self.stages) and self.decisions.holdback:
+            return max(0.01, percent - self.decisions.holdback)
+        return percent
 
 
 @dataclass(frozen=True)
@@ -289,11 +302,12 @@ def _fail_on_repeated_key(data: Any, source: str) -> None:
 def parse_plan(data: Mapping[str, Any], *, source: str = "<plan>") -> RolloutPlan:
     """Validate a plan given as plain data (what TOML or JSON decode to)."""
     r = Reader(source)
-    top = r.table(data, "", {"telemetry", "reports", "flags", "store", "signals"})
+    top = r.table(data, "", {"telemetry", "reports", "flags", "store", "signals", "decisions"})
     flags_data = r.table(top.get("flags"), "flags", None, required=True)
     if not flags_data:
         r.fail("flags", "must define at least one flag")
-    flags = {key: _flag(r, key, value) for key, value in flags_data.items()}
+    rules = parse_decisions(r, top.get("decisions"), "decisions")
+    flags = {key: _flag(r, key, value, rules) for key, value in flags_data.items()}
     _check_after(r, flags)
     store = r.opt_str(top, "", "store")
     if store is not None and not store.strip():
@@ -309,10 +323,11 @@ def parse_plan(data: Mapping[str, Any], *, source: str = "<plan>") -> RolloutPla
     )
 
 
-def _flag(r: Reader, key: str, data: Any) -> FlagPlan:
+def _flag(r: Reader, key: str, data: Any, rules: DecisionRules) -> FlagPlan:
     path = f"flags.{show_key(key)}"
     if not key.isprintable():
         r.fail(path, "flag key must be printable text (no control characters)")
+    _refuse_replaced(r, data, path)
     t = r.table(
         data,
         path,
@@ -326,17 +341,14 @@ def _flag(r: Reader, key: str, data: Any) -> FlagPlan:
             "dry_run",
             "stages",
             "triggers",
-            "min_samples",
-            "max_failed_windows",
             "on_no_go",
             "source_error_for",
+            "decisions",
         },
     )
     if not key.strip():
         r.fail(path, "flag key must not be empty")
     defaults = {
-        "min_samples": r.int_(t, path, "min_samples", DEFAULT_MIN_SAMPLES, minimum=1),
-        "max_failed_windows": r.int_(t, path, "max_failed_windows", 0, minimum=0),
         "on_no_go": r.choice(t, path, "on_no_go", ("rollback", "pause"), "rollback"),
     }
     stages_data = r.array(t.get("stages"), f"{path}.stages", required=True)
@@ -360,6 +372,10 @@ def _flag(r: Reader, key: str, data: Any) -> FlagPlan:
     env = r.opt_str(t, path, "env_override")
     if env is not None and not env.strip():
         r.fail(f"{path}.env_override", "must be a non-empty environment variable name")
+    decisions = parse_decisions(r, t.get("decisions"), f"{path}.decisions", rules)
+    # Name the table the value came from: the flag's own, or the plan's.
+    where = f"{path}.decisions" if "decisions" in t else "decisions"
+    _check_decisions(r, where, decisions, stages)
     return FlagPlan(
         key=key,
         stages=tuple(stages),
@@ -372,12 +388,47 @@ def _flag(r: Reader, key: str, data: Any) -> FlagPlan:
         after=r.opt_str(t, path, "after"),
         dry_run=r.bool_(t, path, "dry_run", False),
         source_error_for_s=r.duration(t, path, "source_error_for", "1m"),
+        decisions=decisions,
     )
+
+
+def _refuse_replaced(r: Reader, data: Any, path: str) -> None:
+    """Name the keys that sequential gates replaced, rather than calling them unknown."""
+    if not isinstance(data, Mapping):
+        return
+    for key in ("min_samples", "max_failed_windows"):
+        if key in data:
+            r.fail(
+                f"{path}.{key}",
+                "was replaced by evidence accumulated over the stage: set how much a stage must "
+                "be able to detect in a [decisions] table instead (docs/decisions.md)",
+            )
+
+
+def _check_decisions(r: Reader, where: str, rules: DecisionRules, stages: list[Stage]) -> None:
+    """A detectable regression must lie beyond every line it is measured against."""
+    for i, stage in enumerate(stages):
+        line = stage.max_error_rate
+        detect = rules.detect_error_rate
+        if detect is not None and line is not None and detect <= line:
+            r.fail(
+                f"{where}.detect_error_rate",
+                f"must be above stage {i + 1}'s max_error_rate ({_num(line)}), got {_num(detect)}",
+            )
+        slowest = 0.05 if stage.max_p95_ms is not None else 0.0
+        slowest = 0.01 if stage.max_p99_ms is not None and not slowest else slowest
+        if slowest and rules.detect_slow_share <= slowest:
+            r.fail(
+                f"{where}.detect_slow_share",
+                f"must be above the {slowest:.0%} of requests stage {i + 1}'s latency line "
+                f"allows, got {_num(rules.detect_slow_share)}",
+            )
 
 
 def _stage(
     r: Reader, path: str, data: Any, prev: float | None, defaults: Mapping[str, Any]
 ) -> Stage:
+    _refuse_replaced(r, data, path)
     t = r.table(
         data,
         path,
@@ -388,8 +439,6 @@ def _stage(
             "max_p95_ms",
             "max_p99_ms",
             "max_error_rate",
-            "min_samples",
-            "max_failed_windows",
             "on_no_go",
         },
     )
@@ -430,10 +479,6 @@ def _stage(
         max_p95_ms=p95,
         max_p99_ms=p99,
         max_error_rate=max_rate,
-        min_samples=r.int_(t, path, "min_samples", defaults["min_samples"], minimum=1),
-        max_failed_windows=r.int_(
-            t, path, "max_failed_windows", defaults["max_failed_windows"], minimum=0
-        ),
         on_no_go=r.choice(t, path, "on_no_go", ("rollback", "pause"), defaults["on_no_go"]),
     )
 
@@ -442,7 +487,17 @@ def _trigger(r: Reader, path: str, data: Any) -> Trigger:
     t = r.table(
         data,
         path,
-        {"name", "signal", *OPERATORS, "for", "window", "occurrences", "min_samples", "on_error"},
+        {
+            "name",
+            "signal",
+            *OPERATORS,
+            "for",
+            "window",
+            "occurrences",
+            "min_samples",
+            "on_error",
+            "if_baseline_breaches",
+        },
     )
     name = r.opt_str(t, path, "name")
     if not name:
@@ -478,7 +533,21 @@ def _trigger(r: Reader, path: str, data: Any) -> Trigger:
         occurrences=occurrences,
         min_samples=r.int_(t, path, "min_samples", 1, minimum=1),
         on_error=r.choice(t, path, "on_error", ("rollback", "ignore"), "rollback"),
+        if_baseline_breaches=_baseline_option(r, t, path, signal),
     )
+
+
+def _baseline_option(r: Reader, t: Mapping[str, Any], path: str, signal: str) -> OnBaselineBreach:
+    option: OnBaselineBreach = r.choice(
+        t, path, "if_baseline_breaches", ("rollback", "pause"), "rollback"
+    )
+    if option == "pause" and signal not in COHORT_SIGNALS:
+        r.fail(
+            f"{path}.if_baseline_breaches",
+            f"{signal} has no baseline cohort to compare with (only "
+            f"{', '.join(COHORT_SIGNALS)} do)",
+        )
+    return option
 
 
 def _telemetry(r: Reader, data: Any) -> TelemetryConfig:

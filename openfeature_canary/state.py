@@ -8,22 +8,37 @@ raises :class:`~openfeature_canary.errors.StateStoreError` naming the field and 
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from enum import Enum
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final
 
+from openfeature_canary._validate import (
+    _SCALARS,
+    StrEnum,
+    _array,
+    _bad,
+    _choice,
+    _evidence,
+    _finite,
+    _integer,
+    _join,
+    _object,
+    _percent,
+    _show,
+    _show_key,
+    _text,
+)
 from openfeature_canary.errors import StateStoreError
+from openfeature_canary.evidence import StageEvidence
 
 if TYPE_CHECKING:
     from openfeature_canary.plan import FlagPlan
 
 __all__ = [
     "LOG_LIMIT",
+    "WINDOW_LIMIT",
     "LogEntry",
     "RolloutState",
     "Status",
@@ -32,17 +47,11 @@ __all__ = [
     "check_state_against_plan",
 ]
 
-if sys.version_info >= (3, 11):
-    from enum import StrEnum
-else:  # pragma: no cover
-
-    class StrEnum(str, Enum):
-        def __str__(self) -> str:
-            return str(self.value)
-
-
 #: How many decision-log entries a state keeps (the reports keep everything).
 LOG_LIMIT: Final = 50
+
+#: How many judged gate windows a state keeps (a 24 h stage of 15 min windows has 96).
+WINDOW_LIMIT: Final = 100
 
 Number = int | float | str | None
 
@@ -102,7 +111,9 @@ class LogEntry:
 
 
 class Verdict(StrEnum):
-    """A gate window's verdict: pass and fail need ``min_samples``; otherwise inconclusive."""
+    """A gate window's verdict, for the reports: ``pass`` when the window's interval lies within
+    every line, ``fail`` when one lies beyond a line, ``inconclusive`` otherwise. Decisions rest
+    on the stage's accumulated evidence, not on single windows."""
 
     PASS = "pass"
     FAIL = "fail"
@@ -121,6 +132,11 @@ class WindowRecord:
     p95_ms: float | None = None
     error_rate: float | None = None
     reason: str = ""
+    error_low: float | None = None
+    error_high: float | None = None
+    baseline_n: int = 0
+    baseline_p95_ms: float | None = None
+    baseline_error_rate: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
@@ -133,6 +149,11 @@ class WindowRecord:
             "p95_ms": self.p95_ms,
             "error_rate": self.error_rate,
             "reason": self.reason,
+            "error_low": self.error_low,
+            "error_high": self.error_high,
+            "baseline_n": self.baseline_n,
+            "baseline_p95_ms": self.baseline_p95_ms,
+            "baseline_error_rate": self.baseline_error_rate,
         }
 
     @classmethod
@@ -149,6 +170,11 @@ class WindowRecord:
             p95_ms=_evidence(t, path, "p95_ms"),
             error_rate=_evidence(t, path, "error_rate"),
             reason=_text(t, path, "reason", ""),
+            error_low=_evidence(t, path, "error_low"),
+            error_high=_evidence(t, path, "error_high"),
+            baseline_n=_integer(t, path, "baseline_n") if "baseline_n" in t else 0,
+            baseline_p95_ms=_evidence(t, path, "baseline_p95_ms"),
+            baseline_error_rate=_evidence(t, path, "baseline_error_rate"),
         )
 
 
@@ -174,11 +200,24 @@ class RolloutState:
     #: An operator's command waiting for the process that runs the policy (``"start"``: a
     #: start asked for from a process without signals, carried out once the baseline is quiet).
     requested: str = ""
+    #: What the current stage has gathered (running or paused; ``None`` otherwise).
+    evidence: StageEvidence | None = None
 
     @property
     def last_decision(self) -> LogEntry | None:
         """The newest log entry, if any."""
         return self.log[-1] if self.log else None
+
+    def entries_after(self, older: RolloutState) -> tuple[LogEntry, ...]:
+        """The log entries this state added since ``older`` (a change may add none: a tick
+        that only brought the stage's evidence up to date)."""
+        if self.version <= older.version:
+            return ()
+        last = older.log[-1] if older.log else None
+        for i in range(len(self.log) - 1, -1, -1):
+            if self.log[i] is last or (last is not None and self.log[i] == last):
+                return self.log[i + 1 :]
+        return self.log
 
     def evolve(self, *entries: LogEntry, **changes: Any) -> RolloutState:
         """A new state with ``changes`` applied, the version bumped and ``entries`` logged."""
@@ -198,6 +237,7 @@ class RolloutState:
             "log": [e.to_dict() for e in self.log],
             "windows": [w.to_dict() for w in self.windows],
             **({"requested": self.requested} if self.requested else {}),
+            **({"evidence": self.evidence.to_dict()} if self.evidence is not None else {}),
         }
 
     @classmethod
@@ -247,6 +287,9 @@ class RolloutState:
                 for i, w in enumerate(_array(t, path, "windows"))
             ),
             requested=requested,
+            evidence=None
+            if t.get("evidence") is None
+            else StageEvidence.from_dict(t["evidence"], path=_join(path, "evidence")),
         )
 
 
@@ -278,119 +321,4 @@ def check_state_against_plan(flag: FlagPlan, state: RolloutState, *, source: str
         )
 
 
-# --------------------------------------------------------------------------- validation
-
 _REQUESTS: Final = ("", "start")
-_SCALARS: Final = frozenset({int, float, str, bool, type(None)})
-_ABSENT: Final[Any] = object()
-_SHOW_MAX: Final = 40
-
-
-def _bad(path: str, message: str) -> NoReturn:
-    raise StateStoreError(f"{path}: {message}" if path else message)
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _show(value: Any) -> str:
-    """A value as it would read in JSON, on one line and short; containers by their kind."""
-    if isinstance(value, Mapping):
-        return "an object"
-    if isinstance(value, (list, tuple)):
-        return "an array"
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):  # an int beyond the digits limit, an unknown type
-        return type(value).__name__
-    return text if len(text) <= _SHOW_MAX else text[: _SHOW_MAX - 1] + "…"
-
-
-def _show_key(key: Any) -> str:
-    """A key inside a path: as is when it is short printable text, else quoted."""
-    if isinstance(key, str) and key.isprintable() and len(key) <= _SHOW_MAX:
-        return key
-    return _show(key)
-
-
-def _object(data: Any, path: str) -> Mapping[str, Any]:
-    if type(data) is not dict and not isinstance(data, Mapping):
-        _bad(path, f"must be an object, got {_show(data)}")
-    return data
-
-
-def _value(t: Mapping[str, Any], path: str, key: str, default: Any) -> Any:
-    if key in t:
-        return t[key]
-    if default is _ABSENT:
-        _bad(_join(path, key), "is required")
-    return default
-
-
-def _text(t: Mapping[str, Any], path: str, key: str, default: Any = _ABSENT) -> str:
-    value = _value(t, path, key, default)
-    if not isinstance(value, str):
-        _bad(_join(path, key), f"must be a string, got {_show(value)}")
-    return value
-
-
-def _choice(t: Mapping[str, Any], path: str, key: str, options: type[StrEnum]) -> str:
-    value = _value(t, path, key, _ABSENT)
-    names = [o.value for o in options]
-    if not isinstance(value, str) or value not in names:
-        _bad(_join(path, key), f"must be one of {', '.join(names)}, got {_show(value)}")
-    return value
-
-
-def _integer(t: Mapping[str, Any], path: str, key: str) -> int:
-    value = _value(t, path, key, _ABSENT)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        _bad(_join(path, key), f"must be an integer >= 0, got {_show(value)}")
-    return value
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _finite(t: Mapping[str, Any], path: str, key: str) -> float:
-    """A time or a duration: a finite number."""
-    value = _value(t, path, key, _ABSENT)
-    if not _is_number(value) or not _finite_float(value):
-        _bad(_join(path, key), f"must be a finite number, got {_show(value)}")
-    return float(value)
-
-
-def _finite_float(value: int | float) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int too large for a float
-        return False
-
-
-def _percent(t: Mapping[str, Any], path: str) -> float:
-    value = _value(t, path, "percent", _ABSENT)
-    if not _is_number(value) or not _finite_float(value) or not 0 <= value <= 100:
-        _bad(_join(path, "percent"), f"must be a number in [0, 100], got {_show(value)}")
-    return float(value)
-
-
-def _evidence(t: Mapping[str, Any], path: str, key: str) -> float | None:
-    """A measured value: a number (non-finite allowed: it is shown, never acted on) or null."""
-    value = t.get(key)
-    if value is None:
-        return None
-    if not _is_number(value):
-        _bad(_join(path, key), f"must be a number or null, got {_show(value)}")
-    try:
-        return float(value)
-    except OverflowError:
-        return math.inf if value > 0 else -math.inf
-
-
-def _array(t: Mapping[str, Any], path: str, key: str) -> list[Any]:
-    value = t.get(key, [])
-    if not isinstance(value, list):
-        _bad(_join(path, key), f"must be an array, got {_show(value)}")
-    return value

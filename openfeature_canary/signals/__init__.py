@@ -12,6 +12,12 @@ from __future__ import annotations
 
 from openfeature_canary.signals._counts import EMPTY_COHORT, CohortCounts, CountsReading
 from openfeature_canary.signals._histogram import count_above, count_at_least, histogram_quantile
+from openfeature_canary.signals._prometheus import (
+    DEFAULT_PROMETHEUS_TIMEOUT_S,
+    PrometheusSignalSource,
+)
+from openfeature_canary.signals._promql import validate_queries
+from openfeature_canary.signals._promqueries import PrometheusNames, default_queries
 from openfeature_canary.signals._source import (
     DEFAULT_RETENTION_S,
     InProcessSignalSource,
@@ -22,16 +28,21 @@ from openfeature_canary.signals._source import (
 )
 
 __all__ = [
+    "DEFAULT_PROMETHEUS_TIMEOUT_S",
     "DEFAULT_RETENTION_S",
     "EMPTY_COHORT",
     "CohortCounts",
     "CountsReading",
     "InProcessSignalSource",
     "MetricsDataReader",
+    "PrometheusNames",
+    "PrometheusSignalSource",
     "SignalReading",
     "SignalSource",
     "count_above",
     "count_at_least",
+    "default_queries",
     "histogram_quantile",
     "retention_for_plan",
+    "validate_queries",
 ]

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
 
+from openfeature_canary._validate import _show, _show_key
 from openfeature_canary.errors import StaleStateError, StateStoreError
-from openfeature_canary.state import RolloutState, _show, _show_key
+from openfeature_canary.state import RolloutState
 from openfeature_canary.stores._atomicfile import atomic_write_text
 from openfeature_canary.stores._forksafe import hold_locks_across_fork
 
@@ -286,13 +287,15 @@ def _check_version(
 
 
 def open_store(url: str) -> StateStore:
-    """Open a store from its URL: ``memory://`` or ``file:///path/state.json``.
+    """Open a store from its URL: ``memory://``, ``file:///path/state.json`` or
+    ``redis://host:port/db`` (see :class:`~openfeature_canary.stores.RedisStateStore`).
 
     Raises :class:`StateStoreError` naming the URL when it is not understood.
     """
     if not url.strip():
         raise StateStoreError(
-            f"store URL {url!r} is empty: give memory:// or file:///path/state.json"
+            f"store URL {url!r} is empty: give memory://, file:///path/state.json or "
+            "redis://host:port/db"
         )
     parsed = urlparse(url)
     if parsed.scheme == "memory":
@@ -314,10 +317,11 @@ def open_store(url: str) -> StateStore:
                 f"store URL {url!r}: needs a file name, e.g. file:///var/lib/x.json"
             )
         return FileStateStore(path)
-    if parsed.scheme == "redis":
-        raise StateStoreError(
-            f"store URL {url!r}: the redis store is not available in this version"
-        )
+    if parsed.scheme in ("redis", "rediss"):
+        from openfeature_canary.stores._redis import RedisStateStore  # the [redis] extra
+
+        return RedisStateStore(url)
     raise StateStoreError(
-        f"store URL {url!r}: unknown scheme {parsed.scheme!r} (use memory:// or file:///path)"
+        f"store URL {url!r}: unknown scheme {parsed.scheme!r} (use memory://, file:///path "
+        "or redis://host:port/db)"
     )
