@@ -38,7 +38,8 @@ __all__ = ["main", "run_demo"]
 #: Virtual start of the demo: a fixed instant, so that runs are comparable.
 START = datetime(2026, 11, 26, 9, 0, tzinfo=timezone.utc).timestamp()
 _EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "canary_plan.toml"
-_QUIET_ACTIONS = frozenset({"window_pass"})
+#: Window records are reporting, not decisions: shown with --verbose (a failing one always).
+_QUIET_ACTIONS = frozenset({"window_pass", "window_inconclusive"})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, help="serve /metrics on 127.0.0.1:PORT")
     p.add_argument("--reports", default=None, help="reports folder (default: the plan's)")
     p.add_argument("--seed", type=int, default=7, help="traffic model seed")
-    p.add_argument("--verbose", action="store_true", help="also print passing gate windows")
+    p.add_argument(
+        "--verbose", action="store_true", help="also print passing and inconclusive gate windows"
+    )
     return p
 
 
@@ -105,8 +108,7 @@ class _Printer:
         self.lines = 0
 
     def __call__(self, old: RolloutState, new: RolloutState) -> None:
-        fresh = new.log[-(new.version - old.version) :] if new.version > old.version else ()
-        for entry in fresh:
+        for entry in new.entries_after(old):
             if entry.action in _QUIET_ACTIONS and not self.verbose:
                 continue
             status = f"{new.status.value} {new.stage} {new.percent:g}%"

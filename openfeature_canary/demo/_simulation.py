@@ -27,6 +27,7 @@ from openfeature_canary.instrumentation import (
     shadow_compare,
 )
 from openfeature_canary.plan import FlagPlan
+from openfeature_canary.policy._gates import requests_to_go
 from openfeature_canary.policy._rollout import Rollout
 from openfeature_canary.state import Status
 
@@ -183,8 +184,8 @@ class SimulatedService:
 class Simulation:
     """Drives virtual time: traffic, then a clock step, then a policy tick — until done.
 
-    The request rate of each flag adapts to its stage so that every gate window sees about
-    four times its ``min_samples`` canary requests, and at least ``min_canary_rps`` canary
+    The request rate of each flag adapts to its stage so that the stage gathers about twice
+    the canary requests its gate needs to go, and at least ``min_canary_rps`` canary
     requests a second reach the trigger windows (a real service's traffic is what it is;
     the demo's is chosen to be judged quickly).
     """
@@ -217,7 +218,8 @@ class Simulation:
             return self.base_rps
         stage = flag.stage(state.stage)
         share = state.percent / 100.0
-        wanted = max(4 * stage.min_samples / (share * stage.window_s), self.min_canary_rps / share)
+        needed = requests_to_go(flag, state.stage)
+        wanted = max(2 * needed / (share * stage.duration_s), self.min_canary_rps / share)
         return min(self.max_rps, max(self.base_rps, wanted))
 
     def step(self) -> None:

@@ -25,7 +25,7 @@ from openfeature_canary._format import (
     format_span,
 )
 from openfeature_canary.events._ingest import INGEST_PATH, IngestError, ingest_url, redact_url
-from openfeature_canary.plan import DEFAULT_MIN_SAMPLES, FlagPlan, RolloutPlan, Stage
+from openfeature_canary.plan import FlagPlan, RolloutPlan, Stage
 
 __all__ = ["phase_of", "render_plan_markdown"]
 
@@ -128,7 +128,7 @@ def _flag_section(plan: RolloutPlan, key: str, flag: FlagPlan) -> list[str]:
         ("Stage", "Traffic", "Duration", "Gate window", "Go/No-Go"),
         [_BASELINE_ROW, *(_stage_row(flag, i) for i in range(1, len(flag.stages) + 1))],
     )
-    out += ["", *_gate_notes(flag.stages)]
+    out += ["", *_gate_notes(flag)]
     out += ["", "### Hard rollback triggers (any one → immediately 0 %)", ""]
     if flag.triggers:
         out += _table(
@@ -171,31 +171,37 @@ def _gate(stage: Stage) -> str:
         parts.append(f"P99 ≤ {format_number(stage.max_p99_ms)} ms")
     if stage.max_error_rate is not None:
         parts.append(f"5xx ≤ {format_rate(stage.max_error_rate)}")
-    return ", ".join(parts) or "no gate (time only)"
+    return ", ".join(parts) or "canary against baseline only"
 
 
-def _gate_notes(stages: tuple[Stage, ...]) -> list[str]:
-    """One sentence on how windows are judged; per stage only where stages differ."""
-    rules = {(s.min_samples, s.max_failed_windows, s.on_no_go) for s in stages}
-    if len(rules) == 1:
-        return [_gate_rule(*next(iter(rules)))]
-    return [
-        f"- Stage {i}: " + _gate_rule(s.min_samples, s.max_failed_windows, s.on_no_go)
-        for i, s in enumerate(stages, start=1)
+def _gate_notes(flag: FlagPlan) -> list[str]:
+    """How the gates decide (docs/decisions.md), in two sentences."""
+    rules = flag.decisions
+    no_go = {s.on_no_go for s in flag.stages}
+    action = " or ".join(sorted(no_go))
+    lines = [
+        "Gates are judged on the evidence each stage accumulates, with sequential tests that "
+        "may be read at every tick: a false-rollback budget of "
+        f"{format_rate(rules.false_rollback_budget)} per rollout is shared by every line and "
+        "canary-against-baseline comparison "
+        f"(5xx ratio margin {format_number(rules.error_ratio_margin)}x, latency AUC margin "
+        f"{format_number(rules.latency_margin)}); a breach acts at once ({action}).",
+        "A stage goes after its duration once it could have caught, with "
+        f"{format_rate(rules.power)} power, a canary with a 5xx share of "
+        + (
+            format_rate(rules.detect_error_rate)
+            if rules.detect_error_rate is not None
+            else "5 % (or 3x a higher line)"
+        )
+        + f" and {format_rate(rules.detect_slow_share)} of requests over a latency line; with "
+        "less information it extends, then pauses after its duration again.",
     ]
-
-
-def _gate_rule(min_samples: int, max_failed: int, on_no_go: str) -> str:
-    samples = (
-        f"{min_samples} canary requests"
-        if min_samples != DEFAULT_MIN_SAMPLES
-        else f"{DEFAULT_MIN_SAMPLES} canary requests (default)"
-    )
-    failed = "no window fails" if max_failed == 0 else f"at most {max_failed} windows fail"
-    return (
-        f"A gate window is conclusive with at least {samples}; fewer is inconclusive, never a "
-        f"pass. Go when {failed}; otherwise no-go → {on_no_go}."
-    )
+    if rules.holdback:
+        lines.append(
+            f"The final stage keeps {format_percent(rules.holdback)} of units on the old path "
+            "as a live baseline; completing serves 100 %."
+        )
+    return lines
 
 
 def _on_error_note(on_error: str) -> str:

@@ -69,11 +69,12 @@ _RESULTS_COLUMNS: Final = (
     ("Started", "---"),
     ("Ended", "---"),
     ("Planned P95", "---:"),
-    ("Observed P95 (worst window)", "---:"),
+    ("Observed P95", "---:"),
     ("Planned 5xx", "---:"),
     ("Observed 5xx", "---:"),
     ("Samples", "---:"),
     ("Windows pass/fail/inconclusive", ":---:"),
+    ("Would have caught", "---"),
     ("Decision", "---"),
 )
 
@@ -87,9 +88,10 @@ class StageResult:
     """What one completed stage showed and what was decided, one row of ``canary_results.md``.
 
     Times are seconds since the epoch (the controller's clock); ``planned_*`` are the stage's
-    gate thresholds and ``observed_*`` the worst gate window's values (``None`` = not judged
-    or no data). ``decision`` is ``advance``, ``complete``, ``rollback`` or ``pause``;
-    ``reason`` says why.
+    lines and ``observed_*`` the canary's values over the whole stage (``None`` = not judged
+    or no data). ``power`` says what the stage's evidence would have caught, e.g.
+    ``5xx 5 %: 100 %; 5xx 3x line: 97 %``. ``decision`` is ``advance``, ``complete``,
+    ``rollback`` or ``pause``; ``reason`` says why.
     """
 
     flag_key: str
@@ -107,6 +109,7 @@ class StageResult:
     windows_inconclusive: int
     decision: str
     reason: str
+    power: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for the JSON sidecar."""
@@ -131,6 +134,7 @@ class StageResult:
             windows_inconclusive=int(data["windows_inconclusive"]),
             decision=str(data["decision"]),
             reason=str(data.get("reason", "")),
+            power=str(data.get("power", "")),
         )
 
 
@@ -300,7 +304,8 @@ def render_results(results: list[StageResult]) -> str:
         "# Canary results",
         "",
         f"One row per completed stage; rendered from `{RESULTS_DATA_FILE}`. Observed values are",
-        "the worst gate window's; times are UTC.",
+        "the canary's over the whole stage; *would have caught* is the stage's power against the",
+        "stated regressions (docs/decisions.md); times are UTC.",
         "",
     ]
     for flag_key, rows in by_flag.items():
@@ -319,6 +324,7 @@ def render_results(results: list[StageResult]) -> str:
                 fmt_rate(r.observed_error_rate),
                 fmt_count(r.samples),
                 f"{r.windows_passed} / {r.windows_failed} / {r.windows_inconclusive}",
+                r.power or "\u2013",
                 f"**{r.decision}**" + (f" — {r.reason}" if r.reason else ""),
             )
             out.append("| " + " | ".join(_cell(c) for c in cells) + " |")

@@ -1,6 +1,8 @@
 """The policy: pure decisions, the controllers that apply them, and what each flag serves.
 
-- :func:`decide` is a pure function of (plan, state, readings, memory, now) → :class:`Decision`.
+- :func:`decide` is a pure function of (plan, state, readings, memory, now) → :class:`Decision`;
+  its stage gates are sequential tests on the stage's evidence (:func:`judge`,
+  docs/decisions.md).
 - :class:`Autopilot` is the policy a :class:`Rollout` is built with: it reads a
   :class:`~openfeature_canary.signals.SignalSource` and calls :func:`decide`.
 - :class:`Controller` (one per flag) applies operator commands and policy decisions through
@@ -17,13 +19,12 @@ from openfeature_canary.policy._controller import Controller, Policy
 from openfeature_canary.policy._decide import (
     Action,
     Decision,
-    GateReadings,
     Memory,
     Reading,
     Readings,
     decide,
-    stage_evidence,
 )
+from openfeature_canary.policy._gates import GateTest, Information, Judgement, judge
 from openfeature_canary.policy._metrics import RolloutMetrics
 from openfeature_canary.policy._pipeline import (
     RECONCILE_WINDOW_S,
@@ -48,7 +49,9 @@ __all__ = [
     "Controller",
     "Decision",
     "FlagView",
-    "GateReadings",
+    "GateTest",
+    "Information",
+    "Judgement",
     "Memory",
     "Pipeline",
     "Policy",
@@ -65,5 +68,5 @@ __all__ = [
     "decide",
     "event_id",
     "implied_events",
-    "stage_evidence",
+    "judge",
 ]

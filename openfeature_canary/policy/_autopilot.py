@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
 
 from openfeature_canary.errors import SignalSourceError
 from openfeature_canary.plan import FlagPlan, Trigger
@@ -22,7 +21,6 @@ from openfeature_canary.policy._controller import Controller
 from openfeature_canary.policy._decide import (
     Action,
     Decision,
-    GateReadings,
     Memory,
     Reading,
     Readings,
@@ -30,11 +28,18 @@ from openfeature_canary.policy._decide import (
     baseline_signal,
     counts_samples,
     decide,
-    stage_evidence,
-    windows_due,
 )
-from openfeature_canary.signals import SignalSource
-from openfeature_canary.state import LogEntry, Number, RolloutState, Status, WindowRecord
+from openfeature_canary.policy._gates import current_evidence, stage_summary
+from openfeature_canary.policy._windows import windows_due
+from openfeature_canary.signals import EMPTY_COHORT, CountsReading, SignalSource
+from openfeature_canary.state import (
+    WINDOW_LIMIT,
+    LogEntry,
+    Number,
+    RolloutState,
+    Status,
+    WindowRecord,
+)
 from openfeature_canary.stores._forksafe import renew_locks_after_fork
 
 __all__ = ["Autopilot", "TickResult"]
@@ -141,21 +146,32 @@ class Autopilot:
             return Readings()
         pending = state.status is Status.PENDING
         triggers: dict[str, Reading] = {}
+        baselines: dict[str, Reading] = {}
         for t in flag.triggers:
             signal = baseline_signal(t.signal) if pending else t.signal
             triggers[t.name] = self._read_trigger(flag.key, t, signal, now)
-        windows: dict[int, GateReadings] = {}
-        for span in windows_due(flag, state, now):
-            stage = flag.stage(state.stage)
+            if not pending and t.if_baseline_breaches == "pause":
+                baselines[t.name] = self._read_trigger(flag.key, t, baseline_signal(t.signal), now)
+        if state.status not in (Status.RUNNING, Status.PAUSED) or state.stage < 1:
+            return Readings(MappingProxyType(triggers), MappingProxyType(baselines))
+        evidence = current_evidence(state.stage, state.since, state.evidence)
+        counts = self._counts(flag.key, evidence.through, now)
+        windows = {
+            span.index: self._counts(flag.key, span.start, span.end)
+            for span in windows_due(flag, state, now)
+        }
+        return Readings(
+            MappingProxyType(triggers),
+            MappingProxyType(baselines),
+            counts,
+            MappingProxyType(windows),
+        )
 
-            def between(sig: str, s: Any = span) -> Reading:
-                return self._read(lambda: self.source.read_between(flag.key, sig, s.start, s.end))
-
-            p99 = between("latency_p99_ms") if stage.max_p99_ms is not None else None
-            windows[span.index] = GateReadings(
-                between("latency_p95_ms"), between("error_rate"), p99
-            )
-        return Readings(MappingProxyType(triggers), MappingProxyType(windows))
+    def _counts(self, key: str, start: float, end: float) -> CountsReading:
+        try:
+            return self.source.counts_between(key, start, min(max(start, end), end))
+        except (SignalSourceError, ValueError) as exc:
+            return CountsReading(EMPTY_COHORT, EMPTY_COHORT, start, end, str(exc))
 
     def _read_trigger(self, key: str, t: Trigger, signal: str, now: float) -> Reading:
         try:
@@ -165,13 +181,6 @@ class Autopilot:
                     key, signal, t.threshold, inclusive, t.window_s, now
                 )
             return self.source.read(key, signal, t.window_s, now)
-        except SignalSourceError as exc:
-            return _ErrorReading(str(exc))
-
-    @staticmethod
-    def _read(fn: Callable[[], Reading]) -> Reading:
-        try:
-            return fn()
         except SignalSourceError as exc:
             return _ErrorReading(str(exc))
 
@@ -193,6 +202,11 @@ def _window_entry(w: WindowRecord) -> LogEntry:
             "n": w.n,
             "p95_ms": w.p95_ms,
             "error_rate": w.error_rate,
+            "error_low": w.error_low,
+            "error_high": w.error_high,
+            "baseline_n": w.baseline_n,
+            "baseline_p95_ms": w.baseline_p95_ms,
+            "baseline_error_rate": w.baseline_error_rate,
             "window_s": w.end - w.start,
         },
     )
@@ -200,28 +214,32 @@ def _window_entry(w: WindowRecord) -> LogEntry:
 
 def _target(flag: FlagPlan, state: RolloutState, d: Decision, now: float) -> RolloutState:
     """The state a decision leads to. A dry-run flag never changes its percentage: a
-    rollback is logged and restarts the stage's observation instead."""
+    rollback is logged and restarts the stage's observation (and its evidence) instead."""
     dry = flag.dry_run
     numbers: dict[str, Number] = dict(d.numbers)
     if dry:
         numbers["dry_run"] = 1
     entries = [*(_window_entry(w) for w in d.windows)]
-    windows = (*state.windows, *d.windows)
+    windows = (*state.windows, *d.windows)[-WINDOW_LIMIT:]
+    evidence = d.evidence if d.evidence is not None else state.evidence
     if d.action in (Action.HOLD, Action.EXTEND):
         if d.action == Action.EXTEND:
             entries.append(_entry(now, d.action, d.reason, numbers))
-        return state.evolve(*entries, windows=windows)
-    if d.action in (Action.ROLLBACK, Action.ADVANCE, Action.COMPLETE, Action.PAUSE) and (
-        state.stage >= 1
+        return state.evolve(*entries, windows=windows, evidence=evidence)
+    if (
+        d.action in (Action.ROLLBACK, Action.PAUSE)
+        and state.stage >= 1
+        and "samples" not in numbers
     ):
-        # The ended stage's evidence goes into the persisted entry: its results row is built
-        # from it once the transition is persisted (never from anything kept aside).
-        numbers.update(stage_evidence(flag.stage(state.stage), windows))
+        # A trigger ended the stage: its evidence goes into the persisted entry, from which
+        # the results row is built once the transition is persisted.
+        ev = current_evidence(state.stage, state.since, evidence)
+        numbers.update(stage_summary(flag, state.stage, ev, windows))
     if d.action == Action.ROLLBACK:
         numbers.update(from_stage=state.stage, from_pct=state.percent)
         entries.append(_entry(now, d.action, d.reason, numbers))
         if dry:
-            return state.evolve(*entries, since=now, windows=())
+            return state.evolve(*entries, since=now, windows=(), evidence=None)
         return state.evolve(
             *entries,
             status=Status.ROLLED_BACK,
@@ -231,20 +249,33 @@ def _target(flag: FlagPlan, state: RolloutState, d: Decision, now: float) -> Rol
             windows=(),
             reason=d.reason,
             requested="",
+            evidence=None,
         )
     if d.action == Action.PAUSE:
         entries.append(_entry(now, d.action, d.reason, numbers))
         return state.evolve(
-            *entries, status=Status.PAUSED, since=now, reason=d.reason, windows=windows
+            *entries,
+            status=Status.PAUSED,
+            since=now,
+            reason=d.reason,
+            windows=windows,
+            evidence=evidence,
         )
     if d.action == Action.COMPLETE:
         entries.append(_entry(now, d.action, d.reason, numbers))
         return state.evolve(
-            *entries, status=Status.COMPLETED, since=now, windows=(), reason="completed"
+            *entries,
+            status=Status.COMPLETED,
+            percent=state.percent if dry else flag.stages[-1].percent,
+            since=now,
+            windows=(),
+            reason="completed",
+            evidence=None,
         )
-    # ADVANCE or START: into the next stage.
+    # ADVANCE or START: into the next stage. The ended stage's evidence stays until the new
+    # stage's first tick: its baseline becomes the reference of a final stage at 100 %.
     stage = 1 if d.action == Action.START else state.stage + 1
-    pct = state.percent if dry else flag.stage(stage).percent
+    pct = state.percent if dry else flag.serving_percent(stage)
     numbers.update(to_stage=stage, to_pct=flag.stage(stage).percent)
     entries.append(_entry(now, d.action, d.reason, numbers))
     return state.evolve(
@@ -256,4 +287,5 @@ def _target(flag: FlagPlan, state: RolloutState, d: Decision, now: float) -> Rol
         windows=(),
         reason=d.reason,
         requested="",
+        evidence=evidence if d.action == Action.ADVANCE else None,
     )

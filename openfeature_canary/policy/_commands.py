@@ -14,7 +14,7 @@ from typing import Final
 
 from openfeature_canary.errors import TransitionError
 from openfeature_canary.plan import FlagPlan
-from openfeature_canary.policy._decide import stage_evidence
+from openfeature_canary.policy._gates import current_evidence, stage_summary
 from openfeature_canary.state import LogEntry, Number, RolloutState, Status
 
 __all__ = [
@@ -82,7 +82,8 @@ def _evidence(flag: FlagPlan, cur: RolloutState) -> dict[str, Number]:
     """The running stage's evidence, for the entry that ends it (its results row)."""
     if cur.status not in (Status.RUNNING, Status.PAUSED) or not 1 <= cur.stage <= len(flag.stages):
         return {}
-    return stage_evidence(flag.stage(cur.stage), cur.windows)
+    evidence = current_evidence(cur.stage, cur.since, cur.evidence)
+    return stage_summary(flag, cur.stage, evidence, cur.windows)
 
 
 def started(flag: FlagPlan, cur: RolloutState, now: float) -> RolloutState:
@@ -92,11 +93,12 @@ def started(flag: FlagPlan, cur: RolloutState, now: float) -> RolloutState:
         _entry(now, "start", "operator", to_stage=1, to_pct=first.percent),
         status=Status.RUNNING,
         stage=1,
-        percent=first.percent,
+        percent=flag.serving_percent(1),
         since=now,
         windows=(),
         reason="started",
         requested="",
+        evidence=None,
     )
 
 
@@ -138,9 +140,11 @@ def promoted(flag: FlagPlan, cur: RolloutState, now: float, reason: str) -> Roll
         return cur.evolve(
             _entry(now, "complete", reason, stage=cur.stage, pct=cur.percent, **evidence),
             status=Status.COMPLETED,
+            percent=flag.stages[-1].percent,
             since=now,
             windows=(),
             reason="completed",
+            evidence=None,
         )
     nxt = flag.stages[cur.stage]
     return cur.evolve(
@@ -155,7 +159,7 @@ def promoted(flag: FlagPlan, cur: RolloutState, now: float, reason: str) -> Roll
         ),
         status=Status.RUNNING,
         stage=cur.stage + 1,
-        percent=nxt.percent,
+        percent=flag.serving_percent(cur.stage + 1),
         since=now,
         windows=(),
         reason=reason,
@@ -180,6 +184,7 @@ def rolled_back(
         windows=(),
         reason=reason,
         requested="",
+        evidence=None,
     )
 
 
@@ -194,6 +199,7 @@ def reset(cur: RolloutState, now: float) -> RolloutState:
         windows=(),
         reason="reset",
         requested="",
+        evidence=None,
     )
 
 
@@ -219,5 +225,6 @@ def reasserted_rollback(
         windows=(),
         reason=forced.reason,
         requested="",
+        evidence=None,
     )
     return replace(target, version=max(target.version, forced.version))

@@ -5,10 +5,12 @@ Two kinds of rule (spec §7):
 - **Hard triggers** are guardrails checked at every tick, at every stage, and act at once:
   a breach sustained ``for`` a duration, an immediate breach, the Nth breach (``occurrences``)
   within a window, and a signal source that keeps failing (``on_error``).
-- **Stage gates** are judged per gate window as it closes (pass / fail / inconclusive) and
-  decided when the stage's duration has passed: go (advance or complete), no-go
-  (``on_no_go``: rollback or pause), or extend window by window when too few windows were
-  conclusive — and pause for an operator after the stage's duration again. Silence never passes.
+- **Stage gates** are sequential tests on the evidence the stage accumulates (:mod:`._gates`,
+  docs/decisions.md): a no-go (``on_no_go``: rollback or pause) acts at the tick a test's
+  evidence crosses its boundary; a go needs the stage's duration and the information to have
+  caught the stated regression; too little information extends the stage, then pauses it after
+  its duration again, saying how many requests it still needs. Silence never passes. Gate
+  windows are recorded as they close, for the decision log and the reports.
 
 Nothing here does I/O, logging or clock reads: the shell (:mod:`._autopilot`) gathers readings,
 calls :func:`decide`, and applies the :class:`Decision`.
@@ -21,25 +23,33 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Final, Protocol
 
-from openfeature_canary.plan import FlagPlan, Stage, Trigger
+from openfeature_canary.evidence import StageEvidence
+from openfeature_canary.plan import FlagPlan, Trigger
+from openfeature_canary.policy._gates import (
+    current_evidence,
+    fold,
+    information,
+    information_numbers,
+    judge,
+    stage_summary,
+    test_numbers,
+)
+from openfeature_canary.policy._windows import judge_window, windows_due
+from openfeature_canary.signals._counts import CountsReading
 from openfeature_canary.signals._names import COHORT_SIGNALS
-from openfeature_canary.state import Number, RolloutState, Status, Verdict, WindowRecord
+from openfeature_canary.state import Number, RolloutState, Status, WindowRecord
 
 __all__ = [
     "COUNTABLE_SIGNALS",
     "Action",
     "Decision",
-    "GateReadings",
     "Memory",
     "Reading",
     "Readings",
-    "WindowSpan",
+    "baseline_breaches",
     "baseline_signal",
     "counts_samples",
     "decide",
-    "judge_window",
-    "stage_evidence",
-    "windows_due",
 ]
 
 #: Histogram signals for which ``occurrences`` counts samples beyond the threshold exactly.
@@ -74,29 +84,18 @@ class Action:
 
 
 @dataclass(frozen=True)
-class WindowSpan:
-    """A gate window of the current stage: ``[start, end)`` in clock seconds."""
-
-    index: int
-    start: float
-    end: float
-
-
-@dataclass(frozen=True)
-class GateReadings:
-    """The gate signals of one closed window (canary cohort)."""
-
-    p95: Reading
-    error_rate: Reading
-    p99: Reading | None = None
-
-
-@dataclass(frozen=True)
 class Readings:
-    """Everything the shell read for one tick: per trigger, and per gate window due."""
+    """Everything the shell read for one tick.
+
+    ``triggers``: per trigger, its reading; ``baselines``: the baseline twin of each trigger
+    with ``if_baseline_breaches = "pause"``; ``counts``: both cohorts' counts since the stage's
+    evidence was last brought up to date; ``windows``: the counts of each gate window due.
+    """
 
     triggers: Mapping[str, Reading] = field(default_factory=lambda: MappingProxyType({}))
-    windows: Mapping[int, GateReadings] = field(default_factory=lambda: MappingProxyType({}))
+    baselines: Mapping[str, Reading] = field(default_factory=lambda: MappingProxyType({}))
+    counts: CountsReading | None = None
+    windows: Mapping[int, CountsReading] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -122,8 +121,9 @@ class Decision:
 
     ``action`` is one of :class:`Action`; ``reason`` names the trigger or gate
     (``p95_breach``, ``gate_no_go``, ``gate_passed`` …); ``numbers`` carries value, threshold,
-    window and n; ``windows`` are the gate windows judged at this tick; ``memory`` is what
-    the next tick must be given.
+    window and n; ``windows`` are the gate windows recorded at this tick; ``evidence`` the
+    stage's evidence with this tick's counts folded in (``None``: unchanged); ``memory`` is
+    what the next tick must be given.
     """
 
     action: str
@@ -131,11 +131,12 @@ class Decision:
     memory: Memory
     numbers: Mapping[str, Number] = field(default_factory=lambda: MappingProxyType({}))
     windows: tuple[WindowRecord, ...] = ()
+    evidence: StageEvidence | None = None
 
     @property
     def changes_state(self) -> bool:
         """True when applying it changes the persisted state."""
-        return self.action != Action.HOLD or bool(self.windows)
+        return self.action != Action.HOLD or bool(self.windows) or self.evidence is not None
 
 
 def baseline_signal(signal: str) -> str:
@@ -150,49 +151,6 @@ def counts_samples(trigger: Trigger) -> bool:
         and trigger.signal in COUNTABLE_SIGNALS
         and trigger.op in ("above", "at_least")
     )
-
-
-# --------------------------------------------------------------------------- gate windows
-
-
-def windows_due(flag: FlagPlan, state: RolloutState, now: float) -> tuple[WindowSpan, ...]:
-    """Gate windows of the current stage that have closed by ``now`` and are not judged yet."""
-    if state.status is not Status.RUNNING or not 1 <= state.stage <= len(flag.stages):
-        return ()
-    width = flag.stage(state.stage).window_s
-    judged = {w.index for w in state.windows}
-    due = []
-    index = 0
-    while state.since + (index + 1) * width <= now + 1e-9:
-        if index not in judged:
-            start = state.since + index * width
-            due.append(WindowSpan(index, start, start + width))
-        index += 1
-    return tuple(due)
-
-
-def judge_window(stage: Stage, span: WindowSpan, gate: GateReadings) -> WindowRecord:
-    """Pass when the window has ``min_samples`` and meets the thresholds; fail when it has
-    them and breaches; inconclusive otherwise (too few samples, or a source error)."""
-    n = gate.p95.n
-    p95, rate = gate.p95.value, gate.error_rate.value
-    base = WindowRecord(span.index, span.start, span.end, Verdict.INCONCLUSIVE, n, p95, rate)
-    errors = [r.error for r in (gate.p95, gate.error_rate, gate.p99) if r is not None and r.error]
-    if errors:
-        return replace(base, reason=f"signal source error: {errors[0]}")
-    if n < stage.min_samples:
-        return replace(base, reason=f"{n} samples < min_samples {stage.min_samples}")
-    breaches = []
-    if stage.max_p95_ms is not None and p95 is not None and p95 > stage.max_p95_ms:
-        breaches.append(f"P95 {p95:.1f} ms > {stage.max_p95_ms:g} ms")
-    p99 = gate.p99.value if gate.p99 is not None else None
-    if stage.max_p99_ms is not None and p99 is not None and p99 > stage.max_p99_ms:
-        breaches.append(f"P99 {p99:.1f} ms > {stage.max_p99_ms:g} ms")
-    if stage.max_error_rate is not None and rate is not None and rate > stage.max_error_rate:
-        breaches.append(f"5xx {rate:.3%} > {stage.max_error_rate:.3%}")
-    if breaches:
-        return replace(base, verdict=Verdict.FAIL, reason="; ".join(breaches))
-    return replace(base, verdict=Verdict.PASS, reason="within thresholds")
 
 
 # --------------------------------------------------------------------------- triggers
@@ -300,8 +258,11 @@ def decide(
       ``after`` waits for an operator's ``start`` (hold). A start an operator requested from a
       process without signals (``state.requested == "start"``) is carried out here once every
       trigger is quiet on the baseline.
-    - ``running``/``paused``/``completed`` with traffic: a fired trigger rolls back at once.
-    - ``running``: closed gate windows are judged; at the stage's end the gate decides.
+    - ``running``/``paused``/``completed`` with traffic: a fired trigger rolls back at once
+      (or pauses, when its ``if_baseline_breaches`` says so and the baseline breaches too).
+    - ``running``/``paused``: the tick's counts are folded into the stage's evidence; a breached
+      gate test acts at once (``on_no_go``); a running stage goes once its duration has passed
+      and it has the information the plan asks for (see :mod:`._gates`).
     - ``rolled_back``: hold (sticky until an operator acts).
     """
     if state.status is Status.ROLLED_BACK:
@@ -312,10 +273,31 @@ def decide(
         return _decide_pending(flag, readings, memory, now, after_completed)
     fired, memory = _check_triggers(flag, readings, memory, now)
     if fired is not None:
-        return Decision(Action.ROLLBACK, fired.reason, Memory(), fired.numbers)
-    if state.status is not Status.RUNNING:
+        return _on_fired(fired, state, readings, memory)
+    if state.status not in (Status.RUNNING, Status.PAUSED) or state.stage < 1:
         return Decision(Action.HOLD, state.status.value, memory)
     return _decide_gate(flag, state, readings, memory, now)
+
+
+def _on_fired(fired: _Fired, state: RolloutState, readings: Readings, memory: Memory) -> Decision:
+    trigger = fired.trigger
+    if trigger.if_baseline_breaches == "pause":
+        twin = readings.baselines.get(trigger.name)
+        if twin is not None and _breaches(trigger, twin):
+            if state.status is Status.PAUSED:
+                return Decision(Action.HOLD, "paused: the baseline breaches too", memory)
+            numbers = {**fired.numbers, "baseline_value": twin.value, "baseline_n": twin.n}
+            reason = f"{fired.reason}: the baseline breaches too"
+            return Decision(Action.PAUSE, reason, memory, numbers)
+    return Decision(Action.ROLLBACK, fired.reason, Memory(), fired.numbers)
+
+
+def _breaches(trigger: Trigger, reading: Reading) -> bool:
+    if reading.error or reading.value is None:
+        return False
+    if counts_samples(trigger):
+        return reading.value >= trigger.occurrences
+    return reading.n >= trigger.min_samples and trigger.breached(reading.value)
 
 
 def _decide_pending(
@@ -370,74 +352,49 @@ def baseline_breaches(flag: FlagPlan, readings: Readings) -> list[str]:
 def _decide_gate(
     flag: FlagPlan, state: RolloutState, readings: Readings, memory: Memory, now: float
 ) -> Decision:
-    stage = flag.stage(state.stage)
+    index = state.stage
+    stage = flag.stage(index)
+    before = current_evidence(index, state.since, state.evidence)
+    evidence = fold(flag, before, readings.counts)
+    changed = evidence if evidence is not state.evidence else None
     judged = tuple(
         judge_window(stage, span, readings.windows[span.index])
         for span in windows_due(flag, state, now)
         if span.index in readings.windows
     )
-    windows = (*state.windows, *judged)
-    end = state.since + stage.duration_s
-    if now + 1e-9 < end:
-        return Decision(Action.HOLD, "observing", memory, windows=judged)
-    passed = sum(w.verdict is Verdict.PASS for w in windows)
-    failed = sum(w.verdict is Verdict.FAIL for w in windows)
-    inconclusive = len(windows) - passed - failed
-    numbers: dict[str, Number] = {
-        "stage": state.stage,
-        "pct": state.percent,
-        "passed": passed,
-        "failed": failed,
-        "inconclusive": inconclusive,
-        "window_s": stage.window_s,
-        "n": sum(w.n for w in windows),
-    }
-    if failed > stage.max_failed_windows:
-        worst = next(w for w in reversed(windows) if w.verdict is Verdict.FAIL)
-        numbers.update(max_failed_windows=stage.max_failed_windows, last_failure=worst.reason)
+    judgement = judge(flag, index, evidence)
+    breach = judgement.breach
+    if breach is not None:
+        numbers = {
+            **stage_summary(flag, index, evidence),
+            **test_numbers(flag, index, evidence, breach),
+        }
         action = Action.ROLLBACK if stage.on_no_go == "rollback" else Action.PAUSE
-        return Decision(action, "gate_no_go", replace(memory, extended=-1), numbers, judged)
-    if passed + failed >= stage.windows:
-        last = state.stage >= len(flag.stages)
-        action = Action.COMPLETE if last else Action.ADVANCE
+        reason = "gate_no_go"
+        if breach.baseline_breached:
+            action, reason = Action.PAUSE, "gate_no_go: the baseline breaches the line too"
+        if action == Action.PAUSE and state.status is Status.PAUSED:
+            return Decision(Action.HOLD, "paused", memory, windows=judged, evidence=changed)
+        return Decision(action, reason, replace(memory, extended=-1), numbers, judged, changed)
+    end = state.since + stage.duration_s
+    if state.status is Status.PAUSED or now + 1e-9 < end:
+        return Decision(Action.HOLD, "observing", memory, windows=judged, evidence=changed)
+    infos = information(flag, index, evidence)
+    summary = stage_summary(flag, index, evidence, (*state.windows, *judged))
+    numbers = {**summary, **information_numbers(infos)}
+    short = [i for i in infos if i.power < flag.decisions.power]
+    if not short:
+        action = Action.COMPLETE if index >= len(flag.stages) else Action.ADVANCE
         # Trigger memory survives an advance: a breach that began at the end of the last stage
         # must keep counting towards its ``for``.
-        return Decision(action, "gate_passed", replace(memory, extended=-1), numbers, judged)
+        memory = replace(memory, extended=-1)
+        return Decision(action, "gate_passed", memory, numbers, judged, changed)
+    numbers["needed"] = max(i.needed - i.n for i in short)
     if now + 1e-9 >= end + stage.duration_s:
-        numbers["needed"] = stage.windows
-        return Decision(
-            Action.PAUSE, "gate_inconclusive", replace(memory, extended=-1), numbers, judged
-        )
-    if memory.extended != state.stage:
-        numbers["needed"] = stage.windows
-        return Decision(
-            Action.EXTEND,
-            "too few conclusive windows",
-            replace(memory, extended=state.stage),
-            numbers,
-            judged,
-        )
-    return Decision(Action.HOLD, "extended", memory, windows=judged)
-
-
-def stage_evidence(stage: Stage, windows: tuple[WindowRecord, ...]) -> dict[str, Number]:
-    """What a stage gathered, as decision-log numbers: the results row of a stage is built
-    from these once the transition that ends the stage is persisted.
-
-    ``observed_p95_ms`` is the worst P95 of the conclusive windows; ``observed_error_rate`` the
-    5xx share over every window's samples.
-    """
-    conclusive = [w for w in windows if w.verdict is not Verdict.INCONCLUSIVE]
-    p95s = [w.p95_ms for w in conclusive if w.p95_ms is not None]
-    samples = sum(w.n for w in windows)
-    errors = sum((w.error_rate or 0.0) * w.n for w in windows)
-    return {
-        "planned_p95_ms": stage.max_p95_ms,
-        "observed_p95_ms": max(p95s) if p95s else None,
-        "planned_error_rate": stage.max_error_rate,
-        "observed_error_rate": errors / samples if samples else None,
-        "samples": samples,
-        "windows_passed": sum(w.verdict is Verdict.PASS for w in windows),
-        "windows_failed": sum(w.verdict is Verdict.FAIL for w in windows),
-        "windows_inconclusive": sum(w.verdict is Verdict.INCONCLUSIVE for w in windows),
-    }
+        memory = replace(memory, extended=-1)
+        return Decision(Action.PAUSE, "gate_inconclusive", memory, numbers, judged, changed)
+    if memory.extended != index:
+        memory = replace(memory, extended=index)
+        reason = "too little information"
+        return Decision(Action.EXTEND, reason, memory, numbers, judged, changed)
+    return Decision(Action.HOLD, "extended", memory, windows=judged, evidence=changed)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -165,7 +165,10 @@ class Pipeline:
         if self.serve is not None:
             _safely("serving the new state", self.serve, old, new)
         if local:
-            entry = new.last_decision
+            # Only an entry this change added announces or reports anything: a tick that just
+            # brought the stage's evidence up to date adds none.
+            added = new.entries_after(old)
+            entry = added[-1] if added else None
             events = self.events
             event = event_for(old, new, entry) if entry is not None else None
             if event is not None and events is not None:
@@ -372,6 +375,11 @@ def stage_result(old: RolloutState, new: RolloutState, entry: LogEntry) -> Stage
     reason = entry.reason
     if n.get("dry_run"):
         reason = f"{reason} (dry run)"
+    power = "; ".join(
+        f"{label}: {_share(n.get(key))}"
+        for key, label in _power_labels(n)
+        if _num(n.get(key)) is not None
+    )
     return StageResult(
         flag_key=new.flag_key,
         stage=old.stage,
@@ -388,7 +396,29 @@ def stage_result(old: RolloutState, new: RolloutState, entry: LogEntry) -> Stage
         windows_inconclusive=count("windows_inconclusive"),
         decision=entry.action,
         reason=reason,
+        power=power,
     )
+
+
+def _power_labels(n: Mapping[str, object]) -> list[tuple[str, str]]:
+    """(number key, label) of the powers a stage-ending entry logged."""
+    labels = []
+    for name, what in (
+        ("error_line", "5xx"),
+        ("p95_line", "over P95 line"),
+        ("p99_line", "over P99 line"),
+    ):
+        detect = _num(n.get(f"detect_{name}"))
+        if detect is not None:
+            labels.append((f"power_{name}", f"{what} {_share(detect)}"))
+    if _num(n.get("power_error_line_3x")) is not None:
+        labels.append(("power_error_line_3x", "5xx 3x line"))
+    return labels
+
+
+def _share(value: object) -> str:
+    number = _num(value)
+    return "?" if number is None else f"{number * 100:.3g} %"
 
 
 def abort_record(old: RolloutState, new: RolloutState, entry: LogEntry) -> AbortRecord:
