@@ -41,7 +41,7 @@ class World:
     decisions: list[tuple[str, str, str, float]] = field(default_factory=list)
 
     def _record(self, old: Any, new: Any) -> None:
-        fresh = new.log[-(new.version - old.version) :] if new.version > old.version else ()
+        fresh = new.entries_after(old)
         for e in fresh:
             self.decisions.append((new.flag_key, e.action, e.reason, e.at - START))
 

@@ -56,6 +56,9 @@ def _no_evidence(planned_p95_ms: float, planned_error_rate: float) -> dict[str, 
         "windows_passed": 0,
         "windows_failed": 0,
         "windows_inconclusive": 0,
+        "baseline_samples": 0,
+        "baseline_p95_ms": None,
+        "baseline_error_rate": None,
     }
 
 

@@ -22,6 +22,8 @@ PUBLIC = [
     "openfeature_canary.instrumentation",
     "openfeature_canary.telemetry",
     "openfeature_canary.state",
+    "openfeature_canary.evidence",
+    "openfeature_canary.flagd_export",
     "openfeature_canary.errors",
     "openfeature_canary.policy",
     "openfeature_canary.events",

@@ -20,7 +20,8 @@ from openfeature_canary import (
     load_plan,
 )
 from openfeature_canary.events import ReportWriter
-from openfeature_canary.policy import BackgroundRunner, Controller, stage_evidence
+from openfeature_canary.policy import BackgroundRunner, Controller
+from openfeature_canary.policy._gates import current_evidence, stage_summary
 from openfeature_canary.state import LogEntry
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "canary_plan.toml"
@@ -69,7 +70,9 @@ class FakePolicy:
 def gate_passed_target(ctl: Controller, now: float) -> RolloutState:
     """What the autopilot builds for a passed stage-1 gate: advance, the evidence logged."""
     cur = ctl.state
-    evidence = stage_evidence(ctl.flag.stage(cur.stage), cur.windows)
+    evidence = stage_summary(
+        ctl.flag, cur.stage, current_evidence(cur.stage, cur.since, cur.evidence)
+    )
     entry = LogEntry(now, "advance", "gate_passed", {**evidence, "to_stage": 2})
     return cur.evolve(entry, stage=2, percent=25.0, since=now, windows=())
 

@@ -20,6 +20,7 @@ else:  # pragma: no cover
 
 from openfeature_canary import PlanError, UnknownFlagError
 from openfeature_canary.plan import (
+    DecisionRules,
     RolloutPlan,
     Stage,
     TelemetryConfig,
@@ -44,7 +45,7 @@ def _set(*path: str | int, value: Any) -> Mutation:
     def mutate(data: dict[str, Any]) -> None:
         target: Any = data
         for key in path[:-1]:
-            target = target[key]
+            target = target.setdefault(key, {}) if isinstance(target, dict) else target[key]
         target[path[-1]] = value
 
     return mutate
@@ -121,12 +122,12 @@ INVALID: list[tuple[str, Mutation, str]] = [
     (
         "flag-min-samples",
         _set("flags", F1, "min_samples", value=0),
-        f"flags.{F1}.min_samples: must be >= 1, got 0",
+        f"flags.{F1}.min_samples: was replaced by evidence accumulated over the stage",
     ),
     (
         "flag-min-samples-type",
-        _set("flags", F1, "min_samples", value=1.5),
-        f"flags.{F1}.min_samples: must be an integer, got float",
+        _set("decisions", "power", value=1.0),
+        "decisions.power: must be a probability in [0.5, 1), got 1",
     ),
     (
         "flag-on-no-go",
@@ -230,13 +231,13 @@ INVALID: list[tuple[str, Mutation, str]] = [
     ),
     (
         "stage-min-samples",
-        _set(*S0, "min_samples", value=0),
-        f"flags.{F1}.stages[0].min_samples: must be >= 1, got 0",
+        _set(*S0, "min_samples", value=60),
+        f"flags.{F1}.stages[0].min_samples: was replaced by evidence accumulated over the stage",
     ),
     (
         "stage-max-failed",
-        _set(*S0, "max_failed_windows", value=-1),
-        f"flags.{F1}.stages[0].max_failed_windows: must be >= 0, got -1",
+        _set("flags", F1, "decisions", "detect_error_rate", value=0.001),
+        f"flags.{F1}.decisions.detect_error_rate: must be above stage 1's max_error_rate (0.001)",
     ),
     (
         "stage-on-no-go",
@@ -419,8 +420,8 @@ def test_load_plan_example_encodes_spec_stages(example_plan_path: Path, flag_key
         (s.percent, s.duration_s, s.window_s, s.max_p95_ms, s.max_error_rate) for s in flag.stages
     ]
     assert got == STAGES_SPEC
-    assert all(s.on_no_go == "rollback" and s.max_failed_windows == 0 for s in flag.stages)
-    assert [s.windows for s in flag.stages] == [10, 6, 6, 96]
+    assert all(s.on_no_go == "rollback" for s in flag.stages)
+    assert flag.decisions == DecisionRules()  # the documented defaults (docs/decisions.md)
     assert flag.bucket_by == "targetingKey"
     assert flag.scheme == "flagd"
     assert flag.tick_s == 10.0
@@ -528,7 +529,7 @@ def test_parse_plan_minimal_flag_gets_documented_defaults() -> None:
     plan = parse_plan({"flags": {"f": {"stages": [{"percent": 12.5, "duration": "1h30m"}]}}})
     flag = plan.flag("f")
     assert flag.stages == (Stage(percent=12.5, duration_s=5400.0, window_s=5400.0),)
-    assert flag.stages[0].min_samples == 60
+    assert flag.decisions.false_rollback_budget == 0.05 and flag.decisions.holdback == 0
     assert (flag.tick_s, flag.source_error_for_s, flag.env_override) == (10.0, 60.0, None)
     assert plan.telemetry == TelemetryConfig()
     assert plan.store is None
@@ -538,22 +539,27 @@ def test_parse_plan_minimal_flag_gets_documented_defaults() -> None:
 def test_parse_plan_flag_defaults_apply_to_stages_unless_overridden() -> None:
     plan = parse_plan(
         {
+            "decisions": {"power": 0.9, "holdback": 5},
             "flags": {
                 "f": {
-                    "min_samples": 10,
                     "on_no_go": "pause",
-                    "max_failed_windows": 1,
+                    "decisions": {"power": 0.95},
                     "stages": [
                         {"percent": 5, "duration": "10m"},
-                        {"percent": 50, "duration": "10m", "on_no_go": "rollback"},
+                        {"percent": 100, "duration": "10m", "on_no_go": "rollback"},
                     ],
-                }
-            }
+                },
+                "g": {"stages": [{"percent": 5, "duration": "10m"}]},
+            },
         }
     )
     first, second = plan.flag("f").stages
-    assert (first.min_samples, first.on_no_go, first.max_failed_windows) == (10, "pause", 1)
-    assert (second.min_samples, second.on_no_go, second.max_failed_windows) == (10, "rollback", 1)
+    assert (first.on_no_go, second.on_no_go) == ("pause", "rollback")
+    # A flag's [decisions] overrides the plan's key by key.
+    assert (plan.flag("f").decisions.power, plan.flag("f").decisions.holdback) == (0.95, 5.0)
+    assert plan.flag("g").decisions.power == 0.9
+    # The holdback keeps a live baseline in the final stage only.
+    assert (plan.flag("f").serving_percent(1), plan.flag("f").serving_percent(2)) == (5, 95)
 
 
 @pytest.mark.parametrize(

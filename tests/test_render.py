@@ -98,7 +98,7 @@ def test_render_p99_gate_and_no_gate_stage_both_shown():
     )
     markdown = render_plan_markdown(plan)
     assert "| 1 | 10 % | 5m | 5m | P95 ≤ 200 ms, P99 ≤ 300 ms |" in markdown
-    assert "| 2 | 100 % | 36h soak | 1h | no gate (time only) |" in markdown
+    assert "| 2 | 100 % | 36h soak | 1h | canary against baseline only |" in markdown
 
 
 def test_render_flag_without_triggers_says_none():
@@ -107,29 +107,26 @@ def test_render_flag_without_triggers_says_none():
     assert "| Trigger | Rule |" not in markdown
 
 
-def test_render_stages_with_different_gate_rules_listed_per_stage():
+def test_render_gate_notes_state_the_budget_power_and_each_no_go_action():
     plan = parse_plan(
         {
+            "decisions": {"false_rollback_budget": 0.02, "holdback": 5},
             "flags": {
                 "f": {
                     "stages": [
                         {"percent": 10, "duration": "5m", "on_no_go": "pause"},
-                        {
-                            "percent": 50,
-                            "duration": "5m",
-                            "min_samples": 10,
-                            "max_failed_windows": 1,
-                        },
+                        {"percent": 100, "duration": "5m", "max_error_rate": 0.01},
                     ]
                 }
-            }
+            },
         }
     )
     markdown = render_plan_markdown(plan)
-    assert "- Stage 1: A gate window is conclusive with at least 60 canary requests" in markdown
-    assert "otherwise no-go → pause." in markdown
-    assert "- Stage 2: A gate window is conclusive with at least 10 canary requests;" in markdown
-    assert "Go when at most 1 windows fail; otherwise no-go → rollback." in markdown
+    assert "a false-rollback budget of 2 % per rollout" in markdown
+    assert "a breach acts at once (pause or rollback)" in markdown
+    assert "with 99 % power, a canary with a 5xx share of 5 % (or 3x a higher line)" in markdown
+    assert "The final stage keeps 5 % of units on the old path" in markdown
+    assert "| 1 | 10 % | 5m | 5m | canary against baseline only |" in markdown
 
 
 def test_render_trigger_name_with_pipe_escaped_and_ignore_noted():

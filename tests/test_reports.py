@@ -30,8 +30,9 @@ T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 DASH = "\u2013"  # en dash: how the reports show "no value"
 
 HEADER = (
-    "| Stage | Traffic | Started | Ended | Planned P95 | Observed P95 (worst window) "
-    "| Planned 5xx | Observed 5xx | Samples | Windows pass/fail/inconclusive | Decision |"
+    "| Stage | Traffic | Started | Ended | Planned P95 | Observed P95 "
+    "| Planned 5xx | Observed 5xx | Samples | Windows pass/fail/inconclusive "
+    "| Would have caught | Decision |"
 )
 
 
@@ -92,7 +93,7 @@ def abort(**changes: object) -> AbortRecord:
 def test_results_several_stages_rendered_as_table_per_flag(tmp_path: Path) -> None:
     writer = ReportWriter(tmp_path / "reports")
 
-    writer.record_stage(stage(1))
+    writer.record_stage(stage(1, power="5xx 5 %: 100 %; 5xx 3x line: 1 %"))
     writer.record_stage(stage(2, percent=25.0, planned_p95_ms=140.0, observed_error_rate=None))
     writer.record_stage(
         stage(
@@ -113,13 +114,16 @@ def test_results_several_stages_rendered_as_table_per_flag(tmp_path: Path) -> No
     assert flag_at < phase2_at
     assert lines[flag_at + 4 : flag_at + 6] == [
         "| 1 | 5 % | 2023-11-14T22:13:20Z | 2023-11-14T22:23:20Z | 150.0 ms | 131.2 ms "
-        "| 0.10 % | 0.02 % | 12,034 | 10 / 0 / 0 | **advance** — all gate windows passed |",
+        "| 0.10 % | 0.02 % | 12,034 | 10 / 0 / 0 | 5xx 5 %: 100 %; 5xx 3x line: 1 % "
+        "| **advance** — all gate windows passed |",
         "| 2 | 25 % | 2023-11-14T22:23:20Z | 2023-11-14T22:33:20Z | 140.0 ms | 131.2 ms "
-        f"| 0.10 % | {DASH} | 12,034 | 10 / 0 / 0 | **advance** — all gate windows passed |",
+        f"| 0.10 % | {DASH} | 12,034 | 10 / 0 / 0 | {DASH} "
+        "| **advance** — all gate windows passed |",
     ]
     assert lines[phase2_at + 4] == (
         "| 1 | 5 % | 2023-11-14T22:13:20Z | 2023-11-14T22:23:20Z | 150.0 ms | 171.0 ms "
-        "| 0.10 % | 0.02 % | 12,034 | 7 / 3 / 0 | **rollback** — 3 gate windows failed (max 0) |"
+        f"| 0.10 % | 0.02 % | 12,034 | 7 / 3 / 0 | {DASH} "
+        "| **rollback** — 3 gate windows failed (max 0) |"
     )
 
 
@@ -167,7 +171,7 @@ def test_results_pipe_and_newline_in_reason_stay_in_cell(tmp_path: Path) -> None
         line for line in writer.results_path.read_text("utf-8").splitlines() if "pause" in line
     )
     assert row.endswith("| **pause** — operator: a\\|b second line |")
-    assert row.count(" | ") == 10  # eleven cells, one table row
+    assert row.count(" | ") == 11  # twelve cells, one table row
 
 
 def test_results_corrupt_sidecar_moved_aside_and_writing_continues(

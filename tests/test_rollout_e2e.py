@@ -94,6 +94,14 @@ TRIGGERS = {
     "event_loop_lag": ("lag", 60, 70),  # the second stall comes 60 s after the first
     "telemetry_acceptance": ("ingest", 0, 10),
 }
+#: The gate tests that may catch a fault before its trigger does.
+GATE_TESTS = {
+    "latency": {"p95_line", "latency_rank"},
+    "errors": {"error_line", "error_ratio"},
+    "lag": set(),
+    "ingest": set(),
+    "mismatch": set(),
+}
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3, 4])
@@ -111,7 +119,13 @@ def test_each_trigger_at_each_stage_rolls_back_within_its_rule(
 
     assert at is not None, f"{trigger} never rolled back at stage {stage}"
     state = world.state()
-    assert (state.reason, state.percent, state.stage) == (trigger, 0.0, 0)
+    assert (state.percent, state.stage) == (0.0, 0)
+    # The stage's sequential gate may see the regression before the hard trigger's rule has
+    # run its course: then the gate test that saw it is named, and it acted sooner.
+    if state.reason == "gate_no_go":
+        assert state.log[-1].numbers["test"] in GATE_TESTS[kind], state.log[-1].numbers
+    else:
+        assert state.reason == trigger
     onset = world.service.onset_at
     assert onset is not None
     if trigger == "ledger_mismatch":
@@ -120,7 +134,10 @@ def test_each_trigger_at_each_stage_rolls_back_within_its_rule(
         assert at == world.service.first_mismatch_at + world.sim.tick_s
     else:
         earliest, latest = TRIGGERS[trigger][1:]
-        assert earliest <= at - onset <= latest, (trigger, stage, at - onset)
+        if state.reason == trigger:
+            assert earliest <= at - onset <= latest, (trigger, stage, at - onset)
+        else:
+            assert at - onset <= latest, (trigger, stage, at - onset)
     rollback = state.log[-1]
     assert rollback.numbers["from_pct"] == from_pct
     assert rollback.numbers["threshold"] is not None
@@ -135,7 +152,10 @@ def test_p95_breach_that_recovers_before_its_for_does_not_roll_back(
     world.promote_to(2)
     world.run_for(20 * 60)
     assert world.service.onset_at is not None
-    assert world.state().status is not Status.ROLLED_BACK
+    # The trigger's ``for`` is respected: a 4-minute breach never fires it. (The gate may
+    # still judge the canary's slowdown a regression on its evidence: that is its job.)
+    assert world.state().reason != "p95_breach"
+    assert all(e.reason != "p95_breach" for e in world.state().log)
 
 
 def test_event_loop_lag_fires_on_the_second_stall_not_the_first(
@@ -154,7 +174,9 @@ def test_event_loop_lag_fires_on_the_second_stall_not_the_first(
 def test_low_traffic_never_passes_extends_then_pauses(
     plan: RolloutPlan, tmp_path: Path, worlds: list[World]
 ) -> None:
-    world = make_world(plan, tmp_path, max_rps=10, min_canary_rps=0)  # 30 per window < 60
+    # 2 rps: 0.1 canary rps, 120 canary requests in twice the stage's 10 minutes, fewer than
+    # the ~200 stage 1 needs to have caught a 5 % error rate with 99 % power.
+    world = make_world(plan, tmp_path, max_rps=2, min_canary_rps=0)
     worlds.append(world)
     world.provider.controller(FLAG).start()
     at = world.run_until_status(Status.PAUSED, 3600)
@@ -164,9 +186,11 @@ def test_low_traffic_never_passes_extends_then_pauses(
     actions = [e.action for e in state.log]
     assert "advance" not in actions and "extend" in actions
     assert all(w.verdict.value == "inconclusive" for w in state.windows)
+    pause = state.log[-1]
+    assert pause.numbers["needed"] > 0 and pause.numbers["power_error_line"] < 0.99
 
 
-def test_gate_breach_below_hard_trigger_is_no_go_at_stage_end(
+def test_gate_breach_below_hard_trigger_is_no_go_within_the_stage(
     plan: RolloutPlan, tmp_path: Path, worlds: list[World]
 ) -> None:
     # Canary P95 ~145 ms at stage 2: over its 140 ms gate, under the 150 ms hard trigger.
@@ -174,8 +198,12 @@ def test_gate_breach_below_hard_trigger_is_no_go_at_stage_end(
     worlds.append(world)
     world.provider.controller(FLAG).start()
     at = world.run_until_status(Status.ROLLED_BACK, 3 * 3600)
-    assert at == START + 600 + 1800  # decided exactly at the end of stage 2
+    # Decided at the tick the evidence crossed its boundary, not at the stage's end.
+    assert at is not None and START + 600 < at < START + 600 + 1800
     assert world.state().reason == "gate_no_go"
+    numbers = world.state().log[-1].numbers
+    assert numbers["test"] in ("p95_line", "latency_rank")
+    assert numbers["e_value"] >= numbers["e_boundary"]
     results = (world.reports / "canary_results.md").read_text()
     assert "gate_no_go" in results
 
@@ -191,7 +219,7 @@ def test_gate_breach_pauses_when_on_no_go_is_pause(
     worlds.append(world)
     world.provider.controller(FLAG).start()
     at = world.run_until_status(Status.PAUSED, 3 * 3600)
-    assert at == START + 600 + 1800
+    assert at is not None and START + 600 < at < START + 600 + 1800
     assert (world.state().reason, world.state().percent) == ("gate_no_go", 25.0)
 
 
@@ -207,9 +235,12 @@ def test_dry_run_logs_the_same_decisions_and_keeps_its_percentage(
         )
         worlds.append(world)
         world.provider.controller(FLAG).start()
-        world.run_for(600 + 1800 + 10)
+        world.run_for(600 + 300)
         log = world.state().log
         decisions[dry] = [(e.action, e.reason, e.at) for e in log if not e.action.startswith("w")]
+        # Up to the first rollback: a dry run then observes afresh (and rolls back again).
+        first = next(i for i, d in enumerate(decisions[dry]) if d[0] == "rollback")
+        decisions[dry] = decisions[dry][: first + 1]
         if dry:
             assert world.state().status is Status.RUNNING
             assert world.state().percent == 5.0  # never changed by the policy
@@ -267,13 +298,11 @@ def test_ingest_receives_exactly_one_rollback_with_the_spec_body(
     event = rollbacks[0]
     assert (event["app"], event["event_name"]) == ("scholarship_api", "canary_rollback")
     props = event["properties"]
-    assert (props["from_pct"], props["reason"], props["flag"], props["stage"]) == (
-        25,
-        "p95_breach",
-        FLAG,
-        2,
-    )
-    assert props["threshold"] == 150 and props["value"] > 150
+    assert (props["from_pct"], props["flag"], props["stage"]) == (25, FLAG, 2)
+    # The hard trigger (P95 > 150 ms for 5 min) or, sooner, the stage's P95 line (140 ms).
+    assert props["reason"] in ("p95_breach", "gate_no_go")
+    threshold = 150 if props["reason"] == "p95_breach" else 140
+    assert props["threshold"] == threshold and props["value"] > threshold
     assert props["at"].endswith("Z")
 
 
@@ -289,7 +318,7 @@ def test_ingest_down_then_back_delivers_the_rollback_also_after_a_restart(
     # The ingest refusing our own events is itself a trigger (telemetry_acceptance); either
     # that or the injected 5xx rolls the flag back first.
     reason = world.state().reason
-    assert reason in ("error_rate_breach", "telemetry_acceptance")
+    assert reason in ("error_rate_breach", "telemetry_acceptance", "gate_no_go")
     assert not world.provider.flush_events(1.0)  # the ingest answers 500: the event stays queued
     assert world.server.named("canary_rollback") == []
     assert world.server.requests >= 1

@@ -66,7 +66,7 @@ def world(plan: RolloutPlan, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         return setup_telemetry(p, prometheus_port=0)
 
     monkeypatch.setattr(e2e_world, "setup_telemetry", with_prometheus)
-    made = make_world(plan, tmp_path, fault=Fault("errors", FLAG, at_stage=2, after_s=120))
+    made = make_world(plan, tmp_path, fault=Fault("mismatch", FLAG, at_stage=2, after_s=120))
     yield made
     made.close()
 
@@ -161,27 +161,27 @@ def test_rollout_metrics_after_rollback_count_the_trigger_exactly_once(world: Wo
     world.promote_to(2)
     assert world.run_until_status(Status.ROLLED_BACK, 900) is not None
     decision = world.state().log[-1]
-    assert (decision.action, decision.reason) == ("rollback", "error_rate_breach")
+    assert (decision.action, decision.reason) == ("rollback", "ledger_mismatch")
 
     samples, types = scrape(world)
 
     assert types["canary_rollbacks"] == "counter"
     assert series(samples, "canary_rollbacks_total") == {
-        trigger_labels(FLAG, "error_rate_breach"): 1.0
+        trigger_labels(FLAG, "ledger_mismatch"): 1.0
     }
     assert samples[("canary_rollout_percent", flag_labels(FLAG))] == 0.0
     assert samples[("canary_rollout_stage", flag_labels(FLAG))] == 0.0
     assert_status(samples, FLAG, Status.ROLLED_BACK)
     assert_status(samples, PHASE2, Status.PENDING)
     # The gauge holds the reading that fired, the same number the decision log has.
-    value = samples[("canary_trigger_value", trigger_labels(FLAG, "error_rate_breach"))]
+    value = samples[("canary_trigger_value", trigger_labels(FLAG, "ledger_mismatch"))]
     assert value == decision.numbers["value"]
-    assert value >= samples[("canary_trigger_threshold", trigger_labels(FLAG, "error_rate_breach"))]
+    assert value > samples[("canary_trigger_threshold", trigger_labels(FLAG, "ledger_mismatch"))]
 
     world.run_for(120)  # the rollback is sticky: later ticks count nothing more
     samples, _ = scrape(world)
     assert series(samples, "canary_rollbacks_total") == {
-        trigger_labels(FLAG, "error_rate_breach"): 1.0
+        trigger_labels(FLAG, "ledger_mismatch"): 1.0
     }
     assert_status(samples, FLAG, Status.ROLLED_BACK)
 
@@ -191,14 +191,14 @@ def test_rollout_metrics_each_rollback_counts_under_its_own_trigger(world: World
     assert world.run_until_status(Status.ROLLED_BACK, 900) is not None
     ctl = world.provider.controller(FLAG)
     ctl.reset()
-    ctl.start()
+    ctl.start(force=True)  # the mismatches go on: the baseline is not quiet
     ctl.rollback("p95_breach")  # an operator acting on what they saw
     ctl.reset()
 
     samples, _ = scrape(world)
 
     assert series(samples, "canary_rollbacks_total") == {
-        trigger_labels(FLAG, "error_rate_breach"): 1.0,
+        trigger_labels(FLAG, "ledger_mismatch"): 1.0,
         trigger_labels(FLAG, "p95_breach"): 1.0,
     }
     assert_status(samples, FLAG, Status.PENDING)

@@ -1,0 +1,448 @@
+"""The sequential stage gates, scenario by scenario: the pure ``decide`` fed hand-made counts
+each 10 s tick on the reference plan, the state built as the autopilot builds it."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from statistics import NormalDist
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import pytest
+import tomllib
+
+from openfeature_canary import RolloutState, Status, load_plan
+from openfeature_canary.errors import PlanError
+from openfeature_canary.plan import FlagPlan, parse_plan
+from openfeature_canary.policy._autopilot import _target
+from openfeature_canary.policy._commands import resumed
+from openfeature_canary.policy._decide import Action, Decision, Memory, Reading, Readings, decide
+from openfeature_canary.policy._gates import current_evidence
+from openfeature_canary.policy._stats import (
+    line_log_e,
+    line_power,
+    log_mean_exp,
+    ratio_log_increment,
+    requests_needed,
+)
+from openfeature_canary.policy._windows import windows_due
+from openfeature_canary.signals._counts import CohortCounts, CountsReading
+from openfeature_canary.stores import open_store
+from openfeature_canary.telemetry import histogram_bounds_s
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "canary_plan.toml"
+KEY = "dataservice-read-canary"
+PLAN = load_plan(EXAMPLE)
+FLAG = PLAN.flag(KEY)
+#: The budget (5 %) over 4 stages x 4 tests (two lines, error ratio, latency rank).
+ALPHA = 0.05 / 16
+BOUNDS = tuple(round(b * 1000, 6) for b in histogram_bounds_s(PLAN))
+SIGMA = math.log(105 / 60) / NormalDist().inv_cdf(0.95)  # median 60 ms, P95 105 ms
+GOLDEN = (math.sqrt(5) - 1) / 2
+
+
+@dataclass(frozen=True)
+class R:
+    """A trigger reading."""
+
+    value: float | None
+    n: int = 1000
+    error: str | None = None
+
+
+QUIET: Mapping[str, Reading] = MappingProxyType(
+    {
+        "p95_breach": R(100.0),
+        "error_rate_breach": R(0.0),
+        "ledger_mismatch": R(0.0),
+        "telemetry_acceptance": R(1.0),
+        "event_loop_lag": R(0.0),
+    }
+)
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """Deterministic traffic: ``rps`` requests a second, evenly spaced 5xx at ``error_rate``,
+    latency lognormal (``slowdown`` times median 60 ms, P95 105 ms) spread over the buckets by
+    a low-discrepancy sequence. Counts over consecutive spans add up exactly."""
+
+    rps: float
+    error_rate: float = 0.0002
+    slowdown: float = 1.0
+
+    def served(self, t: float) -> int:
+        """Requests served from time 0 to ``t``."""
+        return math.floor(self.rps * t + 1e-9)
+
+    def between(self, start: float, end: float) -> CohortCounts:
+        """The increase over ``[start, end]``."""
+        lo, hi = self.served(start), self.served(end)
+        median = 60.0 * self.slowdown
+        cdf = [NormalDist().cdf(math.log(b / median) / SIGMA) for b in BOUNDS]
+        quantiles = (np.arange(lo + 1, hi + 1, dtype=np.float64) * GOLDEN) % 1.0
+        counts = np.bincount(np.searchsorted(cdf, quantiles), minlength=len(BOUNDS) + 1)
+        errors = math.floor(hi * self.error_rate + 1e-9) - math.floor(lo * self.error_rate + 1e-9)
+        return CohortCounts(hi - lo, errors, BOUNDS, tuple(int(c) for c in counts))
+
+
+@dataclass(frozen=True)
+class Traffic:
+    canary: Cohort
+    baseline: Cohort
+
+    def between(self, start: float, end: float) -> CountsReading:
+        return CountsReading(
+            self.canary.between(start, end), self.baseline.between(start, end), start, end
+        )
+
+
+def split(
+    total_rps: float,
+    percent: float,
+    error_rate: float = 0.0002,
+    canary_error: float | None = None,
+    slowdown: float = 1.0,
+) -> Traffic:
+    """``percent`` of ``total_rps`` to the canary; both cohorts alike but for ``canary_error``
+    and ``slowdown``."""
+    share = total_rps * percent / 100
+    canary = Cohort(share, error_rate if canary_error is None else canary_error, slowdown)
+    return Traffic(canary, Cohort(total_rps - share, error_rate))
+
+
+def running(stage: int = 1, since: float = 0.0, flag: FlagPlan = FLAG) -> RolloutState:
+    return RolloutState(
+        flag.key, Status.RUNNING, stage, flag.serving_percent(stage), since, "started", 1
+    )
+
+
+@dataclass
+class Run:
+    """Ticks a flag as the autopilot does: counts read from the evidence's ``through``."""
+
+    flag: FlagPlan
+    state: RolloutState
+    traffic: Traffic
+    now: float = 0.0
+    memory: Memory = field(default_factory=Memory)
+    triggers: Mapping[str, Reading] = field(default_factory=lambda: QUIET)
+    baselines: Mapping[str, Reading] = field(default_factory=dict)
+
+    def tick(self) -> Decision:
+        self.now += 10.0
+        state, now = self.state, self.now
+        evidence = current_evidence(state.stage, state.since, state.evidence)
+        windows = {
+            s.index: self.traffic.between(s.start, s.end)
+            for s in windows_due(self.flag, state, now)
+        }
+        readings = Readings(
+            self.triggers,
+            self.baselines,
+            self.traffic.between(evidence.through, now),
+            MappingProxyType(windows),
+        )
+        d = decide(self.flag, state, readings, self.memory, now)
+        self.memory = d.memory
+        if d.changes_state:
+            self.state = _target(self.flag, state, d, now)
+        return d
+
+    def until_action(self, limit: float) -> Decision:
+        """Tick until the first decision other than a hold; fail if none comes by ``limit``."""
+        while self.now < limit:
+            d = self.tick()
+            if d.action != Action.HOLD:
+                return d
+        raise AssertionError(f"only holds until {limit}")
+
+
+def num(d: Decision, key: str) -> float:
+    """A number of the decision log (not ``None`` or text)."""
+    value = d.numbers[key]
+    assert isinstance(value, int | float), f"{key} = {value!r}"
+    return value
+
+
+def plan_with(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    data = tomllib.loads(EXAMPLE.read_text())
+    change(data)
+    return data
+
+
+def flag_with(change: Callable[[dict[str, Any]], None]) -> FlagPlan:
+    return parse_plan(plan_with(change), source="plan.toml").flag(KEY)
+
+
+# --------------------------------------------------------------------------- pass / fail
+
+
+def test_gate_healthy_stage_holds_for_its_duration_then_advances_with_power() -> None:
+    run = Run(FLAG, running(), split(100, 5))
+    d = run.until_action(2000)
+    assert (run.now, d.action, d.reason) == (600.0, Action.ADVANCE, "gate_passed")
+    assert d.numbers["samples"] == 3000
+    assert num(d, "power_error_line") == round(line_power(3000, 0.001, 0.05, ALPHA), 4)
+    assert num(d, "power_error_line") >= 0.99
+    assert num(d, "power_p95_line") >= 0.99
+    assert run.state.stage == 2 and run.state.percent == 25.0
+
+
+def _first_error_crossing(traffic: Traffic, line: float) -> tuple[float, str]:
+    """From the statistics alone: the first tick at which the 5xx line test or the error
+    ratio test (margin 1.5) reaches 1/alpha, and which (the line is judged first)."""
+    boundary, ratio = math.log(1 / ALPHA), np.zeros(5)
+    for now in range(10, 610, 10):
+        c, b = traffic.canary.between(now - 10, now), traffic.baseline.between(now - 10, now)
+        ratio += ratio_log_increment(c.errors, b.errors, c.n, b.n, 1.5)
+        total = traffic.canary.between(0, now)
+        if line_log_e(total.n, total.errors, line) >= boundary:
+            return now, "error_line"
+        if log_mean_exp(list(ratio)) >= boundary:
+            return now, "error_ratio"
+    raise AssertionError("never crosses")
+
+
+def test_gate_canary_5xx_above_the_line_rolls_back_at_the_first_crossing_tick() -> None:
+    traffic = split(100, 5, canary_error=0.02)  # canary 2 %, line 0.1 %, baseline 0.02 %
+    at, test = _first_error_crossing(traffic, 0.001)
+    run = Run(FLAG, running(), traffic)
+    d = run.until_action(600)
+    assert (run.now, d.action, d.reason) == (at, Action.ROLLBACK, "gate_no_go")
+    assert run.now < 600  # acts at once, not at the stage's end
+    assert d.numbers["test"] == test
+    n = traffic.canary.served(at)
+    assert d.numbers["n"] == n
+    assert num(d, "e_boundary") == pytest.approx(1 / ALPHA)
+    assert num(d, "e_value") >= num(d, "e_boundary")
+    assert run.state.status is Status.ROLLED_BACK and run.state.percent == 0.0
+
+
+def test_gate_latency_regression_under_every_line_is_caught_by_latency_rank() -> None:
+    # 30 % slower: P95 ~137 ms under the 150 ms line and trigger, 2.7 % of requests over it.
+    traffic = split(100, 5, slowdown=1.3)
+    run = Run(FLAG, running(), traffic, triggers={**QUIET, "p95_breach": R(137.0)})
+    d = run.until_action(600)
+    assert (d.action, d.reason) == (Action.ROLLBACK, "gate_no_go")
+    assert d.numbers["test"] == "latency_rank"
+    assert run.now < 600
+    assert num(d, "observed_p95_ms") < 150
+    assert num(d, "value") > num(d, "threshold") == 0.55
+
+
+# --------------------------------------------------------------------------- baseline aware
+
+
+@pytest.mark.parametrize(
+    ("baseline_rate", "outcome"),
+    [(0.0025, (Action.ADVANCE, "gate_passed")), (0.0, (Action.ROLLBACK, "gate_no_go"))],
+)
+def test_gate_errors_hitting_both_cohorts_do_not_count_against_the_canary(
+    baseline_rate: float, outcome: tuple[str, str]
+) -> None:
+    # Stage 3 (50 %, line 0.3 %) at 500 rps: the canary at 0.25 %, under the 0.5 % trigger.
+    traffic = split(500, 50, error_rate=baseline_rate, canary_error=0.0025)
+    run = Run(FLAG, running(3), traffic)
+    d = run.until_action(3600)
+    assert (d.action, d.reason) == outcome
+    if d.action == Action.ROLLBACK:  # the same canary against a clean baseline: caught
+        assert d.numbers["test"] == "error_ratio"
+    else:
+        assert run.now == 3600.0
+        assert d.numbers["samples"] == 900_000
+
+
+def test_gate_line_breached_by_both_cohorts_pauses_and_stays_paused() -> None:
+    # 0.45 % 5xx in both cohorts: over stage 1's 0.1 % line, under the 0.5 % trigger.
+    run = Run(FLAG, running(), split(100, 5, error_rate=0.0045))
+    d = run.until_action(600)
+    assert (d.action, d.reason) == (Action.PAUSE, "gate_no_go: the baseline breaches the line too")
+    assert d.numbers["test"] == "error_line" and run.now < 600
+    assert run.state.status is Status.PAUSED
+    assert [run.tick().action for _ in range(6)] == [Action.HOLD] * 6
+    assert run.state.status is Status.PAUSED
+
+
+# --------------------------------------------------------------------------- more data
+
+
+def test_gate_too_little_traffic_extends_pauses_then_resume_keeps_the_evidence() -> None:
+    # 2 rps in total: 0.1 canary request a second, 60 by the end of stage 1 (198 are needed).
+    traffic = split(2, 5)
+    run = Run(FLAG, running(), traffic)
+    extend = run.until_action(4000)
+    assert (run.now, extend.action) == (600.0, Action.EXTEND)
+    assert extend.reason == "too little information"
+    pause = run.until_action(4000)
+    assert (run.now, pause.action, pause.reason) == (1200.0, Action.PAUSE, "gate_inconclusive")
+    needed = requests_needed(0.001, 0.05, ALPHA, 0.99)
+    assert pause.numbers["needed"] == needed - traffic.canary.served(1200) > 0
+    for _ in range(3):  # paused, the canary still serves and its evidence keeps growing
+        assert run.tick().action == Action.HOLD
+    before = run.state.evidence
+    run.state = resumed(run.state, run.now)
+    assert run.state.evidence == before and run.state.status is Status.RUNNING
+    # Resumed at 1230: the stage is held 600 s more, then goes once 198 requests are in,
+    # counting those from before the pause (a fresh start would need until 1230 + 1980).
+    extend = run.until_action(4000)
+    assert (run.now, extend.action) == (1830.0, Action.EXTEND)
+    go = run.until_action(4000)
+    first = next(t for t in range(10, 4000, 10) if traffic.canary.served(t) >= needed)
+    assert (run.now, go.action, go.reason) == (first, Action.ADVANCE, "gate_passed")
+    assert go.numbers["samples"] == traffic.canary.served(run.now)
+
+
+# --------------------------------------------------------------------------- triggers
+
+
+def _pause_if_baseline(data: dict[str, Any]) -> None:
+    data["flags"][KEY]["triggers"][0]["if_baseline_breaches"] = "pause"
+
+
+@pytest.mark.parametrize(
+    ("baseline_p95", "action", "reason"),
+    [
+        (165.0, Action.PAUSE, "p95_breach: the baseline breaches too"),
+        (100.0, Action.ROLLBACK, "p95_breach"),
+    ],
+)
+def test_trigger_if_baseline_breaches_pause(baseline_p95: float, action: str, reason: str) -> None:
+    flag = flag_with(_pause_if_baseline)
+    triggers = {**QUIET, "p95_breach": R(170.0)}
+    run = Run(flag, running(flag=flag), split(100, 5), triggers=triggers)
+    run.baselines = {"p95_breach": R(baseline_p95)}
+    d = run.until_action(600)
+    assert (run.now, d.action, d.reason) == (310.0, action, reason)  # 5 min after the onset
+
+
+# --------------------------------------------------------------------------- restart
+
+
+def _stage2(state: RolloutState, now: float) -> Run:
+    # 5xx at 0.1 % in both cohorts, the canary 2 % slower: every e-value moves, none crosses.
+    traffic = split(100, 25, error_rate=0.001, slowdown=1.02)
+    return Run(FLAG, state, traffic, now=now)
+
+
+def test_restart_mid_stage_continues_with_identical_evidence(tmp_path: Path) -> None:
+    whole = _stage2(running(2), 0.0)
+    history = [(whole.tick(), whole.state.evidence) for _ in range(180)]
+    assert history[-1][0].action == Action.ADVANCE
+
+    first = _stage2(running(2), 0.0)
+    before = [(first.tick(), first.state.evidence) for _ in range(77)]
+    restored = RolloutState.from_dict(json.loads(json.dumps(first.state.to_dict())))
+    assert restored == first.state
+    store = open_store(f"file://{tmp_path}/state.json")
+    store.save(restored, expected_version=0)
+    loaded = open_store(f"file://{tmp_path}/state.json").load(KEY)  # a new process
+    assert loaded == first.state and loaded.evidence is not None
+    assert loaded.evidence.through == 770.0  # where the next reading starts
+    second = _stage2(loaded, 770.0)  # a restart: the trigger memory starts afresh
+    after = [(second.tick(), second.state.evidence) for _ in range(103)]
+
+    assert before + after == history
+    final = history[-1][1]  # the evidence the go was decided on
+    assert final is not None
+    assert final.canary.n == second.traffic.canary.served(1800)  # nothing doubled, nothing lost
+    assert final.baseline.errors == second.traffic.baseline.between(0, 1800).errors
+
+
+def test_evidence_size_does_not_grow_with_the_stage_length() -> None:
+    day_stage = replace(
+        FLAG, stages=(replace(FLAG.stages[0], duration_s=86400.0), *FLAG.stages[1:])
+    )
+    run = Run(day_stage, running(flag=day_stage), split(100, 5, error_rate=0.0005))
+    sizes = {}
+    for i in range(1, 8001):
+        assert run.tick().action == Action.HOLD
+        if i in (100, 8000):
+            assert run.state.evidence is not None
+            sizes[i] = run.state.evidence.to_dict()
+    small, big = sizes[100], sizes[8000]
+    shape = {k: len(v) if isinstance(v, list | dict) else 1 for k, v in small.items()}
+    assert shape == {k: len(v) if isinstance(v, list | dict) else 1 for k, v in big.items()}
+    assert big["canary"]["n"] == 80 * small["canary"]["n"]
+    # 80x the data: the same values, only the counts' digits grow (measured 1147 -> 1229 bytes).
+    assert len(json.dumps(big)) < 1.1 * len(json.dumps(small))
+
+
+# --------------------------------------------------------------------------- plan
+
+
+#: Values each ``[decisions]`` key refuses (out of range, not a number, not a key).
+BAD_DECISIONS = {
+    "false_rollback_budget": (0.0, 0.6),
+    "power": (1.0, 0.4, True, math.nan),
+    "detect_error_rate": (0.0, 1.0),
+    "error_ratio_margin": (0.5,),
+    "latency_margin": (0.6,),
+    "holdback": (50, "5"),
+    "min_samples": (60,),
+}
+
+
+@pytest.mark.parametrize(("key", "value"), [(k, v) for k, vs in BAD_DECISIONS.items() for v in vs])
+@pytest.mark.parametrize("where", ["top", "flag"])
+def test_plan_decisions_bad_value_names_the_key(key: str, value: Any, where: str) -> None:
+    def change(data: dict[str, Any]) -> None:
+        table = data if where == "top" else data["flags"][KEY]
+        table["decisions"] = {key: value}
+
+    prefix = "decisions" if where == "top" else f"flags.{KEY}.decisions"
+    with pytest.raises(PlanError, match=rf"^plan\.toml: {prefix}\.{key}: ") as info:
+        parse_plan(plan_with(change), source="plan.toml")
+    assert info.value.path.endswith(f"decisions.{key}")
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "rule"),
+    [
+        (("stages", 0, "min_samples"), 60, "was replaced by evidence accumulated over the stage"),
+        (("triggers", 2, "if_baseline_breaches"), "pause", "ledger_mismatches has no baseline"),
+        (("decisions", "detect_slow_share"), 0.05, "must be above the 5% of requests stage 1's"),
+        (("decisions", "detect_error_rate"), 0.004, "must be above stage 4's max_error_rate"),
+    ],
+)
+def test_plan_refuses_a_flag_key_naming_it(
+    path: tuple[str | int, ...], value: Any, rule: str
+) -> None:
+    """A stage's ``min_samples`` (replaced by the decisions), the baseline option on a signal
+    without a baseline, a regression to detect that a line already allows."""
+
+    def change(data: dict[str, Any]) -> None:
+        table = data["flags"][KEY]
+        for step in path[:-1]:
+            table = table.setdefault(step, {}) if isinstance(step, str) else table[step]
+        table[path[-1]] = value
+
+    where = ".".join(f"[{p}]" if isinstance(p, int) else p for p in path).replace(".[", "[")
+    with pytest.raises(PlanError, match=re.escape(f"plan.toml: flags.{KEY}.{where}: {rule}")):
+        parse_plan(plan_with(change), source="plan.toml")
+
+
+# --------------------------------------------------------------------------- holdback
+
+
+def test_holdback_final_stage_serves_95_then_completion_serves_100() -> None:
+    def change(data: dict[str, Any]) -> None:
+        data["decisions"] = {"holdback": 5}
+        data["flags"][KEY]["stages"][3].update(duration="10m", window="5m")  # a short final stage
+
+    flag = flag_with(change)
+    assert [flag.serving_percent(i) for i in (1, 2, 3, 4)] == [5.0, 25.0, 50.0, 95.0]
+    run = Run(flag, running(3, flag=flag), split(100, 50))
+    assert run.until_action(4000).action == Action.ADVANCE
+    assert (run.state.stage, run.state.percent) == (4, 95.0)
+    run.traffic = split(100, 95)  # the 5 % held back are the final stage's live baseline
+    d = run.until_action(5000)
+    assert (run.now, d.action, d.reason) == (4200.0, Action.COMPLETE, "gate_passed")
+    assert d.numbers["baseline_samples"] == 5 * 600
+    assert (run.state.status, run.state.percent) == (Status.COMPLETED, 100.0)
