@@ -48,7 +48,7 @@ from openfeature.hook import Hook, HookContext, HookHints
 from openfeature_canary import Autopilot, ManualClock, RolloutPlan, Status, load_plan
 from openfeature_canary.demo._simulation import Fault, FaultKind, SimulatedService, Simulation
 from openfeature_canary.policy._decide import Memory, Readings, decide
-from openfeature_canary.signals import InProcessSignalSource, SignalReading
+from openfeature_canary.signals import CountsReading, InProcessSignalSource, SignalReading
 from openfeature_canary.telemetry import Telemetry, setup_telemetry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,6 +118,14 @@ class TimedSource:
         return self._timed(
             self.inner.count_beyond, flag_key, signal, threshold, inclusive, window_s, now
         )
+
+    def counts_between(self, flag_key: str, start: float, end: float) -> CountsReading:
+        t0 = time.perf_counter()
+        try:
+            return self.inner.counts_between(flag_key, start, end)
+        finally:
+            self.read_s += time.perf_counter() - t0
+            self.reads += 1
 
 
 @dataclass

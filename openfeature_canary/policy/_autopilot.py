@@ -170,8 +170,10 @@ class Autopilot:
     def _counts(self, key: str, start: float, end: float) -> CountsReading:
         try:
             return self.source.counts_between(key, start, min(max(start, end), end))
-        except (SignalSourceError, ValueError) as exc:
+        except SignalSourceError as exc:
             return CountsReading(EMPTY_COHORT, EMPTY_COHORT, start, end, str(exc))
+        except Exception as exc:  # a source's bug must not stop the policy: no evidence
+            return CountsReading(EMPTY_COHORT, EMPTY_COHORT, start, end, repr(exc))
 
     def _read_trigger(self, key: str, t: Trigger, signal: str, now: float) -> Reading:
         try:

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Final
 
-from openfeature_canary._plan_reader import Reader
+from openfeature_canary.plan._reader import Reader
 
 __all__ = ["DecisionRules", "parse_decisions"]
 

@@ -13,7 +13,7 @@ from typing import Any, NoReturn, cast
 from openfeature_canary._format import parse_duration
 from openfeature_canary.errors import PlanError
 
-__all__ = ["Reader", "show", "show_key"]
+__all__ = ["Reader", "fail_on_repeated_key", "json_object", "show", "show_key"]
 
 _SHOW_MAX = 60
 
@@ -142,3 +142,44 @@ class Reader:
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
+
+
+class _Repeated(dict[str, Any]):
+    """A decoded JSON object in which a key was given more than once (the first such key)."""
+
+    repeated: str = ""
+
+
+def json_object(pairs: list[tuple[str, Any]], repeated: list[bool]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    marked = _Repeated(obj)
+    for key, _ in pairs:
+        if key in seen:
+            marked.repeated = key
+            break
+        seen.add(key)
+    repeated.append(True)
+    return marked
+
+
+def fail_on_repeated_key(data: Any, source: str) -> None:
+    """JSON keeps the last of two equal keys silently (TOML refuses them): name the first
+    one, in document order, with its path."""
+    todo: list[tuple[str, Any]] = [("", data)]
+    while todo:
+        path, value = todo.pop()
+        if isinstance(value, _Repeated):
+            where = f"{path}.{show_key(value.repeated)}" if path else show_key(value.repeated)
+            raise PlanError(
+                "given twice (JSON would keep only the last one)", path=where, source=source
+            )
+        if isinstance(value, dict):
+            todo.extend(
+                (f"{path}.{show_key(k)}" if path else show_key(k), v)
+                for k, v in reversed(value.items())
+            )
+        elif isinstance(value, list):
+            todo.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(value))))
