@@ -55,6 +55,12 @@ __all__ = [
     "test_numbers",
 ]
 
+#: The signal whose unit a line test's value and threshold are in (reports format by it).
+_SIGNAL_OF: Final = {
+    "error_line": "error_rate",
+    "p95_line": "latency_p95_ms",
+    "p99_line": "latency_p99_ms",
+}
 #: The share of requests a latency line allows above it.
 _ALLOWED_ABOVE: Final = {"p95_line": 0.05, "p99_line": 0.01}
 
@@ -371,6 +377,7 @@ def test_numbers(
         value, threshold = _quantile(q, evidence.canary), line
     return {
         "test": test.name,
+        "signal": _SIGNAL_OF.get(test.name),
         "value": value,
         "threshold": threshold,
         "estimate": test.estimate,

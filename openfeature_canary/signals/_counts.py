@@ -4,8 +4,9 @@ A :class:`CountsReading` is what :meth:`SignalSource.counts_between` returns: fo
 (variant ``on``) and the baseline (variant ``off``) cohort of one flag, how many requests were
 served between two times, how many of them answered 5xx, and how they spread over the request
 duration histogram's buckets (bounds in milliseconds, the last bucket ``+Inf``). The gates
-(``policy/_evidence.py``) need counts, not quantiles: "P95 above 150 ms" is "more than 5 % of
-requests above the 150 ms bound", a binomial proportion like the 5xx share.
+(``policy/_gates.py``, their totals persisted as ``evidence.StageEvidence``) need counts, not
+quantiles: "P95 above 150 ms" is "more than 5 % of requests above the 150 ms bound", a
+binomial proportion like the 5xx share.
 """
 
 from __future__ import annotations
