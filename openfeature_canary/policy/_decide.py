@@ -389,7 +389,12 @@ def _decide_gate(
         # must keep counting towards its ``for``.
         memory = replace(memory, extended=-1)
         return Decision(action, "gate_passed", memory, numbers, judged, changed)
-    numbers["needed"] = max(i.needed - i.n for i in short)
+    needed = max(i.needed - i.n for i in short)
+    numbers["needed"] = needed
+    # The time that traffic takes at the stage's canary rate so far (none seen: unknown).
+    elapsed = now - evidence.started
+    if evidence.canary.n and elapsed > 0:
+        numbers["needed_s"] = round(needed * elapsed / evidence.canary.n)
     if now + 1e-9 >= end + stage.duration_s:
         memory = replace(memory, extended=-1)
         return Decision(Action.PAUSE, "gate_inconclusive", memory, numbers, judged, changed)
