@@ -27,7 +27,9 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from openfeature_canary.errors import StaleStateError, StateStoreError
 from openfeature_canary.state import RolloutState
+from openfeature_canary.stores._fleet import FleetDelegate
 from openfeature_canary.stores._forksafe import renew_locks_after_fork
+from openfeature_canary.stores._redis_fleet import RedisFleet
 from openfeature_canary.stores._store import _json_kind, _no_duplicates
 
 if TYPE_CHECKING:
@@ -97,7 +99,7 @@ class _Options:
     timeout: float
 
 
-class RedisStateStore:
+class RedisStateStore(FleetDelegate):
     """Rollout states in Redis, shared by every process and replica of a fleet.
 
     ``open_store("redis://10.0.0.5:6379/0?prefix=checkout")`` gives one; see the module
@@ -105,7 +107,8 @@ class RedisStateStore:
     (``pip install 'openfeature-canary[redis]'``). Building it connects to nothing: the first
     read or write does. Safe to share between threads; after ``os.fork()`` the child opens its
     own connections and listening thread the first time it uses the store. :meth:`close`
-    releases both (the store opens them again if it is used after).
+    releases both (the store opens them again if it is used after). Also a
+    :class:`~openfeature_canary.stores.FleetStore`: ``stores/_redis_fleet.py``.
     """
 
     def __init__(self, url: str) -> None:
@@ -126,6 +129,7 @@ class RedisStateStore:
         #: have held their locks), only kept from being collected (which would close them).
         self._orphans: list[object] = []
         self._parsed: dict[str, tuple[bytes, RolloutState]] = {}
+        self._fleet = RedisFleet(self._call, self.url, self.prefix)
 
     # ------------------------------------------------------------------ the protocol
 

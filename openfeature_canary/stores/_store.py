@@ -24,6 +24,7 @@ from openfeature_canary._validate import _show, _show_key
 from openfeature_canary.errors import StaleStateError, StateStoreError
 from openfeature_canary.state import RolloutState
 from openfeature_canary.stores._atomicfile import atomic_write_text
+from openfeature_canary.stores._fleet import FileFleet, FleetDelegate, MemoryFleet
 from openfeature_canary.stores._forksafe import hold_locks_across_fork
 
 __all__ = ["FileStateStore", "MemoryStateStore", "StateStore", "open_store"]
@@ -68,8 +69,10 @@ class StateStore(Protocol):
         ...
 
 
-class MemoryStateStore:
-    """States in a dict of this process. ``open_store("memory://")`` gives a fresh one."""
+class MemoryStateStore(FleetDelegate):
+    """States in a dict of this process. ``open_store("memory://")`` gives a fresh one.
+
+    Also a :class:`~openfeature_canary.stores.FleetStore` (records and lease in dicts)."""
 
     def __init__(self) -> None:
         self.url = "memory://"
@@ -77,6 +80,7 @@ class MemoryStateStore:
         self._lock = threading.Lock()
         hold_locks_across_fork(self, "_lock")
         self._changes = 0
+        self._fleet = MemoryFleet()
 
     def load(self, flag_key: str) -> RolloutState | None:
         """See :class:`StateStore`."""
@@ -106,14 +110,16 @@ class MemoryStateStore:
         return self._changes
 
 
-class FileStateStore:
+class FileStateStore(FleetDelegate):
     """All flags' states in one JSON file, shared by the processes of one host.
 
     Writers hold ``fcntl.flock`` on ``<file>.lock`` and replace the file with an atomic rename
     (after ``fsync``), so readers need no lock and never see a torn file. The file is parsed
     once per change: a read compares the file's bytes with the last parsed ones. The folder
     must exist (a typo in the path must not start a rollout that no service reads); the file
-    and its lock are created owner-only (``0600``).
+    and its lock are created owner-only (``0600``). As a
+    :class:`~openfeature_canary.stores.FleetStore` it keeps the fleet's records and lease in
+    ``<file>.fleet/`` (docs/stores.md).
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -124,6 +130,7 @@ class FileStateStore:
         # A fork waits for the write under way: a child must not inherit its flock.
         hold_locks_across_fork(self, "_thread_lock")
         self._parsed: tuple[bytes, dict[str, RolloutState]] | None = None
+        self._fleet = FileFleet(self.path, self.url)
 
     def _read(self) -> dict[str, RolloutState]:
         try:
