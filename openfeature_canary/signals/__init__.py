@@ -5,12 +5,21 @@ signals of spec §6 (``latency_p95_ms``, ``error_rate``, ``requests`` …; ``bas
 for the ``off`` cohort). :class:`InProcessSignalSource` computes them from cumulative
 OpenTelemetry snapshots of this process (windows are differences of snapshots; quantiles follow
 Prometheus' ``histogram_quantile``), keeping the history the plan's longest window needs
-(:func:`retention_for_plan`).
+(:func:`retention_for_plan`). In a fleet, every process's :class:`Publisher` writes its
+:class:`Snapshot` to the state store and the decider's :class:`FleetSignalSource` reads the
+merged traffic of all of them the same way.
 """
 
 from __future__ import annotations
 
 from openfeature_canary.signals._counts import EMPTY_COHORT, CohortCounts, CountsReading
+from openfeature_canary.signals._fleet import (
+    FleetSignalSource,
+    Publisher,
+    new_process_id,
+    snapshot_from_record,
+    snapshot_record,
+)
 from openfeature_canary.signals._histogram import count_above, count_at_least, histogram_quantile
 from openfeature_canary.signals._prometheus import (
     DEFAULT_PROMETHEUS_TIMEOUT_S,
@@ -18,6 +27,7 @@ from openfeature_canary.signals._prometheus import (
 )
 from openfeature_canary.signals._promql import validate_queries
 from openfeature_canary.signals._promqueries import PrometheusNames, default_queries
+from openfeature_canary.signals._snapshots import CohortTotals, Snapshot
 from openfeature_canary.signals._source import (
     DEFAULT_RETENTION_S,
     InProcessSignalSource,
@@ -32,17 +42,24 @@ __all__ = [
     "DEFAULT_RETENTION_S",
     "EMPTY_COHORT",
     "CohortCounts",
+    "CohortTotals",
     "CountsReading",
+    "FleetSignalSource",
     "InProcessSignalSource",
     "MetricsDataReader",
     "PrometheusNames",
     "PrometheusSignalSource",
+    "Publisher",
     "SignalReading",
     "SignalSource",
+    "Snapshot",
     "count_above",
     "count_at_least",
     "default_queries",
     "histogram_quantile",
+    "new_process_id",
     "retention_for_plan",
+    "snapshot_from_record",
+    "snapshot_record",
     "validate_queries",
 ]

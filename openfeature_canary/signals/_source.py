@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from operator import sub
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Final, Protocol, runtime_checkable
 
 from opentelemetry.sdk.metrics.export import MetricsData
 
@@ -219,36 +219,20 @@ def _cohort_window(new: CohortTotals | None, old: CohortTotals | None) -> _HistW
     return _window(new.hist, old.hist, new.errors - old.errors)
 
 
-class InProcessSignalSource:
-    """Signals from this process's ``MeterProvider``, through an ``InMemoryMetricReader``.
+class _SnapshotReads:
+    """The read side of the snapshot sources: windows are differences of cumulative snapshots.
 
-    Use it for a single service (the demo, tests, one host); use a Prometheus source for a
-    fleet. The reader should use CUMULATIVE temporality (``InMemoryMetricReader()``'s default);
-    DELTA also works, because every collection becomes an increase either way. Histograms must
-    use explicit bucket bounds (a ``View`` with ``ExplicitBucketHistogramAggregation``) with every
-    plan threshold as a bound, so "P95 > T" is exact. Thread-safe.
-
-    Snapshots hold only the instruments of spec §6. They are kept for ``retention_s`` (plus the
-    one anchoring a window of exactly that length), at most ``max_snapshots`` of them. Given
-    ``plan``, the retention is what the plan's reads need (:func:`retention_for_plan`: its
-    longest window plus two ticks) instead of :data:`DEFAULT_RETENTION_S`; an explicit
-    ``retention_s`` must then cover it. Once a snapshot has been dropped, a read whose window
-    starts before the oldest snapshot kept has no value and an ``error`` saying "not enough
-    data", never a value over a shorter span than asked.
-
-    >>> from opentelemetry.sdk.metrics import MeterProvider
-    >>> from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-    >>> reader = InMemoryMetricReader()
-    >>> provider = MeterProvider(metric_readers=[reader])
-    >>> source = InProcessSignalSource(reader)
-    >>> source.snapshot(0.0)
-    >>> source.read("my-flag", "requests", 60, 0.0).value is None   # no span yet
-    True
+    Keeps the timestamped snapshots in a :class:`SnapshotRing` and answers every
+    :class:`SignalSource` read from them; a subclass says only how one snapshot is collected
+    (:meth:`_collect`: this process's reader, or the fleet's merged records). A collection that
+    fails marks every reading reaching its time with the error. Thread-safe.
     """
+
+    #: What a failing collection names in its error.
+    _WHAT: ClassVar[str] = "snapshot collection"
 
     def __init__(
         self,
-        reader: MetricsDataReader,
         *,
         retention_s: float | None = None,
         max_snapshots: int = 10_000,
@@ -263,11 +247,9 @@ class InProcessSignalSource:
                     f"retention_s {retention_s:g} is shorter than the {needed:g} s that the "
                     "plan's longest window needs (two ticks of margin included)"
                 )
-        self._reader = reader
         self._ring = SnapshotRing(
             DEFAULT_RETENTION_S if retention_s is None else retention_s, max_snapshots
         )
-        self._acc = Accumulator()
         self._lock = threading.Lock()
         renew_locks_after_fork(self, "_lock")
         self._cache: dict[tuple[float, float, str, str], _HistWindow] = {}
@@ -289,9 +271,9 @@ class InProcessSignalSource:
             return self._ring.span_s
 
     def snapshot(self, now: float) -> None:
-        """Collect from the reader once and store the cumulative state at ``now``.
+        """Collect once and store the cumulative state at ``now``.
 
-        Raises ``SignalSourceError`` when the reader fails: nothing is stored, and until a
+        Raises ``SignalSourceError`` when the collection fails: nothing is stored, and until a
         snapshot succeeds again every reading that reaches ``now`` carries the error.
         Raises ``ValueError`` when ``now`` is before the newest snapshot.
         """
@@ -302,15 +284,23 @@ class InProcessSignalSource:
                     f"snapshot at {now} is before the newest one at {self._ring[-1].t}"
                 )
             try:
-                data = self._reader.get_metrics_data()
-                snap = self._acc.ingest(data, now)
+                snap = self._collect(now)
             except Exception as exc:
-                message = f"in-process metric reader failed: {exc!r}"
+                message = f"{self._WHAT} failed: {exc!r}"
                 self._failure = (now, message)
                 raise SignalSourceError(message) from exc
             self._failure = None
             self._ring.add(snap)
             self._cache.clear()
+
+    def latest(self) -> Snapshot | None:
+        """The newest snapshot kept (``None`` before the first): what a fleet process publishes."""
+        with self._lock:
+            return self._ring[-1] if len(self._ring) else None
+
+    def _collect(self, now: float) -> Snapshot:
+        """The cumulative snapshot at ``now`` (called with the lock held; may raise)."""
+        raise NotImplementedError
 
     def read(self, flag_key: str, signal: str, window_s: float, now: float) -> SignalReading:
         """Read ``signal`` for ``flag_key`` over the trailing ``window_s`` seconds before ``now``.
@@ -421,11 +411,6 @@ class InProcessSignalSource:
             baseline = _cohort_counts(self._hist(flag_key, _BASELINE, "requests", old, new))
             return CountsReading(canary, baseline, old.t, new.t)
 
-    def flag_keys(self) -> tuple[str, ...]:
-        """Flag keys seen so far in request durations or ledger mismatches, sorted."""
-        with self._lock:
-            return tuple(sorted(self._acc.flags))
-
     # -- internals (called with the lock held) --------------------------------------------
 
     def _failed_by(self, at: float) -> str | None:
@@ -523,6 +508,67 @@ class InProcessSignalSource:
         if sent <= 0:
             return _empty(signal, span, new.t)
         return _reading(signal, increase(TELEMETRY_ACCEPTED, "") / sent, round(sent), span)
+
+
+class InProcessSignalSource(_SnapshotReads):
+    """Signals from this process's ``MeterProvider``, through an ``InMemoryMetricReader``.
+
+    Use it for a single process (the demo, tests, one worker); for a fleet, each process
+    publishes its snapshots (``Publisher``) and the decider reads a ``FleetSignalSource`` (or
+    a Prometheus source). The reader should use CUMULATIVE temporality
+    (``InMemoryMetricReader()``'s default); DELTA also works, because every collection becomes
+    an increase either way. Histograms must use explicit bucket bounds (a ``View`` with
+    ``ExplicitBucketHistogramAggregation``) with every plan threshold as a bound, so "P95 > T"
+    is exact. Thread-safe.
+
+    Snapshots hold only the instruments of spec §6. They are kept for ``retention_s`` (plus the
+    one anchoring a window of exactly that length), at most ``max_snapshots`` of them. Given
+    ``plan``, the retention is what the plan's reads need (:func:`retention_for_plan`: its
+    longest window plus two ticks) instead of :data:`DEFAULT_RETENTION_S`; an explicit
+    ``retention_s`` must then cover it. Once a snapshot has been dropped, a read whose window
+    starts before the oldest snapshot kept has no value and an ``error`` saying "not enough
+    data", never a value over a shorter span than asked.
+
+    >>> from opentelemetry.sdk.metrics import MeterProvider
+    >>> from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    >>> reader = InMemoryMetricReader()
+    >>> provider = MeterProvider(metric_readers=[reader])
+    >>> source = InProcessSignalSource(reader)
+    >>> source.snapshot(0.0)
+    >>> source.read("my-flag", "requests", 60, 0.0).value is None   # no span yet
+    True
+    """
+
+    _WHAT = "in-process metric reader"
+
+    def __init__(
+        self,
+        reader: MetricsDataReader,
+        *,
+        retention_s: float | None = None,
+        max_snapshots: int = 10_000,
+        plan: RolloutPlan | None = None,
+    ) -> None:
+        super().__init__(retention_s=retention_s, max_snapshots=max_snapshots, plan=plan)
+        self._reader = reader
+        self._acc = Accumulator()
+
+    def snapshot(self, now: float) -> None:
+        """Collect from the reader once and store the cumulative state at ``now``.
+
+        Raises ``SignalSourceError`` when the reader fails: nothing is stored, and until a
+        snapshot succeeds again every reading that reaches ``now`` carries the error.
+        Raises ``ValueError`` when ``now`` is before the newest snapshot.
+        """
+        super().snapshot(now)
+
+    def flag_keys(self) -> tuple[str, ...]:
+        """Flag keys seen so far in request durations or ledger mismatches, sorted."""
+        with self._lock:
+            return tuple(sorted(self._acc.flags))
+
+    def _collect(self, now: float) -> Snapshot:
+        return self._acc.ingest(self._reader.get_metrics_data(), now)
 
 
 def _cohort_counts(hist: _HistWindow) -> CohortCounts:
