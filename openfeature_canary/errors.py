@@ -41,6 +41,8 @@ class PlanError(CanaryError, ValueError):
     def __init__(self, message: str, *, path: str = "", source: str = "") -> None:
         self.path = path
         self.source = source
+        #: The rule alone, without the file and the path.
+        self.rule = message
         where = ": ".join(p for p in (source, path) if p)
         super().__init__(f"{where}: {message}" if where else message)
 

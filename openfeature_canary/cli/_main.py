@@ -227,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     from openfeature_canary.cli._export import add_export_parser  # it imports this module
 
     add_export_parser(sub, common)
+    from openfeature_canary.cli._controller import add_controller_parser
+
+    add_controller_parser(sub, common)
 
     # add_help=False: `demo --help` and every other demo option go to the demo itself.
     sub.add_parser(

@@ -32,6 +32,7 @@ from openfeature_canary.plan._reader import (
     show_key,
 )
 from openfeature_canary.signals._names import COHORT_SIGNALS, KNOWN_SIGNALS, RATE_SIGNALS
+from openfeature_canary.signals._promql import validate_queries
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -364,6 +365,10 @@ def _signals(r: Reader, data: Any) -> dict[str, str]:
         if not isinstance(query, str) or not query.strip():
             r.fail(f"signals.{name}", "must be a non-empty PromQL string")
         out[name] = query
+    try:
+        validate_queries(out)  # placeholders, quoting: what the Prometheus source needs
+    except PlanError as exc:
+        r.fail(exc.path or "signals", exc.rule)
     return out
 
 

@@ -8,6 +8,8 @@
 - :class:`Controller` (one per flag) applies operator commands and policy decisions through
   the rollout's one :class:`Pipeline`: persist, serve, announce, report, count.
 - :class:`BackgroundRunner` is the one tick schedule of a process.
+- :class:`Fleet` is this process's part in a fleet: it publishes its signals, and the policy
+  decides only while it holds the store's decider lease.
 - :class:`FlagView` is what a flag serves now (the provider's immutable snapshot).
 """
 
@@ -24,6 +26,7 @@ from openfeature_canary.policy._decide import (
     Readings,
     decide,
 )
+from openfeature_canary.policy._fleet import DEFAULT_LEASE_TTL_S, Fleet
 from openfeature_canary.policy._gates import GateTest, Information, Judgement, judge
 from openfeature_canary.policy._metrics import RolloutMetrics
 from openfeature_canary.policy._pipeline import (
@@ -40,6 +43,7 @@ from openfeature_canary.policy._view import OFF, ON, FlagView, Resolution, build
 
 __all__ = [
     "ALLOWED",
+    "DEFAULT_LEASE_TTL_S",
     "OFF",
     "ON",
     "RECONCILE_WINDOW_S",
@@ -49,6 +53,7 @@ __all__ = [
     "Controller",
     "Decision",
     "FlagView",
+    "Fleet",
     "GateTest",
     "Information",
     "Judgement",

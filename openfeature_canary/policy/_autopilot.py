@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -70,8 +70,13 @@ class Autopilot:
     >>> rollout.controller("dataservice-read-canary").tick()          # doctest: +SKIP
     """
 
-    def __init__(self, source: SignalSource) -> None:
+    def __init__(
+        self, source: SignalSource, *, may_decide: Callable[[float], bool] | None = None
+    ) -> None:
         self.source = source
+        #: Asked at each tick whether this process decides (a fleet's lease); ``None``: always.
+        self.may_decide = may_decide
+        self._deciding = True
         self._memory: dict[str, Memory] = {}
         self._last: dict[str, TickResult] = {}
         self._snapshot_at: float | None = None
@@ -87,9 +92,18 @@ class Autopilot:
     def decide(self, ctl: Controller, now: float) -> RolloutState | None:
         """The state ``ctl``'s flag moves to at ``now`` (``None``: nothing to change).
 
-        Idempotent within a tick: asked twice for the same ``now``, it decides once.
+        Idempotent within a tick: asked twice for the same ``now``, it decides once. In a
+        fleet, only while ``may_decide(now)`` holds (this process has the lease).
         """
+        if self.may_decide is not None and not self.may_decide(now):
+            self._deciding = False
+            return None
         with self._lock:
+            if not self._deciding:
+                # Another process decided meanwhile: what this one remembered of sustained
+                # breaches is stale (the evidence itself is in the store).
+                self._memory.clear()
+                self._deciding = True
             previous = self._last.get(ctl.key)
             if previous is not None and previous.at == now:
                 return None

@@ -170,9 +170,11 @@ def fold(flag: FlagPlan, evidence: StageEvidence, counts: CountsReading | None) 
     so nothing is lost or doubled)."""
     if counts is None or counts.error is not None:
         return evidence
-    if counts.start < evidence.through - 1e-6:
+    folded = evidence.canary.n > 0 or evidence.baseline.n > 0
+    if folded and counts.start < evidence.through - 1e-6:
         # Data from before what is folded in already would count twice: refuse it (the safe
-        # side: less evidence, never false evidence).
+        # side: less evidence, never false evidence). The first reading of a stage may start
+        # at the last snapshot before the stage began: nothing is folded in yet.
         return evidence
     c, b = counts.canary, counts.baseline
     if c.n == 0 and b.n == 0:

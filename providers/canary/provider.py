@@ -45,9 +45,28 @@ from openfeature_canary.events import (
     sender_for_plan,
 )
 from openfeature_canary.instrumentation import IngestInstruments
-from openfeature_canary.policy import Autopilot, BackgroundRunner, FlagView, Rollout, build_view
-from openfeature_canary.signals import InProcessSignalSource, SignalSource
-from openfeature_canary.stores import FileStateStore, open_store
+from openfeature_canary.policy import (
+    DEFAULT_LEASE_TTL_S,
+    Autopilot,
+    BackgroundRunner,
+    FlagView,
+    Fleet,
+    Rollout,
+    build_view,
+)
+from openfeature_canary.signals import (
+    FleetSignalSource,
+    InProcessSignalSource,
+    Publisher,
+    SignalSource,
+    new_process_id,
+)
+from openfeature_canary.stores import (
+    FileStateStore,
+    FleetStore,
+    MemoryStateStore,
+    open_store,
+)
 from openfeature_canary.stores._forksafe import hold_locks_across_fork
 from openfeature_canary.telemetry import Telemetry
 
@@ -156,6 +175,9 @@ class CanaryProvider(AbstractProvider):
         refresh_interval: float = 0.5,
         max_staleness: float = 10.0,
         name: str = "CanaryProvider",
+        fleet: bool | None = None,
+        decide: bool = True,
+        lease_ttl: float = DEFAULT_LEASE_TTL_S,
     ) -> None:
         super().__init__()
         if telemetry is not None and not isinstance(telemetry, Telemetry):
@@ -177,16 +199,33 @@ class CanaryProvider(AbstractProvider):
             )
         self.plan = plan if isinstance(plan, RolloutPlan) else load_plan(plan)
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
-        if telemetry is not None:
-            meter_provider = telemetry.meter_provider
-            # The snapshot ring keeps what the plan's longest window needs, no more.
-            signals = InProcessSignalSource(telemetry.reader, plan=self.plan)
-        self.meter_provider = meter_provider
         store_obj = (
             store
             if store is not None and not isinstance(store, str)
             else open_store(store if store is not None else (self.plan.store or "memory://"))
         )
+        self.fleet: Fleet | None = None
+        may_decide = None
+        if telemetry is not None:
+            meter_provider = telemetry.meter_provider
+            # The snapshot ring keeps what the plan's longest window needs, no more.
+            local = InProcessSignalSource(telemetry.reader, plan=self.plan)
+            signals = local
+            if _fleet_wanted(fleet, store_obj):
+                assert isinstance(store_obj, FleetStore)
+                process_id = new_process_id()
+                self.fleet = Fleet(
+                    store_obj,
+                    process_id,
+                    publisher=Publisher(local, store_obj, process_id),
+                    decide=decide,
+                    lease_ttl_s=lease_ttl,
+                )
+                signals = FleetSignalSource(store_obj, plan=self.plan)
+                may_decide = self.fleet.round
+        elif fleet:
+            raise ValueError("CanaryProvider: fleet=True needs telemetry= (its signals publish)")
+        self.meter_provider = meter_provider
         reports = ReportWriter(reports_dir or self.plan.reports.dir)
         self._sender: TelemetrySender | None = None
         if events is None:
@@ -202,7 +241,7 @@ class CanaryProvider(AbstractProvider):
             self.plan,
             store=store_obj,
             clock=clock,
-            policy=Autopilot(signals) if signals is not None else None,
+            policy=Autopilot(signals, may_decide=may_decide) if signals is not None else None,
             serve=self._serve,
             events=events,
             reports=reports,
@@ -287,8 +326,11 @@ class CanaryProvider(AbstractProvider):
             self.rollout.reconcile_events()
 
     def shutdown(self) -> None:
-        """Stop background work (undelivered telemetry events stay in the outbox)."""
+        """Stop background work (undelivered telemetry events stay in the outbox) and give
+        the decider lease up, so that another process takes over at once."""
         self.runner.stop()
+        if self.fleet is not None:
+            self.fleet.release()
         if self._sender is not None:
             self._sender.stop()
 
@@ -486,3 +528,12 @@ class CanaryProvider(AbstractProvider):
     ) -> FlagResolutionDetails[Any]:
         """Canary flags are boolean: ``TYPE_MISMATCH`` (or ``FLAG_NOT_FOUND``)."""
         return self._type_mismatch(flag_key, "object")  # type: ignore[no-any-return]
+
+
+def _fleet_wanted(fleet: bool | None, store: StateStore) -> bool:
+    """Fleet mode: asked for, or by default for a store other processes share."""
+    if fleet is not None:
+        if fleet and not isinstance(store, FleetStore):
+            raise ValueError(f"CanaryProvider: fleet=True needs a shared store, got {store.url}")
+        return fleet
+    return isinstance(store, FleetStore) and not isinstance(store, MemoryStateStore)
