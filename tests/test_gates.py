@@ -197,11 +197,11 @@ def test_gate_healthy_stage_holds_for_its_duration_then_advances_with_power() ->
 
 def _first_error_crossing(traffic: Traffic, line: float) -> tuple[float, str]:
     """From the statistics alone: the first tick at which the 5xx line test or the error
-    ratio test (margin 1.5) reaches 1/alpha, and which (the line is judged first)."""
+    ratio test (margin 1.25) reaches 1/alpha, and which (the line is judged first)."""
     boundary, ratio = math.log(1 / ALPHA), np.zeros(5)
     for now in range(10, 610, 10):
         c, b = traffic.canary.between(now - 10, now), traffic.baseline.between(now - 10, now)
-        ratio += ratio_log_increment(c.errors, b.errors, c.n, b.n, 1.5)
+        ratio += ratio_log_increment(c.errors, b.errors, c.n, b.n, 1.25)
         total = traffic.canary.between(0, now)
         if line_log_e(total.n, total.errors, line) >= boundary:
             return now, "error_line"

@@ -8,7 +8,7 @@ overrides it key by key::
     power = 0.99                   # a stage goes once it could have caught, with this power:
     detect_error_rate = 0.05       #   a 5xx share this high (default 5 %, or 3x a higher line)
     detect_slow_share = 0.25       #   this share of requests over a latency line
-    error_ratio_margin = 1.5       # the canary may have up to 1.5x the baseline's 5xx share
+    error_ratio_margin = 1.25      # the canary may have up to 1.25x the baseline's 5xx share
     latency_margin = 0.05          # ... and be slower than the baseline with probability <= 0.55
                                    #     (0.5 turns the latency comparison off)
     holdback = 0                   # percent of units kept on the old path during the final stage
@@ -49,7 +49,7 @@ class DecisionRules:
     power: float = 0.99
     detect_error_rate: float | None = None
     detect_slow_share: float = 0.25
-    error_ratio_margin: float = 1.5
+    error_ratio_margin: float = 1.25
     latency_margin: float = 0.05
     holdback: float = 0.0
 
