@@ -18,7 +18,7 @@ from typing import Any
 from openfeature_canary.cli._export import _Stopper
 from openfeature_canary.cli._main import EXIT_OK, UsageError, _Io, _load, _store_url
 from openfeature_canary.errors import StateStoreError
-from openfeature_canary.events import ReportWriter, outbox_path_for, sender_for_plan
+from openfeature_canary.events import ReportWriter, outbox_for, sender_for_plan
 from openfeature_canary.policy import (
     DEFAULT_LEASE_TTL_S,
     Autopilot,
@@ -91,7 +91,7 @@ def _cmd_controller(args: argparse.Namespace, io: _Io) -> int:
         source = FleetSignalSource(store, plan=plan)
     fleet = Fleet(store, new_process_id(), lease_ttl_s=args.lease_ttl)
     reports = ReportWriter(plan.reports.dir)
-    sender = sender_for_plan(plan, outbox_path_for(store, reports.dir), environ=os.environ)
+    sender = sender_for_plan(plan, outbox_for(store, reports.dir), environ=os.environ)
     rollout = Rollout(
         plan,
         store=store,

@@ -47,7 +47,7 @@ from openfeature_canary.errors import (
 from openfeature_canary.events import (
     ReportWriter,
     TelemetrySender,
-    outbox_path_for,
+    outbox_for,
     render_plan_markdown,
     sender_for_plan,
 )
@@ -303,7 +303,7 @@ def _open(
     reports: ReportWriter | None = None
     if with_effects:
         reports = ReportWriter(plan.reports.dir)
-        sender = sender_for_plan(plan, outbox_path_for(store, reports.dir), environ=os.environ)
+        sender = sender_for_plan(plan, outbox_for(store, reports.dir), environ=os.environ)
     rollout = Rollout(plan, store=store, clock=io.clock, events=sender, reports=reports)
     try:
         rollout.load()

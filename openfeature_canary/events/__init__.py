@@ -1,7 +1,8 @@
 """Events: what a rollout tells people and other systems once a transition is persisted.
 
 - the telemetry ingest's events (``canary_rollback``, ``canary_stage_advanced`` …): queued in a
-  durable :class:`Outbox`, delivered by a :class:`TelemetrySender` through an
+  durable :class:`EventQueue` (an :class:`Outbox` file; a :class:`RedisOutbox` for a
+  ``redis://`` fleet), delivered by a :class:`TelemetrySender` through an
   :class:`IngestClient` (``POST {url}/telemetry/ingest``), at least once;
 - the markdown reports (:class:`ReportWriter`): ``canary_plan.md``, ``canary_results.md``,
   ``canary_abort.md``.
@@ -26,6 +27,8 @@ from openfeature_canary.events._outbox import (
     OutboxError,
     OutboxEvent,
 )
+from openfeature_canary.events._queue import EventQueue
+from openfeature_canary.events._redis_outbox import RedisOutbox
 from openfeature_canary.events._render import render_plan_markdown
 from openfeature_canary.events._reports import (
     AbortRecord,
@@ -37,6 +40,7 @@ from openfeature_canary.events._reports import (
 from openfeature_canary.events._sender import (
     EventSink,
     TelemetrySender,
+    outbox_for,
     outbox_path_for,
     sender_for_plan,
 )
@@ -44,6 +48,7 @@ from openfeature_canary.events._sender import (
 __all__ = [
     "REMEMBERED_DELIVERED",
     "AbortRecord",
+    "EventQueue",
     "EventSink",
     "IngestClient",
     "IngestCounters",
@@ -53,11 +58,13 @@ __all__ = [
     "Outbox",
     "OutboxError",
     "OutboxEvent",
+    "RedisOutbox",
     "ReportError",
     "ReportSink",
     "ReportWriter",
     "StageResult",
     "TelemetrySender",
+    "outbox_for",
     "outbox_path_for",
     "redact_url",
     "render_plan_markdown",

@@ -27,10 +27,12 @@ from openfeature_canary.events._ingest import (
     NoopIngestCounters,
 )
 from openfeature_canary.events._outbox import JsonScalar, Outbox, OutboxEvent
+from openfeature_canary.events._queue import EventQueue
+from openfeature_canary.events._redis_outbox import RedisOutbox
 from openfeature_canary.plan import RolloutPlan
-from openfeature_canary.stores import FileStateStore, StateStore
+from openfeature_canary.stores import FileStateStore, RedisStateStore, StateStore
 
-__all__ = ["EventSink", "TelemetrySender", "outbox_path_for", "sender_for_plan"]
+__all__ = ["EventSink", "TelemetrySender", "outbox_for", "outbox_path_for", "sender_for_plan"]
 
 log = logging.getLogger("openfeature_canary.telemetry")
 
@@ -47,9 +49,19 @@ class EventSink(Protocol):
     def enqueue(self, event_name: str, properties: Mapping[str, JsonScalar]) -> object: ...
 
 
+def outbox_for(store: StateStore, reports_dir: Path) -> EventQueue:
+    """Where a rollout's events wait: in the store's Redis for a ``redis://`` store (every
+    process of the fleet shares one outbox), else the file :func:`outbox_path_for` names. No
+    I/O."""
+    if isinstance(store, RedisStateStore):
+        return RedisOutbox(store)
+    return Outbox(outbox_path_for(store, reports_dir))
+
+
 def outbox_path_for(store: StateStore, reports_dir: Path) -> Path:
-    """Where a rollout's events wait: beside the state file for a ``file://`` store (so every
-    process of the host, the CLI included, shares one outbox), else in the reports folder."""
+    """Where a rollout's events wait in a file: beside the state file for a ``file://`` store
+    (so every process of the host, the CLI included, shares one outbox), else in the reports
+    folder (:func:`outbox_for` puts a ``redis://`` store's in Redis instead)."""
     if isinstance(store, FileStateStore):
         return store.path.with_name(store.path.name + ".outbox.jsonl")
     return reports_dir / "telemetry-outbox.jsonl"
@@ -57,15 +69,16 @@ def outbox_path_for(store: StateStore, reports_dir: Path) -> Path:
 
 def sender_for_plan(
     plan: RolloutPlan,
-    outbox_path: Path,
+    outbox: EventQueue | Path,
     *,
     environ: Mapping[str, str],
     counters: IngestCounters | None = None,
     transport: httpx.BaseTransport | None = None,
 ) -> TelemetrySender:
-    """The durable sender of a plan's events: an outbox at ``outbox_path`` drained into
-    ``POST {url}/telemetry/ingest`` (the plan's ``url``, or its ``url_env`` read from
-    ``environ``). No I/O until the first event or :meth:`TelemetrySender.start`.
+    """The durable sender of a plan's events: ``outbox`` (see :func:`outbox_for`; a path is a
+    file :class:`Outbox`) drained into ``POST {url}/telemetry/ingest`` (the plan's ``url``, or
+    its ``url_env`` read from ``environ``). No I/O until the first event or
+    :meth:`TelemetrySender.start`.
 
     A missing or unusable URL must not stop a service from serving its flags: it is logged
     loudly and the events wait in the outbox until the URL is fixed and the process restarted.
@@ -79,11 +92,13 @@ def sender_for_plan(
             )
         except IngestError as exc:
             log.error("telemetry ingest disabled, events stay in the outbox: %s", exc)
-    return TelemetrySender(Outbox(outbox_path), client, counters=counters)
+    queue = Outbox(outbox) if isinstance(outbox, Path) else outbox
+    return TelemetrySender(queue, client, counters=counters)
 
 
 class TelemetrySender:
-    """Drains an :class:`Outbox` into an :class:`IngestClient` from a background thread.
+    """Drains an :class:`EventQueue` (an :class:`Outbox` file, or a :class:`RedisOutbox`) into
+    an :class:`IngestClient` from a background thread.
 
     Use one per process that emits rollout events::
 
@@ -107,7 +122,7 @@ class TelemetrySender:
 
     def __init__(
         self,
-        outbox: Outbox,
+        outbox: EventQueue,
         client: IngestClient | None,
         *,
         counters: IngestCounters | None = None,
@@ -335,9 +350,9 @@ class TelemetrySender:
         if not self._warned_no_client:
             self._warned_no_client = True
             log.warning(
-                "telemetry: no ingest URL configured; events stay in the outbox %s until a "
-                "sender with a URL delivers them",
-                self.outbox.path,
+                "telemetry: no ingest URL configured; events stay in %r until a sender with "
+                "a URL delivers them",
+                self.outbox,
             )
 
 

@@ -36,11 +36,11 @@ from openfeature_canary import (
 )
 from openfeature_canary.bucketing import unit_hasher
 from openfeature_canary.events import (
+    EventQueue,
     EventSink,
-    Outbox,
     ReportWriter,
     TelemetrySender,
-    outbox_path_for,
+    outbox_for,
     render_plan_markdown,
     sender_for_plan,
 )
@@ -231,7 +231,7 @@ class CanaryProvider(AbstractProvider):
         if events is None:
             self._sender = sender_for_plan(
                 self.plan,
-                outbox_path_for(store_obj, reports.dir),
+                outbox_for(store_obj, reports.dir),
                 environ=self._environ,
                 counters=IngestInstruments(meter_provider=meter_provider),
             )
@@ -344,7 +344,7 @@ class CanaryProvider(AbstractProvider):
         return self._sender.flush(timeout_s)
 
     @property
-    def outbox(self) -> Outbox | None:
+    def outbox(self) -> EventQueue | None:
         """The durable outbox of this provider's events (``None`` with ``events=``)."""
         return None if self._sender is None else self._sender.outbox
 
