@@ -19,7 +19,7 @@ from openfeature_canary import (
     TransitionError,
     load_plan,
 )
-from openfeature_canary.events import ReportWriter
+from openfeature_canary.events import OutboxError, ReportWriter
 from openfeature_canary.policy import BackgroundRunner, Controller
 from openfeature_canary.policy._gates import current_evidence, stage_summary
 from openfeature_canary.state import LogEntry
@@ -299,6 +299,45 @@ def test_rollback_forced_on_an_unwritable_store_is_persisted_once_it_is_repaired
     assert fresh.controller(FLAG).state.reason == "ops saw errors"
     assert ctl.state.version == fresh.controller(FLAG).state.version
     assert journal.count("event canary_rollback") == 1
+
+
+class DownOutbox(Sink):
+    """An outbox that lives in the store: it cannot queue while the store is down (an
+    OutboxError is what a Redis outbox raises then; a real store cannot be failed on cue)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def enqueue(self, event_name: str, properties: Any) -> None:
+        if self.down:
+            raise OutboxError("redis://127.0.0.1:1/0: outbox: cannot queue an event: down")
+        super().enqueue(event_name, properties)
+
+
+def test_rollback_forced_while_the_outbox_is_down_is_announced_once_it_is_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "state.json"
+    outbox = DownOutbox()
+    rollout = Rollout(load_plan(EXAMPLE), store=f"file://{path}", events=outbox)
+    ctl = rollout.controller(FLAG)
+    ctl.start()
+    good = path.read_bytes()
+    path.write_text("{ not json")
+    outbox.down = True
+    with pytest.raises(StateStoreError):
+        ctl.rollback("ops saw errors")
+    assert [name for name, _ in outbox.events] == ["canary_stage_advanced"]
+    # One line says why, no traceback.
+    failed = [r for r in caplog.records if "queueing the telemetry event failed" in r.message]
+    assert failed and all(r.exc_info is None for r in failed)
+    path.write_bytes(good)
+    outbox.down = False
+    rollout.load()  # the forced rollback is persisted now, and its event queued
+    assert [name for name, _ in outbox.events] == ["canary_stage_advanced", "canary_rollback"]
+    rollout.load()
+    assert [name for name, _ in outbox.events].count("canary_rollback") == 1
 
 
 def test_load_refuses_a_stage_beyond_the_plan_before_adopting_any_flag(tmp_path: Path) -> None:

@@ -349,6 +349,9 @@ class Controller:
         )
         self._forced = None
         self._state = target
+        # Its event may not have been queued when it was forced (the outbox can live in the
+        # store that was down): queue it now.
+        self.rollout.pipeline.requeue(target)
 
     def _check_after(self) -> None:
         after = self.flag.after

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from openfeature_canary._format import iso_utc
+from openfeature_canary.errors import CanaryError
 from openfeature_canary.events import AbortRecord, EventSink, ReportSink, StageResult
 from openfeature_canary.state import LogEntry, RolloutState, Status
 from openfeature_canary.stores import StateStore
@@ -88,6 +89,21 @@ class Pipeline:
     reports: ReportSink | None = None
     metrics: RollbackCounter | None = None
     observers: list[TransitionListener] = field(default_factory=list)
+    #: Event ids whose queueing failed in this process (e.g. an outbox in a store that was
+    #: down): :meth:`requeue` tries them again.
+    unqueued: set[str] = field(default_factory=set)
+
+    def requeue(self, state: RolloutState) -> None:
+        """Queue again the events of ``state``'s log whose queueing failed here before."""
+        events = self.events
+        if events is None or not self.unqueued:
+            return
+        for name, props in implied_events(state):
+            event_id = str(props["event_id"])
+            if event_id in self.unqueued and _safely(
+                "queueing the telemetry event", events.enqueue, name, props
+            ):
+                self.unqueued.discard(event_id)
 
     def commit(
         self,
@@ -173,7 +189,8 @@ class Pipeline:
             event = event_for(old, new, entry) if entry is not None else None
             if event is not None and events is not None:
                 name, props = event
-                _safely("queueing the telemetry event", lambda: events.enqueue(name, props))
+                if not _safely("queueing the telemetry event", events.enqueue, name, props):
+                    self.unqueued.add(str(props["event_id"]))
             reports = self.reports
             if reports is not None and entry is not None:
                 result = stage_result(old, new, entry)
@@ -188,11 +205,17 @@ class Pipeline:
             _safely(f"observer {observer!r}", observer, old, new)
 
 
-def _safely(what: str, fn: Callable[..., Any], *args: Any) -> None:
+def _safely(what: str, fn: Callable[..., Any], *args: Any) -> bool:
+    """Run one effect; False (logged) when it failed."""
     try:
         fn(*args)
+    except CanaryError as exc:  # ours (an outbox, a report folder): the message says it all
+        log.error("openfeature-canary: %s failed: %s", what, exc)
+        return False
     except Exception:  # an effect failing must not undo or block a persisted transition
         log.exception("openfeature-canary: %s failed", what)
+        return False
+    return True
 
 
 def _rolled_back(old: RolloutState, new: RolloutState) -> bool:
