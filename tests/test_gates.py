@@ -446,3 +446,34 @@ def test_holdback_final_stage_serves_95_then_completion_serves_100() -> None:
     assert (run.now, d.action, d.reason) == (4200.0, Action.COMPLETE, "gate_passed")
     assert d.numbers["baseline_samples"] == 5 * 600
     assert (run.state.status, run.state.percent) == (Status.COMPLETED, 100.0)
+
+
+def test_evidence_leaning_towards_a_breach_holds_the_stage_up_to_its_duration_again() -> None:
+    # Enough requests to go, but the error-ratio test is past half-way to its boundary
+    # (e-value >= sqrt(1/alpha)): the stage waits, so that evidence is not thrown away.
+    from openfeature_canary.evidence import StageEvidence, Tally
+
+    half_way = 0.6 * math.log(1 / ALPHA)
+    evidence = StageEvidence(
+        stage=1,
+        started=0.0,
+        through=600.0,
+        canary=Tally(600, 0, BOUNDS, (600, *([0] * len(BOUNDS)))),
+        baseline=Tally(11400, 3, BOUNDS, (11400, *([0] * len(BOUNDS)))),
+        ratio_log_e=(half_way,) * 5,
+        rank_log_e=(0.0,) * 4,
+    )
+    state = replace(running(), evidence=evidence)
+    quiet = Readings(QUIET)
+    extend = decide(FLAG, state, quiet, Memory(), 600.0)
+    assert (extend.action, extend.reason) == (
+        Action.EXTEND,
+        "evidence leaning towards a breach (error_ratio)",
+    )
+    assert extend.numbers["leaning"] == "error_ratio"
+    assert decide(FLAG, state, quiet, extend.memory, 900.0).action == Action.HOLD
+    # At twice the duration it goes (its information suffices; the lean never became a breach).
+    assert decide(FLAG, state, quiet, extend.memory, 1200.0).action == Action.ADVANCE
+    # Without the lean it goes at its duration.
+    calm = replace(state, evidence=replace(evidence, ratio_log_e=(0.0,) * 5))
+    assert decide(FLAG, calm, quiet, Memory(), 600.0).action == Action.ADVANCE

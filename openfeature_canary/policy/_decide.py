@@ -383,19 +383,30 @@ def _decide_gate(
     summary = stage_summary(flag, index, evidence, (*state.windows, *judged))
     numbers = {**summary, **information_numbers(infos)}
     short = [i for i in infos if i.power < flag.decisions.power]
-    if not short:
+    overtime = now + 1e-9 >= end + stage.duration_s
+    # A test half-way to its boundary (e-value >= sqrt(1/alpha)) holds the stage, up to its
+    # duration again: going on would throw away evidence that leans towards a breach.
+    leaning = [t for t in judgement.tests if t.log_e >= t.boundary / 2]
+    if not short and (not leaning or overtime):
         action = Action.COMPLETE if index >= len(flag.stages) else Action.ADVANCE
         # Trigger memory survives an advance: a breach that began at the end of the last stage
         # must keep counting towards its ``for``.
         memory = replace(memory, extended=-1)
         return Decision(action, "gate_passed", memory, numbers, judged, changed)
+    if not short:
+        numbers.update(leaning=leaning[0].name, e_value=round(leaning[0].e_value, 3))
+        reason = f"evidence leaning towards a breach ({leaning[0].name})"
+        if memory.extended != index:
+            memory = replace(memory, extended=index)
+            return Decision(Action.EXTEND, reason, memory, numbers, judged, changed)
+        return Decision(Action.HOLD, "extended", memory, windows=judged, evidence=changed)
     needed = max(i.needed - i.n for i in short)
     numbers["needed"] = needed
     # The time that traffic takes at the stage's canary rate so far (none seen: unknown).
     elapsed = now - evidence.started
     if evidence.canary.n and elapsed > 0:
         numbers["needed_s"] = round(needed * elapsed / evidence.canary.n)
-    if now + 1e-9 >= end + stage.duration_s:
+    if overtime:
         memory = replace(memory, extended=-1)
         return Decision(Action.PAUSE, "gate_inconclusive", memory, numbers, judged, changed)
     if memory.extended != index:
