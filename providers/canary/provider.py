@@ -172,7 +172,7 @@ class CanaryProvider(AbstractProvider):
         events: EventSink | None = None,
         reports_dir: str | Path | None = None,
         background: bool = True,
-        refresh_interval: float = 0.5,
+        refresh_interval: float | None = None,
         max_staleness: float = 10.0,
         name: str = "CanaryProvider",
         fleet: bool | None = None,
@@ -192,7 +192,7 @@ class CanaryProvider(AbstractProvider):
                 "CanaryProvider: meter_provider= differs from telemetry.meter_provider; "
                 "give telemetry= alone"
             )
-        if max_staleness < 0 or refresh_interval <= 0:
+        if max_staleness < 0 or (refresh_interval is not None and refresh_interval <= 0):
             raise ValueError(
                 "CanaryProvider: max_staleness must be >= 0 and refresh_interval > 0, got "
                 f"{max_staleness} and {refresh_interval}"
@@ -204,6 +204,12 @@ class CanaryProvider(AbstractProvider):
             if store is not None and not isinstance(store, str)
             else open_store(store if store is not None else (self.plan.store or "memory://"))
         )
+        if refresh_interval is None:
+            # A store that pushes its changes makes a poll a read of memory: poll often, so a
+            # rollback reaches every replica within ~0.1 s; a file is read, so poll less.
+            pushed = store_obj.url.startswith(("redis://", "rediss://"))
+            refresh_interval = 0.1 if pushed else 0.5
+        self._owns_store = store is None or isinstance(store, str)
         self.fleet: Fleet | None = None
         may_decide = None
         if telemetry is not None:
@@ -331,6 +337,9 @@ class CanaryProvider(AbstractProvider):
         self.runner.stop()
         if self.fleet is not None:
             self.fleet.release()
+        close = getattr(self.rollout.store, "close", None)
+        if self._owns_store and callable(close):  # a store it opened (a redis listener)
+            close()
         if self._sender is not None:
             self._sender.stop()
 
