@@ -1,0 +1,200 @@
+"""A process's cumulative snapshot as a small JSON record, and back (validated).
+
+What a process publishes for the fleet's decider (:mod:`._fleet`): requests per flag and cohort
+with their 5xx count and bucket counts per layout, the event-loop lag histogram and the
+counters. :func:`snapshot_from_record` raises only ``ValueError``, naming the path of the first
+bad field, whatever the record holds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Final
+
+from openfeature_canary.signals._snapshots import (
+    LEDGER_MISMATCHES,
+    TELEMETRY_ACCEPTED,
+    TELEMETRY_SENT,
+    Bounds,
+    CohortKey,
+    CohortTotals,
+    Counts,
+    Snapshot,
+)
+
+__all__ = ["RECORD_FORMAT", "Layout", "snapshot_from_record", "snapshot_record"]
+
+#: The record layout's version: a decider refuses records of another one (a mixed rollout).
+RECORD_FORMAT: Final = 1
+#: No count can be larger: JSON allows any integer, float conversion of a larger one overflows.
+_MAX_COUNT: Final = 2**63 - 1
+_COUNTERS: Final = frozenset((LEDGER_MISMATCHES, TELEMETRY_ACCEPTED, TELEMETRY_SENT))
+
+Layout = tuple[Bounds, Counts]
+
+
+def snapshot_record(snapshot: Snapshot) -> dict[str, Any]:
+    """A local snapshot as a JSON-safe record (requests per flag/variant with errors and
+    (bounds, counts) per layout; lag; counters; no problems, no time).
+
+    >>> from types import MappingProxyType as M
+    >>> snap = Snapshot(5.0, M({}), M({(100.0,): (3, 1)}), M({}))
+    >>> snapshot_record(snap)["lag"]
+    [{'bounds': [100.0], 'counts': [3, 1]}]
+    """
+    return {
+        "format": RECORD_FORMAT,
+        "requests": [
+            {
+                "flag": flag,
+                "variant": variant,
+                "errors": totals.errors,
+                "hist": [_layout_record(b, c) for b, c in totals.hist],
+            }
+            for (flag, variant), totals in snapshot.requests.items()
+        ],
+        "lag": [_layout_record(b, c) for b, c in snapshot.lag.items()],
+        "counters": [
+            {"name": name, "flag": flag, "value": value}
+            for (name, flag), value in snapshot.counters.items()
+        ],
+    }
+
+
+def _layout_record(bounds: Bounds, counts: Counts) -> dict[str, Any]:
+    return {"bounds": list(bounds), "counts": list(counts)}
+
+
+def snapshot_from_record(data: Any) -> Snapshot:
+    """Inverse of :func:`snapshot_record` (``t = 0.0``).
+
+    Raises ``ValueError`` naming the path of the first bad field (``record.requests[2].hist[0]
+    .counts: …``), never another exception, whatever ``data`` is.
+    """
+    top = _object(data, "record", ("format", "requests", "lag", "counters"))
+    if top["format"] != RECORD_FORMAT or isinstance(top["format"], bool):
+        raise ValueError(
+            f"record.format: {_show(top['format'])} is not the supported format {RECORD_FORMAT}"
+        )
+    requests: dict[CohortKey, CohortTotals] = {}
+    for i, item in enumerate(_array(top["requests"], "record.requests")):
+        path = f"record.requests[{i}]"
+        cohort, totals = _cohort(item, path)
+        if cohort in requests:
+            raise ValueError(f"{path}: flag {cohort[0]!r} variant {cohort[1]!r} appears twice")
+        requests[cohort] = totals
+    lag = dict(_layouts(top["lag"], "record.lag"))
+    counters: dict[tuple[str, str], float] = {}
+    for i, item in enumerate(_array(top["counters"], "record.counters")):
+        path = f"record.counters[{i}]"
+        entry = _object(item, path, ("name", "flag", "value"))
+        name = _string(entry["name"], f"{path}.name")
+        if name not in _COUNTERS:
+            raise ValueError(f"{path}.name: {name!r} is not one of {sorted(_COUNTERS)}")
+        key = (name, _string(entry["flag"], f"{path}.flag"))
+        if key in counters:
+            raise ValueError(f"{path}: counter {name!r} flag {key[1]!r} appears twice")
+        counters[key] = _number(entry["value"], f"{path}.value")
+    return Snapshot(
+        0.0, MappingProxyType(requests), MappingProxyType(lag), MappingProxyType(counters)
+    )
+
+
+def _cohort(item: Any, path: str) -> tuple[CohortKey, CohortTotals]:
+    entry = _object(item, path, ("flag", "variant", "errors", "hist"))
+    cohort = (_string(entry["flag"], f"{path}.flag"), _string(entry["variant"], f"{path}.variant"))
+    hist = tuple(_layouts(entry["hist"], f"{path}.hist"))
+    errors = _count(entry["errors"], f"{path}.errors")
+    total = sum(sum(counts) for _, counts in hist)
+    if errors > total:
+        raise ValueError(f"{path}.errors: {errors} errors but only {total} requests")
+    return cohort, CohortTotals(errors, hist)
+
+
+def _layouts(value: Any, path: str) -> list[Layout]:
+    layouts: list[Layout] = []
+    for i, item in enumerate(_array(value, path)):
+        where = f"{path}[{i}]"
+        entry = _object(item, where, ("bounds", "counts"))
+        bounds = _bounds(entry["bounds"], f"{where}.bounds")
+        if any(bounds == seen for seen, _ in layouts):
+            raise ValueError(f"{where}.bounds: the same bucket layout appears twice")
+        raw = _array(entry["counts"], f"{where}.counts")
+        if len(raw) != len(bounds) + 1:
+            raise ValueError(
+                f"{where}.counts: {len(raw)} counts for {len(bounds)} bounds "
+                f"(expected {len(bounds) + 1})"
+            )
+        layouts.append(
+            (bounds, tuple(_count(c, f"{where}.counts[{j}]") for j, c in enumerate(raw)))
+        )
+    return layouts
+
+
+def _object(value: Any, path: str, keys: tuple[str, ...]) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{path}: expected an object, got {type(value).__name__}")
+    missing = [k for k in keys if k not in value]
+    if missing:
+        raise ValueError(f"{path}: missing {', '.join(missing)}")
+    extra = [_show(k) for k in value if k not in keys]
+    if extra:
+        raise ValueError(f"{path}: unexpected {', '.join(sorted(extra))}")
+    return value
+
+
+def _show(value: Any) -> str:
+    """``value`` for an error message: short, and safe whatever it is (huge, deep, odd)."""
+    if isinstance(value, int) and abs(value) > _MAX_COUNT:
+        return "a number too large"
+    if isinstance(value, (str, int, float)) or value is None:
+        text = repr(value)
+        return text if len(text) <= 40 else f"{text[:37]}..."
+    return f"a {type(value).__name__}"
+
+
+def _array(value: Any, path: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"{path}: expected a list, got {type(value).__name__}")
+    return value
+
+
+def _string(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{path}: expected a string, got {type(value).__name__}")
+    return value
+
+
+def _count(value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{path}: expected a whole number, got {type(value).__name__}")
+    if not 0 <= value <= _MAX_COUNT:
+        raise ValueError(f"{path}: {_show(value)} is not a count in [0, 2**63 - 1]")
+    return value
+
+
+def _number(value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{path}: expected a number, got {type(value).__name__}")
+    if isinstance(value, int) and value > _MAX_COUNT:
+        raise ValueError(f"{path}: {_show(value)}")
+    number = float(value)
+    if not (math.isfinite(number) and number >= 0):
+        raise ValueError(f"{path}: {value} is not a finite, non-negative number")
+    return number
+
+
+def _bounds(value: Any, path: str) -> Bounds:
+    bounds: list[float] = []
+    for i, item in enumerate(_array(value, path)):
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            raise ValueError(f"{path}[{i}]: expected a number, got {type(item).__name__}")
+        if isinstance(item, int) and abs(item) > _MAX_COUNT:
+            raise ValueError(f"{path}[{i}]: {_show(item)} for a bound")
+        bound = float(item)
+        if not math.isfinite(bound) or (bounds and bound <= bounds[-1]):
+            raise ValueError(f"{path}[{i}]: {item} is not finite and above the previous bound")
+        bounds.append(bound)
+    return tuple(bounds)
