@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 from statistics import NormalDist
 from typing import Final
 
@@ -147,6 +148,7 @@ def line_power(n: int, p0: float, p1: float, alpha: float) -> float:
     return binomial_tail(n, p1, threshold_count(n, p0, math.log(1 / alpha)))
 
 
+@lru_cache(maxsize=256)  # a pure function of a few plan numbers, asked at every tick
 def requests_needed(p0: float, p1: float, alpha: float, power: float, *, limit: int = 10**9) -> int:
     """The fewest requests with which :func:`line_power` reaches ``power`` (``limit`` when
     even that many do not). The power is not monotone in ``n`` step by step (``k*`` moves in

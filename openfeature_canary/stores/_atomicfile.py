@@ -55,12 +55,16 @@ def fsync_dir(folder: Path) -> None:
         os.close(dir_fd)
 
 
-def atomic_write_text(path: Path, text: str, *, mode: int | None = None) -> None:
-    """Replace ``path`` with ``text`` atomically and durably.
+def atomic_write_text(
+    path: Path, text: str, *, mode: int | None = None, durable: bool = True
+) -> None:
+    """Replace ``path`` with ``text`` atomically and (unless ``durable=False``) durably.
 
     The file keeps its current permissions (a new one follows the process's umask, as
     ``open()`` would, not ``mkstemp``'s ``0o600``) unless ``mode`` is given. Raises
-    ``OSError``; the temporary file is removed.
+    ``OSError``; the temporary file is removed. ``durable=False`` skips the ``fsync``: for
+    files rewritten at every tick whose loss in a power cut costs nothing (a fleet record, the
+    lease), where the sync would be most of the cost.
     """
     if mode is None:
         try:
@@ -73,7 +77,8 @@ def atomic_write_text(path: Path, text: str, *, mode: int | None = None) -> None
             os.fchmod(fh.fileno(), mode)
             fh.write(text)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

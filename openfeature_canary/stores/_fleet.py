@@ -314,7 +314,9 @@ class FileFleet:
         text = encode_record(process_id, record, now)
         with self._os_errors("cannot publish"):
             self._make_folder(self._records_dir)
-            atomic_write_text(self._records_dir / f"{process_id}.json", text, mode=0o600)
+            atomic_write_text(
+                self._records_dir / f"{process_id}.json", text, mode=0o600, durable=False
+            )
 
     def records(self) -> dict[str, tuple[float, Mapping[str, Any]]]:
         """See :class:`FleetStore`."""
@@ -384,7 +386,8 @@ class FileFleet:
         return parse_lease(data)
 
     def _write_lease(self, lease: dict[str, Any]) -> None:
-        atomic_write_text(self._lease_path, json.dumps(lease, separators=(",", ":")), mode=0o600)
+        lease_text = json.dumps(lease, separators=(",", ":"))
+        atomic_write_text(self._lease_path, lease_text, mode=0o600, durable=False)
 
     @contextmanager
     def _lease_locked(self) -> Iterator[None]:
