@@ -22,6 +22,8 @@ from openfeature.event import ProviderEvent
 from openfeature.exception import ErrorCode, ProviderFatalError, ProviderNotReadyError
 from openfeature.flag_evaluation import Reason
 from openfeature.provider import ProviderStatus
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from otel_points import points
 
 from openfeature_canary import ManualClock, Rollout, RolloutPlan, Status, load_plan
@@ -147,31 +149,51 @@ def _started_store(plan: RolloutPlan, path: Path, percent_stage: int = 2) -> Non
         ctl.promote()
 
 
+def _health(reader: InMemoryMetricReader) -> str:
+    """The health ``canary.store.health`` reports as current (its one series at 1)."""
+    current = [
+        attrs["canary.store.health"]
+        for attrs, point in points(reader, "canary.store.health")
+        if point.value == 1
+    ]
+    assert len(current) == 1, current
+    return str(current[0])
+
+
 def test_provider_store_unreadable_goes_stale_then_error_then_ready_serving_the_old_path(
     plan: RolloutPlan, tmp_path: Path
 ) -> None:
     path = tmp_path / "state.json"
     _started_store(plan, path, percent_stage=4)  # 100 %: everyone gets the canary
     clock = ManualClock(start=1000.0)
+    reader = InMemoryMetricReader()
     provider = CanaryProvider(
-        plan, store=f"file://{path}", clock=clock, background=False, max_staleness=30
+        plan,
+        store=f"file://{path}",
+        clock=clock,
+        background=False,
+        max_staleness=30,
+        meter_provider=MeterProvider(metric_readers=[reader]),
     )
     api.set_provider_and_wait(provider)
     client = api.get_client()
     events = _Events()
     ctx = EvaluationContext(targeting_key="u-1")
     assert client.get_boolean_value(FLAG, False, ctx) is True
+    assert _health(reader) == "ready"
     good = path.read_bytes()
 
     path.write_text("{ not json")
     provider.runner.run_once()
     assert client.get_provider_status() is ProviderStatus.STALE
     events.wait_for("PROVIDER_STALE")
+    assert _health(reader) == "stale"  # the metric says so too
     assert client.get_boolean_value(FLAG, False, ctx) is True  # the last known state
     clock.advance(31)
     provider.runner.run_once()
     assert client.get_provider_status() is ProviderStatus.ERROR
     events.wait_for("PROVIDER_ERROR")
+    assert _health(reader) == "error"
     details = client.get_boolean_details(FLAG, True, ctx)  # even with a default of True
     assert (details.value, details.reason) == (False, Reason.DISABLED)  # 0 %: the old path
     assert "corrupt state file" in str(details.flag_metadata["unavailable"])

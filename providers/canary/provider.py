@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
@@ -23,6 +23,7 @@ from openfeature.exception import (
 from openfeature.flag_evaluation import FlagResolutionDetails, Reason
 from openfeature.hook import Hook
 from openfeature.provider import AbstractProvider, Metadata
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from openfeature_canary import (
     Clock,
@@ -273,6 +274,13 @@ class CanaryProvider(AbstractProvider):
             on_poll=self._rebuild,
             on_health=self._on_store_health,
         )
+        if meter_provider is not None:
+            meter_provider.get_meter("openfeature_canary.provider").create_observable_gauge(
+                "canary.store.health",
+                [self._store_health],
+                description="1 for how the state store reads now: ready, stale (the last "
+                "known state is served) or error (every flag serves the old path)",
+            )
         self._hooks: list[Hook] = []
         if telemetry is not None:
             from openfeature.contrib.hook.canary import MetricsHook
@@ -417,6 +425,12 @@ class CanaryProvider(AbstractProvider):
         self.emit_provider_configuration_changed(
             ProviderEventDetails(flags_changed=changed, message="canary rollout changed")
         )
+
+    def _store_health(self, _options: CallbackOptions) -> Iterable[Observation]:
+        """The ``canary.store.health`` gauge: 1 for the current health, 0 for the others."""
+        current = self._health
+        for health in ("not_ready", "ready", "stale", "error"):
+            yield Observation(int(health == current), {"canary.store.health": health})
 
     def _on_store_health(self, error: StateStoreError | None) -> None:
         """The runner read the store (``error=None``) or could not: STALE, ERROR, READY."""
