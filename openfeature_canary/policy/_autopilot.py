@@ -183,7 +183,7 @@ class Autopilot:
 
     def _counts(self, key: str, start: float, end: float) -> CountsReading:
         try:
-            return self.source.counts_between(key, start, min(max(start, end), end))
+            return self.source.counts_between(key, start, end)
         except SignalSourceError as exc:
             return CountsReading(EMPTY_COHORT, EMPTY_COHORT, start, end, str(exc))
         except Exception as exc:  # a source's bug must not stop the policy: no evidence

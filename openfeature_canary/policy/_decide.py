@@ -338,13 +338,7 @@ def baseline_breaches(flag: FlagPlan, readings: Readings) -> list[str]:
     loud = []
     for trigger in flag.triggers:
         reading = readings.triggers.get(trigger.name)
-        if reading is None or reading.error or reading.value is None:
-            continue
-        if counts_samples(trigger):
-            breached = reading.value >= trigger.occurrences
-        else:
-            breached = reading.n >= trigger.min_samples and trigger.breached(reading.value)
-        if breached:
+        if reading is not None and _breaches(trigger, reading):
             loud.append(f"{trigger.name} ({baseline_signal(trigger.signal)}={reading.value:g})")
     return loud
 

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import Final, Protocol
 
 from openfeature_canary.evidence import StageEvidence, Tally
 from openfeature_canary.plan import FlagPlan, Stage
 from openfeature_canary.policy._stats import (
     RANK_FRACTIONS,
     RATIO_MULTIPLIERS,
+    auc,
     line_log_e,
     line_power,
     log_mean_exp,
@@ -40,6 +41,7 @@ from openfeature_canary.signals._histogram import count_above, histogram_quantil
 from openfeature_canary.state import Number, Verdict, WindowRecord
 
 __all__ = [
+    "Cohort",
     "GateTest",
     "Information",
     "Judgement",
@@ -49,7 +51,10 @@ __all__ = [
     "information",
     "information_numbers",
     "judge",
+    "line_counts",
+    "quantile",
     "requests_to_go",
+    "stage_lines",
     "stage_summary",
     "stage_tests",
     "test_numbers",
@@ -120,9 +125,8 @@ class Information:
     power_3x: float | None = None
 
 
-def stage_tests(flag: FlagPlan, index: int) -> tuple[str, ...]:
-    """The tests of stage ``index``: its lines, then the two comparisons."""
-    stage = flag.stage(index)
+def stage_lines(stage: Stage) -> tuple[str, ...]:
+    """The line tests of ``stage``: one per line it sets."""
     names = []
     if stage.max_error_rate is not None:
         names.append("error_line")
@@ -130,7 +134,12 @@ def stage_tests(flag: FlagPlan, index: int) -> tuple[str, ...]:
         names.append("p95_line")
     if stage.max_p99_ms is not None:
         names.append("p99_line")
-    return (*names, "error_ratio", "latency_rank")
+    return tuple(names)
+
+
+def stage_tests(flag: FlagPlan, index: int) -> tuple[str, ...]:
+    """The tests of stage ``index``: its lines, then the two comparisons."""
+    return (*stage_lines(flag.stage(index)), "error_ratio", "latency_rank")
 
 
 def alpha_per_test(flag: FlagPlan) -> float:
@@ -244,21 +253,45 @@ def judge(flag: FlagPlan, index: int, evidence: StageEvidence) -> Judgement:
     return Judgement(tuple(tests), alpha)
 
 
-def _line_counts(name: str, stage: Stage, tally: Tally) -> tuple[int, int, float]:
-    """(n, occurrences, allowed share) of a line test on one cohort's totals."""
+class Cohort(Protocol):
+    """A cohort's counts: a stage's :class:`Tally` or a window's ``CohortCounts``."""
+
+    @property
+    def n(self) -> int: ...
+
+    @property
+    def errors(self) -> int: ...
+
+    @property
+    def bounds(self) -> tuple[float, ...]: ...
+
+    @property
+    def counts(self) -> tuple[int, ...]: ...
+
+
+def line_counts(name: str, stage: Stage, cohort: Cohort) -> tuple[int, int, float]:
+    """(n, occurrences, allowed share) of line test ``name`` on one cohort's counts: the 5xx
+    among all requests, or the requests over the latency line among those in the buckets."""
     if name == "error_line":
         assert stage.max_error_rate is not None
-        return tally.n, tally.errors, stage.max_error_rate
+        return cohort.n, cohort.errors, stage.max_error_rate
     line_ms = stage.max_p95_ms if name == "p95_line" else stage.max_p99_ms
     assert line_ms is not None
-    n = tally.latency_n
-    above = int(count_above(line_ms, tally.bounds, tally.counts)) if n else 0
+    n = sum(cohort.counts)
+    above = int(count_above(line_ms, cohort.bounds, cohort.counts)) if n else 0
     return n, above, _ALLOWED_ABOVE[name]
 
 
+def quantile(q: float, cohort: Cohort) -> float | None:
+    """The cohort's ``q`` quantile in ms (``histogram_quantile``); ``None`` without data."""
+    if sum(cohort.counts) == 0:
+        return None
+    return histogram_quantile(q, cohort.bounds, cohort.counts)
+
+
 def _line_test(name: str, stage: Stage, evidence: StageEvidence, boundary: float) -> GateTest:
-    n, k, p0 = _line_counts(name, stage, evidence.canary)
-    b_n, b_k, _ = _line_counts(name, stage, evidence.baseline)
+    n, k, p0 = line_counts(name, stage, evidence.canary)
+    b_n, b_k, _ = line_counts(name, stage, evidence.baseline)
     return GateTest(
         name,
         line_log_e(n, k, p0),
@@ -292,10 +325,9 @@ def _ratio_test(flag: FlagPlan, evidence: StageEvidence, alpha: float) -> GateTe
 def _auc(evidence: StageEvidence) -> float | None:
     c = evidence.canary
     against = evidence.baseline if evidence.baseline.latency_n else evidence.reference
-    if against is None or not c.latency_n or against.bounds != c.bounds:
+    if against is None or against.bounds != c.bounds:
         return None
-    psi = placements(against.counts)
-    return sum(n * p for n, p in zip(c.counts, psi, strict=True)) / c.latency_n
+    return auc(c.counts, against.counts)
 
 
 # --------------------------------------------------------------------------- information
@@ -317,7 +349,7 @@ def information(flag: FlagPlan, index: int, evidence: StageEvidence) -> tuple[In
     rules = flag.decisions
     alpha = alpha_per_test(flag)
     out = []
-    for name in stage_tests(flag, index)[:-2] or ("error_line",):
+    for name in stage_lines(stage) or ("error_line",):
         if name == "error_line":
             line = stage.max_error_rate
             detect = rules.detect_error_rate_for(line if line is not None else 0.0)
@@ -354,12 +386,12 @@ def stage_summary(
         "windows_failed": verdicts.count(Verdict.FAIL),
         "windows_inconclusive": verdicts.count(Verdict.INCONCLUSIVE),
         "planned_p95_ms": stage.max_p95_ms,
-        "observed_p95_ms": _quantile(0.95, c),
+        "observed_p95_ms": quantile(0.95, c),
         "planned_error_rate": stage.max_error_rate,
         "observed_error_rate": c.errors / c.n if c.n else None,
         "samples": c.n,
         "baseline_samples": b.n,
-        "baseline_p95_ms": _quantile(0.95, b),
+        "baseline_p95_ms": quantile(0.95, b),
         "baseline_error_rate": b.errors / b.n if b.n else None,
     }
 
@@ -376,7 +408,7 @@ def test_numbers(
     threshold: float | None = test.line
     if test.name in ("p95_line", "p99_line"):
         q, line = (0.95, stage.max_p95_ms) if test.name == "p95_line" else (0.99, stage.max_p99_ms)
-        value, threshold = _quantile(q, evidence.canary), line
+        value, threshold = quantile(q, evidence.canary), line
     return {
         "test": test.name,
         "signal": _SIGNAL_OF.get(test.name),
@@ -399,9 +431,3 @@ def information_numbers(infos: tuple[Information, ...]) -> dict[str, Number]:
         if info.power_3x is not None:
             out[f"power_{info.name}_3x"] = round(info.power_3x, 4)
     return out
-
-
-def _quantile(q: float, tally: Tally) -> float | None:
-    if tally.latency_n == 0:
-        return None
-    return histogram_quantile(q, tally.bounds, tally.counts)

@@ -7,9 +7,9 @@ from dataclasses import dataclass, replace
 
 from openfeature_canary._format import format_rate
 from openfeature_canary.plan import FlagPlan, Stage
+from openfeature_canary.policy._gates import line_counts, quantile, stage_lines
 from openfeature_canary.policy._stats import wilson_interval
 from openfeature_canary.signals._counts import CohortCounts, CountsReading
-from openfeature_canary.signals._histogram import count_above, histogram_quantile
 from openfeature_canary.state import RolloutState, Status, Verdict, WindowRecord
 
 __all__ = ["WindowSpan", "judge_window", "windows_due"]
@@ -39,12 +39,6 @@ def windows_due(flag: FlagPlan, state: RolloutState, now: float) -> tuple[Window
     return tuple(due)
 
 
-def _p95(c: CohortCounts) -> float | None:
-    if c.n == 0 or sum(c.counts) == 0:
-        return None
-    return histogram_quantile(0.95, c.bounds, c.counts)
-
-
 def judge_window(stage: Stage, span: WindowSpan, counts: CountsReading) -> WindowRecord:
     """A window's record: ``fail`` when a 95 % interval lies beyond a line, ``pass`` when
     every interval lies within, ``inconclusive`` otherwise (few requests, or an error)."""
@@ -57,12 +51,12 @@ def judge_window(stage: Stage, span: WindowSpan, counts: CountsReading) -> Windo
         span.end,
         Verdict.INCONCLUSIVE,
         c.n,
-        _p95(c),
+        quantile(0.95, c),
         rate,
         error_low=low,
         error_high=high,
         baseline_n=b.n,
-        baseline_p95_ms=_p95(b),
+        baseline_p95_ms=quantile(0.95, b),
         baseline_error_rate=b.errors / b.n if b.n else None,
     )
     if counts.error is not None:
@@ -85,19 +79,25 @@ def judge_window(stage: Stage, span: WindowSpan, counts: CountsReading) -> Windo
     return _with(record, Verdict.PASS, "within every line")
 
 
+def _label(name: str, stage: Stage) -> tuple[str, str]:
+    """How a window's reason names a line: (what is counted, the line)."""
+    if name == "error_line":
+        return "5xx", "5xx line"
+    if name == "p95_line":
+        return "over P95 line", f"{stage.max_p95_ms:g} ms"
+    return "over P99 line", f"{stage.max_p99_ms:g} ms"
+
+
 def _lines(stage: Stage, c: CohortCounts) -> list[tuple[str, str, float, int, int]]:
-    """(what, line, allowed share, occurrences, n) for each line of the stage."""
+    """(what, line, allowed share, occurrences, n) for each line of the stage (a latency
+    line only when the window has bucket counts)."""
     out: list[tuple[str, str, float, int, int]] = []
-    total = sum(c.counts)
-    if stage.max_error_rate is not None:
-        out.append(("5xx", "5xx line", stage.max_error_rate, c.errors, c.n))
-    for name, line, allowed in (
-        ("over P95 line", stage.max_p95_ms, 0.05),
-        ("over P99 line", stage.max_p99_ms, 0.01),
-    ):
-        if line is not None and total:
-            above = int(count_above(line, c.bounds, c.counts))
-            out.append((name, f"{line:g} ms", allowed, above, total))
+    for name in stage_lines(stage):
+        n, k, allowed = line_counts(name, stage, c)
+        if name != "error_line" and not n:
+            continue
+        what, line = _label(name, stage)
+        out.append((what, line, allowed, k, n))
     return out
 
 
