@@ -9,7 +9,7 @@ the one decider lease of a fleet.
 
 from __future__ import annotations
 
-from openfeature_canary.stores._fleet import FleetStore
+from openfeature_canary.stores._fleet import FleetStore, Lease
 from openfeature_canary.stores._redis import RedisStateStore
 from openfeature_canary.stores._store import (
     FileStateStore,
@@ -21,6 +21,7 @@ from openfeature_canary.stores._store import (
 __all__ = [
     "FileStateStore",
     "FleetStore",
+    "Lease",
     "MemoryStateStore",
     "RedisStateStore",
     "StateStore",

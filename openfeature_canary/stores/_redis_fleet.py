@@ -16,10 +16,12 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from openfeature_canary.errors import StateStoreError
-from openfeature_canary.stores._fleet import (
+from openfeature_canary.stores._fleet_codec import (
+    Lease,
     UnreadableRecords,
     check_lease_args,
     check_process_id,
+    encode_lease,
     encode_record,
     parse_lease,
 )
@@ -104,7 +106,7 @@ class RedisFleet:
         """See :class:`~openfeature_canary.stores.FleetStore` (one script)."""
         holder, ttl, now = check_lease_args(holder, ttl_s, now)
         # Built here, not by cjson (which keeps 14 digits): ``expires`` must be exactly now + ttl.
-        lease = json.dumps({"holder": holder, "expires": now + ttl}, separators=(",", ":"))
+        lease = encode_lease(holder, now + ttl)
         gc_ms = max(_MIN_GC_MS, int(10 * ttl * 1000))
         taken = self._run(
             _TRY_LEASE_LUA, "cannot take the lease", [holder, repr(now), lease, gc_ms]
@@ -116,14 +118,18 @@ class RedisFleet:
         check_process_id(holder, "lease holder")
         self._run(_RELEASE_LUA, "cannot release the lease", [holder])
 
-    def lease_holder(self, now: float) -> str | None:
+    def lease(self) -> Lease | None:
         """See :class:`~openfeature_canary.stores.FleetStore` (one ``GET``)."""
         raw = self._call("cannot read", lambda c: c.get(self._lease_key))
         try:
-            lease = None if raw is None else parse_lease(json.loads(raw))
+            return None if raw is None else parse_lease(json.loads(raw))
         except ValueError:  # damaged: free, as the script sees it
-            lease = None
-        return lease[0] if lease is not None and lease[1] > now else None
+            return None
+
+    def lease_holder(self, now: float) -> str | None:
+        """See :class:`~openfeature_canary.stores.FleetStore` (one ``GET``)."""
+        lease = self.lease()
+        return lease.holder if lease is not None and lease.held_at(now) else None
 
     def _call(self, what: str, command: Callable[[Redis], Any]) -> Any:
         call = self._call_ref()
