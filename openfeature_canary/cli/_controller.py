@@ -100,7 +100,7 @@ def _cmd_controller(args: argparse.Namespace, io: _Io) -> int:
         events=sender,
         reports=reports,
     )
-    runner = BackgroundRunner(rollout, interval=args.interval)
+    runner = BackgroundRunner(rollout, interval=args.interval, renew=fleet.renew)
     runner.read_store()
     rollout.reconcile_events()
     sender.start()

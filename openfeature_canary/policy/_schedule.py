@@ -42,8 +42,11 @@ class BackgroundRunner:
         interval: float = 0.5,
         on_poll: Callable[[], None] | None = None,
         on_health: StoreHealth | None = None,
+        renew: Callable[[float], object] | None = None,
     ) -> None:
         self.rollout = rollout
+        #: Called with the rollout clock's now at every round: a fleet's lease renewal.
+        self.renew = renew
         self.interval = interval
         self.on_poll = on_poll
         self.on_health = on_health
@@ -78,6 +81,8 @@ class BackgroundRunner:
     def run_once(self) -> None:
         """One round: read the store if it changed, then a policy round
         (:meth:`~openfeature_canary.policy.Rollout.tick_due`)."""
+        if self.renew is not None:  # every round, not every tick: the lease can be short
+            self.renew(self.rollout.clock.now())
         self.read_store()
         if self.on_poll is not None:
             self.on_poll()

@@ -47,7 +47,6 @@ from openfeature_canary.events import (
 )
 from openfeature_canary.instrumentation import IngestInstruments
 from openfeature_canary.policy import (
-    DEFAULT_LEASE_TTL_S,
     Autopilot,
     BackgroundRunner,
     FlagView,
@@ -178,7 +177,7 @@ class CanaryProvider(AbstractProvider):
         name: str = "CanaryProvider",
         fleet: bool | None = None,
         decide: bool = True,
-        lease_ttl: float = DEFAULT_LEASE_TTL_S,
+        lease_ttl: float | None = None,
     ) -> None:
         super().__init__()
         if telemetry is not None and not isinstance(telemetry, Telemetry):
@@ -226,7 +225,8 @@ class CanaryProvider(AbstractProvider):
                     process_id,
                     publisher=Publisher(local, store_obj, process_id),
                     decide=decide,
-                    lease_ttl_s=lease_ttl,
+                    lease_ttl_s=lease_ttl,  # None: the default; checked against its renewal
+                    renew_every_s=refresh_interval if background else _shortest_tick(self.plan),
                 )
                 signals = FleetSignalSource(store_obj, plan=self.plan)
                 may_decide = self.fleet.round
@@ -273,6 +273,7 @@ class CanaryProvider(AbstractProvider):
             interval=refresh_interval,
             on_poll=self._rebuild,
             on_health=self._on_store_health,
+            renew=self.fleet.renew if self.fleet is not None else None,
         )
         if meter_provider is not None:
             meter_provider.get_meter("openfeature_canary.provider").create_observable_gauge(
@@ -551,6 +552,11 @@ class CanaryProvider(AbstractProvider):
     ) -> FlagResolutionDetails[Any]:
         """Canary flags are boolean: ``TYPE_MISMATCH`` (or ``FLAG_NOT_FOUND``)."""
         return self._type_mismatch(flag_key, "object")  # type: ignore[no-any-return]
+
+
+def _shortest_tick(plan: RolloutPlan) -> float:
+    """How often the lease is renewed without a runner: at the policy ticks."""
+    return min((flag.tick_s for flag in plan.flags.values()), default=10.0)
 
 
 def _fleet_wanted(fleet: bool | None, store: StateStore) -> bool:
