@@ -13,9 +13,12 @@ from openfeature_canary._format import format_number, format_percent, format_spa
 from openfeature_canary.bucketing import bucket, in_rollout
 from openfeature_canary.plan import FlagPlan
 from openfeature_canary.state import LogEntry, RolloutState, Status
+from openfeature_canary.stores import Lease
 
 __all__ = [
     "bucket_lines",
+    "decider_json",
+    "decider_line",
     "flag_summary",
     "format_decision",
     "format_pct",
@@ -134,6 +137,40 @@ def status_json(
             }
         )
     return {"plan": plan_source, "store": store_url, "flags": out}
+
+
+def decider_line(lease: Lease | None, now: float, *, error: str | None = None) -> str | None:
+    """The status's line on who decides (``None``: no process has taken the decider lease):
+
+    >>> decider_line(Lease("web-1:4242:9f3a01bc", 1_000_006.25), 1_000_000.0)
+    'decider: web-1:4242:9f3a01bc (lease 6.2 s left)'
+    """
+    if error is not None:
+        return f"decider: unknown (cannot read the lease: {error})"
+    if lease is None:
+        return None
+    left = lease.left_s(now)
+    if left > 0:
+        return f"decider: {lease.holder} (lease {left:.1f} s left)"
+    return f"decider: none (the lease of {lease.holder} expired {-left:.1f} s ago)"
+
+
+def decider_json(
+    lease: Lease | None, now: float, *, error: str | None = None
+) -> dict[str, Any] | None:
+    """The decider for ``status --json``: ``{"process", "lease_left_s", "lease_expires",
+    "lease_expires_epoch", "error"}``; ``process`` is ``null`` once the lease expired; the
+    whole is ``null`` when no process has taken the lease."""
+    if error is None and lease is None:
+        return None
+    left = None if lease is None else round(lease.left_s(now), 3)
+    return {
+        "process": lease.holder if lease is not None and lease.held_at(now) else None,
+        "lease_left_s": left,
+        "lease_expires": None if lease is None else iso_utc(lease.expires),
+        "lease_expires_epoch": None if lease is None else lease.expires,
+        "error": error,
+    }
 
 
 def flag_summary(flag: FlagPlan) -> str:

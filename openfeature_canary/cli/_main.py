@@ -31,6 +31,8 @@ from typing import IO, Final, NoReturn
 from openfeature_canary.bucketing import UnitEncodingError
 from openfeature_canary.cli._format import (
     bucket_lines,
+    decider_json,
+    decider_line,
     flag_summary,
     state_line,
     status_json,
@@ -54,7 +56,7 @@ from openfeature_canary.events import (
 from openfeature_canary.plan import RolloutPlan, load_plan
 from openfeature_canary.policy import Controller, Rollout
 from openfeature_canary.state import RolloutState
-from openfeature_canary.stores import StateStore, open_store
+from openfeature_canary.stores import FleetStore, Lease, StateStore, open_store
 from openfeature_canary.stores._atomicfile import atomic_write_text
 
 __all__ = ["EXIT_OK", "EXIT_REFUSED", "EXIT_USAGE", "UsageError", "main", "run"]
@@ -349,12 +351,27 @@ def _cmd_status(args: argparse.Namespace, io: _Io) -> int:
     flags = [plan.flag(args.flag)] if args.flag else list(plan.flags.values())
     rollout, _ = _open(args, plan, io)
     states = {f.key: rollout.controller(f.key).state for f in flags}
+    lease, error = _read_lease(rollout.store)
     if args.json:
         data = status_json(flags, states, plan_source=plan.source, store_url=rollout.store.url)
+        data["decider"] = decider_json(lease, io.clock.now(), error=error)
         io.print(json.dumps(data, indent=2, ensure_ascii=False))
     else:
         io.print(status_table(flags, states))
+        decider = decider_line(lease, io.clock.now(), error=error)
+        if decider is not None:
+            io.print(decider)
     return EXIT_OK
+
+
+def _read_lease(store: StateStore) -> tuple[Lease | None, str | None]:
+    """The store's decider lease for ``status``, or the error reading it (shown, not fatal)."""
+    if not isinstance(store, FleetStore):
+        return None, None
+    try:
+        return store.lease(), None
+    except StateStoreError as exc:
+        return None, str(exc)
 
 
 def _cmd_transition(args: argparse.Namespace, io: _Io) -> int:
