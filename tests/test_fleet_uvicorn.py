@@ -3,12 +3,16 @@
 Every worker serves and publishes its signals to the ``file://`` store; one holds the decider
 lease and judges the traffic of all four. The stage's information requirement is set so that
 one worker's share of the traffic could not pass stage 1 in twice its duration, while the
-fleet's passes it in its duration.
+fleet's passes it in its duration. And with the default settings on a ``redis://`` store,
+the deciding worker killed with SIGKILL is replaced by another within 20 s (2 ticks of the
+reference plan), which ``openfeature-canary status`` then names.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,19 +23,21 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_server import free_port
+from redis_server import RedisServer
 from test_example_dataservice import ROOT, Server, _env
 
+from openfeature_canary import open_store
 from openfeature_canary.demo._ingest_server import IngestServer
 from openfeature_canary.plan import load_plan
 from openfeature_canary.policy._gates import requests_to_go
-from openfeature_canary.stores import FileStateStore
+from openfeature_canary.stores import FileStateStore, FleetStore
 
 FLAG = "dataservice-read-canary"
 WORKERS = 4
 RPS = 14.0  # 7 canary requests a second at 50 %
 
 
-def _plan(tmp_path: Path) -> Path:
+def _plan(tmp_path: Path, tick: str = "1s") -> Path:
     path = tmp_path / "plan.toml"
     path.write_text(
         f"""
@@ -45,7 +51,7 @@ detect_slow_share = 0.5
 latency_margin = 0.5
 
 [flags.{FLAG}]
-tick = "1s"
+tick = "{tick}"
 
 [[flags.{FLAG}.stages]]
 percent = 50
@@ -91,23 +97,7 @@ def test_four_workers_decide_once_on_the_traffic_of_all(tmp_path: Path, stub: Se
             A8_URL=ingest.url,
         )
         port = free_port()
-        service = Server(
-            [
-                "-m",
-                "uvicorn",
-                "--factory",
-                "examples.dataservice.app:create_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                str(WORKERS),
-                "--no-access-log",
-            ],
-            env,
-            tmp_path / "service.log",
-        )
+        service = _uvicorn(port, env, tmp_path)
         try:
             url = f"http://127.0.0.1:{port}"
             _wait_ready(url, service)
@@ -151,6 +141,76 @@ def test_four_workers_decide_once_on_the_traffic_of_all(tmp_path: Path, stub: Se
             service.stop()
 
 
+def _uvicorn(port: int, env: dict[str, str], tmp_path: Path) -> Server:
+    return Server(
+        [
+            "-m",
+            "uvicorn",
+            "--factory",
+            "examples.dataservice.app:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(WORKERS),
+            "--no-access-log",
+        ],
+        env,
+        tmp_path / "service.log",
+    )
+
+
+def test_deciding_worker_killed_is_replaced_within_two_ticks(tmp_path: Path, stub: Server) -> None:
+    """Default settings (lease, refresh interval) and the reference plan's 10 s tick."""
+    plan_path = _plan(tmp_path, tick="10s")
+    redis = RedisServer(tmp_path).start()
+    env = _env(
+        DATASERVICE_URL=stub.url,
+        DATASERVICE_EXAMPLE_PLAN=str(plan_path),
+        DATASERVICE_EXAMPLE_STORE=redis.url,
+        DATASERVICE_EXAMPLE_REPORTS=str(tmp_path / "reports"),
+    )
+    port = free_port()
+    service = _uvicorn(port, env, tmp_path)
+    try:
+        shared = open_store(redis.url)
+        assert isinstance(shared, FleetStore)
+        _wait_ready(f"http://127.0.0.1:{port}", service)
+        _cli(env, plan_path, redis.url, "start", FLAG, "--force")
+        # Every worker has published (so all four compete) and one holds the lease.
+        assert _wait_for(lambda: len(shared.records()) >= WORKERS, 30), service.log()[-3000:]
+        holder = _wait_value(lambda: shared.lease_holder(time.time()), 30)
+        assert isinstance(holder, str), service.log()[-3000:]
+        pid = int(holder.split(":")[1])
+        assert _parent_of(pid) == service.proc.pid  # one of uvicorn's workers
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        new = _wait_value(lambda: _other_holder(shared, holder), 60)
+        takeover = time.monotonic() - killed_at
+        print(f"\ndecider {holder} killed: {new} took the lease over after {takeover:.2f} s")
+        assert isinstance(new, str), service.log()[-3000:]
+        assert takeover <= 20.0, (takeover, service.log()[-3000:])
+        assert _parent_of(int(new.split(":")[1])) == service.proc.pid
+        status = _cli(env, plan_path, redis.url, "status")
+        assert f"decider: {new} (lease " in status, status
+        assert "Traceback" not in service.log(), service.log()[-3000:]
+    finally:
+        service.stop()
+        redis.stop()
+
+
+def _other_holder(store: FleetStore, old: str) -> str | None:
+    holder = store.lease_holder(time.time())
+    return holder if holder not in (None, old) else None
+
+
+def _parent_of(pid: int) -> int:
+    """The parent process id of ``pid`` (Linux ``/proc``)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
 def _drive(url: str, seconds: float) -> dict[str, int]:
     """Dashboard requests at :data:`RPS`, each on a new connection (so that the kernel hands
     them to all the workers, not to the one that accepted a keep-alive connection)."""
@@ -182,7 +242,7 @@ def _canary_count(record: Any) -> int:
     )
 
 
-def _cli(env: dict[str, str], plan: Path, store: str, *args: str) -> None:
+def _cli(env: dict[str, str], plan: Path, store: str, *args: str) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "openfeature_canary", *args, "--plan", str(plan), "--store", store],
         cwd=ROOT,
@@ -192,6 +252,7 @@ def _cli(env: dict[str, str], plan: Path, store: str, *args: str) -> None:
         timeout=30,
     )
     assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def _wait_ready(url: str, service: Server) -> None:
@@ -205,12 +266,18 @@ def _wait_ready(url: str, service: Server) -> None:
 
 
 def _wait_for(condition: Any, timeout_s: float) -> bool:
+    return _wait_value(condition, timeout_s) is not None
+
+
+def _wait_value(condition: Any, timeout_s: float) -> Any:
+    """The first true value of ``condition()`` (polled every 0.1 s), else None."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if condition():
-            return True
+        value = condition()
+        if value:
+            return value
         time.sleep(0.1)
-    return False
+    return None
 
 
 def _advanced(path: Path) -> bool:
