@@ -9,12 +9,16 @@ the store's compare-and-set refuses its stale transition.
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from redis_server import RedisServer
 
 from openfeature_canary import (
@@ -32,6 +36,7 @@ from openfeature_canary.policy._fleet import (
     RENEWALS_PER_LEASE,
     check_lease_ttl,
 )
+from openfeature_canary.signals import InProcessSignalSource, Publisher
 from openfeature_canary.stores import FleetStore, Lease, MemoryStateStore, StateStore
 
 ROUND_S = 0.5  # the file store's runner interval (refresh_interval)
@@ -290,3 +295,27 @@ def test_lease_ttl_bad_input_raises_one_line_naming_it(
     with pytest.raises(ValueError) as info:
         Fleet(MemoryStateStore(), "host:1:aa", lease_ttl_s=ttl, renew_every_s=renew_every)
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_forked_child_does_not_take_its_parents_lease_for_its_own(tmp_path: Path) -> None:
+    """A pre-fork server's worker inherits the parent's Fleet: it gets a new id, and must ask
+    the store (and be refused) rather than trust the lease its parent took."""
+    store = open_store(f"file://{tmp_path}/state.json")
+    assert isinstance(store, FleetStore)
+    source = InProcessSignalSource(InMemoryMetricReader())
+    fleet = Fleet(store, "x", publisher=Publisher(source, store, "parent:1:aa"))
+    now = time.time()
+    assert fleet.renew(now) and fleet.holds(now)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what it sees, then leave at once
+        seen = [fleet.leader, fleet.holds(now), fleet.renew(now + 0.001), fleet.round(now + 0.002)]
+        os.write(write, json.dumps([fleet.process_id, *seen]).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child_id, *seen = json.loads(pipe.read())
+    assert os.waitpid(pid, 0)[1] == 0
+    assert child_id != "parent:1:aa"
+    assert seen == [False, False, False, False]
+    assert store.lease_holder(now + 0.003) == "parent:1:aa" and fleet.leader

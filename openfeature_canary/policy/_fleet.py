@@ -120,6 +120,9 @@ class Fleet:
         self._lock = threading.Lock()
         renew_locks_after_fork(self, "_lock")
         self._round_at: float | None = None
+        #: The id the lease state below was obtained under: a forked child has a new id
+        #: (its publisher's), and must not take its parent's lease for its own.
+        self._as: str | None = None
         self._tried_at: float | None = None
         self._held_until = -math.inf
         self._leader = False
@@ -135,14 +138,14 @@ class Fleet:
     @property
     def leader(self) -> bool:
         """True while this process held the lease at its last round or renewal."""
-        return self._leader
+        return self._leader and self._as == self.process_id
 
     def round(self, now: float) -> bool:
         """Publish this process's signals, then take or renew the lease: True when this
         process decides at ``now``. Idempotent within one ``now``."""
         with self._lock:
             if self._round_at == now:
-                return self._leader
+                return self.leader
             self._round_at = now
             self._publish(now)
             return self._hold(now)
@@ -158,12 +161,12 @@ class Fleet:
         """Whether the lease this process last took or renewed is still in force at ``now``
         (no I/O). Ask it right before applying a decision: a process that stalled past its
         lease must not act on what it read while it held it."""
-        return self._leader and now < self._held_until
+        return self.leader and now < self._held_until
 
     def release(self) -> None:
         """Give the lease up (a clean shutdown: another process takes over at once)."""
         with self._lock:
-            if not self._leader:
+            if not self.leader:
                 return
             self._leader = False
             self._held_until = -math.inf
@@ -178,6 +181,9 @@ class Fleet:
         answer still stands: a lease taken then lasts 7/8 of its ttl past ``now``)."""
         if not self.decide:
             return False
+        if self._as != self.process_id:  # first call, or in a forked child: start afresh
+            self._as = self.process_id
+            self._tried_at, self._held_until, self._leader = None, -math.inf, False
         tried = self._tried_at
         if tried is not None and 0 <= now - tried < self.lease_ttl_s / RENEWALS_PER_LEASE:
             return self._leader
