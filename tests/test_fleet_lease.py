@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from openfeature.contrib.provider.canary import CanaryProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from redis_server import RedisServer
 
@@ -28,6 +29,7 @@ from openfeature_canary import (
     Status,
     load_plan,
     open_store,
+    setup_telemetry,
 )
 from openfeature_canary.errors import StaleStateError
 from openfeature_canary.policy import BackgroundRunner, Fleet, Rollout
@@ -319,3 +321,49 @@ def test_forked_child_does_not_take_its_parents_lease_for_its_own(tmp_path: Path
     assert child_id != "parent:1:aa"
     assert seen == [False, False, False, False]
     assert store.lease_holder(now + 0.003) == "parent:1:aa" and fleet.leader
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, DEFAULT_LEASE_TTL_S),
+        ({"lease_ttl": 1.0}, 1.0),  # renewed every 0.5 s: fine
+        ({"background": False}, 20.0),  # renewed at the 10 s tick only: two of them
+        ({"background": False, "lease_ttl": 25.0}, 25.0),
+    ],
+)
+def test_provider_lease_ttl_follows_how_often_it_is_renewed(
+    tmp_path: Path, options: dict[str, object], expected: float
+) -> None:
+    provider = _provider(tmp_path, **options)
+    assert provider.fleet is not None and provider.fleet.lease_ttl_s == expected
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"lease_ttl": 0.9}, "lease_ttl 0.9 s: must be at least twice the interval it is "
+         "renewed at (0.5 s)"),
+        ({"background": False, "lease_ttl": 15.0}, "lease_ttl 15 s: must be at least twice "
+         "the interval it is renewed at (10 s)"),
+        ({"lease_ttl": -1.0}, "lease_ttl must be a positive number of seconds, got -1.0"),
+    ],
+)  # fmt: skip
+def test_provider_bad_lease_ttl_raises_one_line_naming_it(
+    tmp_path: Path, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError) as info:
+        _provider(tmp_path, **options)
+    assert str(info.value) == message
+
+
+def _provider(tmp_path: Path, **options: object) -> CanaryProvider:
+    plan = load_plan_text(tmp_path, tick="10s")
+    telemetry = setup_telemetry(plan)
+    return CanaryProvider(
+        plan,
+        store=f"file://{tmp_path}/state.json",
+        telemetry=telemetry,
+        refresh_interval=0.5,
+        **options,  # type: ignore[arg-type]
+    )
