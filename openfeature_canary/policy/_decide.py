@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Final, Protocol
 
@@ -71,16 +72,17 @@ class Reading(Protocol):
     def error(self) -> str | None: ...
 
 
-class Action:
-    """The actions a decision can take (plain strings, shown in logs and reports)."""
+class Action(StrEnum):
+    """The actions a decision can take (their values are persisted in the decision log and
+    shown in logs and reports)."""
 
-    HOLD: Final = "hold"
-    ADVANCE: Final = "advance"
-    COMPLETE: Final = "complete"
-    EXTEND: Final = "extend"
-    PAUSE: Final = "pause"
-    ROLLBACK: Final = "rollback"
-    START: Final = "start"
+    HOLD = "hold"
+    ADVANCE = "advance"
+    COMPLETE = "complete"
+    EXTEND = "extend"
+    PAUSE = "pause"
+    ROLLBACK = "rollback"
+    START = "start"
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,7 @@ class Decision:
     what the next tick must be given.
     """
 
-    action: str
+    action: Action
     reason: str
     memory: Memory
     numbers: Mapping[str, Number] = field(default_factory=lambda: MappingProxyType({}))

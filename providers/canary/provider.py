@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from openfeature.contrib.provider.canary._answers import Answers, rebuilt
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.event import ProviderEventDetails
 from openfeature.exception import (
@@ -35,39 +35,11 @@ from openfeature_canary import (
     UnknownFlagError,
     load_plan,
 )
-from openfeature_canary.bucketing import unit_hasher
-from openfeature_canary.events import (
-    EventQueue,
-    EventSink,
-    ReportWriter,
-    TelemetrySender,
-    outbox_for,
-    render_plan_markdown,
-    sender_for_plan,
-)
-from openfeature_canary.instrumentation import IngestInstruments
-from openfeature_canary.policy import (
-    DEFAULT_LEASE_TTL_S,
-    Autopilot,
-    BackgroundRunner,
-    FlagView,
-    Fleet,
-    Rollout,
-    build_view,
-)
-from openfeature_canary.signals import (
-    FleetSignalSource,
-    InProcessSignalSource,
-    Publisher,
-    SignalSource,
-    new_process_id,
-)
-from openfeature_canary.stores import (
-    FileStateStore,
-    FleetStore,
-    MemoryStateStore,
-    open_store,
-)
+from openfeature_canary.engine import EngineOptions, build_engine
+from openfeature_canary.events import EventQueue, EventSink, render_plan_markdown
+from openfeature_canary.policy import DEFAULT_LEASE_TTL_S, FlagView
+from openfeature_canary.signals import SignalSource
+from openfeature_canary.stores import FileStateStore
 from openfeature_canary.stores._forksafe import hold_locks_across_fork
 from openfeature_canary.telemetry import Telemetry
 
@@ -76,40 +48,6 @@ __all__ = ["CanaryProvider"]
 log = logging.getLogger("openfeature_canary")
 
 _ERROR = Reason.ERROR
-_REASONS: Mapping[str, Reason] = {
-    "STATIC": Reason.STATIC,
-    "DISABLED": Reason.DISABLED,
-    "ERROR": Reason.ERROR,
-}
-
-
-class _Answers:
-    """Preallocated results for one view: evaluations return these without allocating."""
-
-    __slots__ = ("bucket", "by_key", "fixed", "meta", "newest", "off", "on", "view")
-
-    def __init__(self, view: FlagView) -> None:
-        self.view = view
-        #: The newest state version these answers stand for (a state change that does not
-        #: change the answers, e.g. a judged gate window, only moves this forward).
-        self.newest = view.version
-        self.meta = view.metadata
-        self.by_key = view.bucket_by == "targetingKey"
-        self.on = FlagResolutionDetails(True, None, None, Reason.SPLIT, "on", view.metadata)
-        self.off = FlagResolutionDetails(False, None, None, Reason.SPLIT, "off", view.metadata)
-        self.bucket: Callable[[object], int] = unit_hasher(view.key, view.scheme)
-        self.fixed: FlagResolutionDetails[bool] | None = None
-        fixed = view.fixed
-        if fixed is not None:
-            code = ErrorCode(fixed.error_code) if fixed.error_code else None
-            self.fixed = FlagResolutionDetails(
-                fixed.value,
-                code,
-                fixed.error_message,
-                _REASONS[fixed.reason],
-                fixed.variant,
-                view.metadata,
-            )
 
 
 class CanaryProvider(AbstractProvider):
@@ -129,8 +67,9 @@ class CanaryProvider(AbstractProvider):
     ``flag_metadata`` carries ``stage``, ``percent`` and ``status``. Errors: ``FLAG_NOT_FOUND``,
     ``TYPE_MISMATCH``, ``TARGETING_KEY_MISSING`` (no unit at 0 < p < 100), ``PARSE_ERROR`` (an
     invalid env override, named in the message; ignored on a rolled-back flag, which stays
-    off), ``GENERAL`` (a unit that is not valid Unicode text, e.g. a lone surrogate from JSON:
-    never hashed, never a crash); OpenFeature then returns the caller's default. A store that
+    off), ``INVALID_CONTEXT`` (a unit the provider cannot bucket: text that is not valid
+    Unicode, e.g. a lone surrogate from JSON, never hashed, never a crash; or a value that is
+    neither text nor a number); OpenFeature then returns the caller's default. A store that
     cannot be read for longer than ``max_staleness`` serves 0 % (``False``, ``DISABLED``, the
     reason in ``flag_metadata["unavailable"]``), whatever default the caller passed.
 
@@ -198,62 +137,39 @@ class CanaryProvider(AbstractProvider):
                 "CanaryProvider: max_staleness must be >= 0 and refresh_interval > 0, got "
                 f"{max_staleness} and {refresh_interval}"
             )
+        if fleet and telemetry is None:
+            raise ValueError("CanaryProvider: fleet=True needs telemetry= (its signals publish)")
         self.plan = plan if isinstance(plan, RolloutPlan) else load_plan(plan)
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
-        store_obj = (
-            store
-            if store is not None and not isinstance(store, str)
-            else open_store(store if store is not None else (self.plan.store or "memory://"))
-        )
-        if refresh_interval is None:
-            # A store that pushes its changes makes a poll a read of memory: poll often, so a
-            # rollback reaches every replica within ~0.1 s; a file is read, so poll less.
-            pushed = store_obj.url.startswith(("redis://", "rediss://"))
-            refresh_interval = 0.1 if pushed else 0.5
-        self._owns_store = store is None or isinstance(store, str)
-        self.fleet: Fleet | None = None
-        may_decide = None
-        if telemetry is not None:
-            meter_provider = telemetry.meter_provider
-            # The snapshot ring keeps what the plan's longest window needs, no more.
-            local = InProcessSignalSource(telemetry.reader, plan=self.plan)
-            signals = local
-            if _fleet_wanted(fleet, store_obj):
-                assert isinstance(store_obj, FleetStore)
-                process_id = new_process_id()
-                self.fleet = Fleet(
-                    store_obj,
-                    process_id,
-                    publisher=Publisher(local, store_obj, process_id),
-                    decide=decide,
-                    lease_ttl_s=lease_ttl,
-                )
-                signals = FleetSignalSource(store_obj, plan=self.plan)
-                may_decide = self.fleet.round
-        elif fleet:
-            raise ValueError("CanaryProvider: fleet=True needs telemetry= (its signals publish)")
-        self.meter_provider = meter_provider
-        reports = ReportWriter(reports_dir or self.plan.reports.dir)
-        self._sender: TelemetrySender | None = None
-        if events is None:
-            self._sender = sender_for_plan(
-                self.plan,
-                outbox_for(store_obj, reports.dir),
-                environ=self._environ,
-                counters=IngestInstruments(meter_provider=meter_provider),
-            )
-            events = self._sender
-        self.reports = reports
-        self.rollout = Rollout(
-            self.plan,
-            store=store_obj,
+        options = EngineOptions(
+            store=store,
             clock=clock,
-            policy=Autopilot(signals, may_decide=may_decide) if signals is not None else None,
-            serve=self._serve,
-            events=events,
-            reports=reports,
+            telemetry=telemetry,
+            signals=signals,
             meter_provider=meter_provider,
+            environ=self._environ,
+            events=events,
+            reports_dir=reports_dir,
+            ingest_metrics=True,
+            refresh_interval=refresh_interval,
+            fleet=fleet,
+            decide=decide,
+            lease_ttl=lease_ttl,
         )
+        try:
+            self.engine = build_engine(
+                self.plan,
+                options,
+                serve=self._serve,
+                on_poll=self._rebuild,
+                on_health=self._on_store_health,
+            )
+        except ValueError as exc:
+            raise ValueError(f"CanaryProvider: {exc}") from exc
+        engine = self.engine
+        self.rollout, self.runner, self.fleet = engine.rollout, engine.runner, engine.fleet
+        self.reports = engine.reports
+        self.meter_provider = telemetry.meter_provider if telemetry is not None else meter_provider
         self._background = background
         self._max_staleness = max_staleness
         self._metadata = Metadata(name=name)
@@ -262,20 +178,11 @@ class CanaryProvider(AbstractProvider):
         self._unavailable: str | None = None
         self._failing_since: float | None = None
         self._health = "not_ready"
-        self._answers: Mapping[str, _Answers] = MappingProxyType(
-            {
-                ctl.key: _Answers(build_view(ctl.flag, ctl.state, self._environ))
-                for ctl in self.rollout.controllers()
-            }
+        self._answers: Mapping[str, Answers] = MappingProxyType(
+            rebuilt({}, self._states(), self.plan, self._environ, None)[0]
         )
-        self.runner = BackgroundRunner(
-            self.rollout,
-            interval=refresh_interval,
-            on_poll=self._rebuild,
-            on_health=self._on_store_health,
-        )
-        if meter_provider is not None:
-            meter_provider.get_meter("openfeature_canary.provider").create_observable_gauge(
+        if self.meter_provider is not None:
+            self.meter_provider.get_meter("openfeature_canary.provider").create_observable_gauge(
                 "canary.store.health",
                 [self._store_health],
                 description="1 for how the state store reads now: ready, stale (the last "
@@ -313,57 +220,36 @@ class CanaryProvider(AbstractProvider):
             self._health = "error"
             self._unavailable = f"{exc}; serving the old path until it can be read"
             self._rebuild()
-            if self._sender is not None:
-                self._sender.start()  # what earlier processes queued still goes out
-            if self._background:
-                self.runner.start()
+            self.engine.start(background=self._background)
             raise ProviderNotReadyError(str(exc)) from exc
         self._health = "ready"
         self._rebuild()
-        self._reconcile_events()
-        if self.rollout.policy is not None:
+        self.engine.reconcile_events()
+        if self.rollout.policy is not None and self.reports is not None:
             try:
                 self.reports.write_plan(render_plan_markdown(self.plan))
             except Exception as exc:  # a report must not stop a service from serving
                 log.error("openfeature-canary: cannot write canary_plan.md: %s", exc)
-        if self._sender is not None:
-            self._sender.start()
-        if self._background:
-            self.runner.start()
-
-    def _reconcile_events(self) -> None:
-        """Queue the events of transitions a process persisted but died before queueing
-        (:meth:`~openfeature_canary.policy.Pipeline.reconcile`), into this provider's own
-        durable outbox, which drops what it has pending or delivered recently. A sink given
-        with ``events=`` is not asked: it may not drop what it has seen."""
-        if self._sender is not None:
-            self.rollout.reconcile_events()
+        self.engine.start(background=self._background)
 
     def shutdown(self) -> None:
         """Stop background work (undelivered telemetry events stay in the outbox) and give
         the decider lease up, so that another process takes over at once."""
-        self.runner.stop()
-        if self.fleet is not None:
-            self.fleet.release()
-        close = getattr(self.rollout.store, "close", None)
-        if self._owns_store and callable(close):  # a store it opened (a redis listener)
-            close()
-        if self._sender is not None:
-            self._sender.stop()
+        self.engine.stop()
 
     def flush_events(self, timeout_s: float = 5.0) -> bool:
         """Deliver the queued telemetry events now; True when none is left undelivered.
 
         Blocks for at most about ``timeout_s`` seconds.
         """
-        if self._sender is None:
-            return True
-        return self._sender.flush(timeout_s)
+        sender = self.engine.sender
+        return True if sender is None else sender.flush(timeout_s)
 
     @property
     def outbox(self) -> EventQueue | None:
         """The durable outbox of this provider's events (``None`` with ``events=``)."""
-        return None if self._sender is None else self._sender.outbox
+        sender = self.engine.sender
+        return None if sender is None else sender.outbox
 
     def get_metadata(self) -> Metadata:
         """Provider metadata (``name``)."""
@@ -394,34 +280,23 @@ class CanaryProvider(AbstractProvider):
 
     def _rebuild(self) -> None:
         """Rebuild every view from the controllers' states and the environment."""
-        self._swap({ctl.key: ctl.state for ctl in self.rollout.controllers()})
+        self._swap(self._states())
+
+    def _states(self) -> dict[str, RolloutState]:
+        return {ctl.key: ctl.state for ctl in self.rollout.controllers()}
 
     def _swap(self, states: Mapping[str, RolloutState]) -> None:
         with self._swap_lock:  # writers only: evaluations never wait
-            old = self._answers
-            new = dict(old)
-            changed: list[str] = []
-            for key, state in states.items():
-                previous = old.get(key)
-                if previous is not None and state.version < previous.newest:
-                    continue  # a served view never goes back to an older state
-                view = build_view(
-                    self.plan.flag(key), state, self._environ, unavailable=self._unavailable
-                )
-                if previous is not None and replace(view, version=previous.view.version) == (
-                    previous.view
-                ):
-                    # The same answers: nothing to serve anew, nothing to announce.
-                    previous.newest = max(previous.newest, state.version)
-                    continue
-                new[key] = _Answers(view)
-                changed.append(key)
+            new, changed = rebuilt(
+                self._answers, states, self.plan, self._environ, self._unavailable
+            )
             if not changed:
                 return
             self._answers = MappingProxyType(new)
-        for key in changed:
-            view = new[key].view
-            log.info("%s now serves %s%% (%s)", key, view.percent, view.status)
+        if log.isEnabledFor(logging.INFO):
+            for key in changed:
+                view = new[key].view
+                log.info("%s now serves %s%% (%s)", key, view.percent, view.status)
         self.emit_provider_configuration_changed(
             ProviderEventDetails(flags_changed=changed, message="canary rollout changed")
         )
@@ -440,7 +315,7 @@ class CanaryProvider(AbstractProvider):
             if self._health != "ready":
                 self._health, self._unavailable = "ready", None
                 self._rebuild()
-                self._reconcile_events()
+                self.engine.reconcile_events()
                 log.warning("openfeature-canary: %s is readable again", self.rollout.store.url)
                 self.emit_provider_ready(ProviderEventDetails(message="state store readable"))
             return
@@ -486,11 +361,13 @@ class CanaryProvider(AbstractProvider):
             unit = evaluation_context.attributes.get(answers.view.bucket_by)
         if unit is None or unit == "":
             return self._missing_unit(answers.view, default_value, answers)
+        if type(unit) is not str and (type(unit) is bool or not isinstance(unit, int | float)):
+            return self._invalid_unit(answers, default_value, f"a {type(unit).__name__}")
         try:
             slot = answers.bucket(unit)
         except ValueError as exc:  # UnitEncodingError: never hash text mmh3 cannot take
             return FlagResolutionDetails(
-                default_value, ErrorCode.GENERAL, str(exc), _ERROR, None, answers.meta
+                default_value, ErrorCode.INVALID_CONTEXT, str(exc), _ERROR, None, answers.meta
             )
         return answers.on if slot < answers.view.basis_points else answers.off
 
@@ -504,8 +381,23 @@ class CanaryProvider(AbstractProvider):
         return self.resolve_boolean_details(flag_key, default_value, evaluation_context)
 
     @staticmethod
+    def _invalid_unit(
+        answers: Answers, default_value: bool, what: str
+    ) -> FlagResolutionDetails[bool]:
+        view = answers.view
+        unit = "targeting key" if answers.by_key else f"context attribute {view.bucket_by!r}"
+        return FlagResolutionDetails(
+            default_value,
+            ErrorCode.INVALID_CONTEXT,
+            f"{view.key} buckets by the {unit}, which is {what}, not text or a number",
+            _ERROR,
+            None,
+            answers.meta,
+        )
+
+    @staticmethod
     def _missing_unit(
-        view: FlagView, default_value: bool, answers: _Answers
+        view: FlagView, default_value: bool, answers: Answers
     ) -> FlagResolutionDetails[bool]:
         what = "targeting key" if answers.by_key else f"context attribute {view.bucket_by!r}"
         return FlagResolutionDetails(
@@ -551,12 +443,3 @@ class CanaryProvider(AbstractProvider):
     ) -> FlagResolutionDetails[Any]:
         """Canary flags are boolean: ``TYPE_MISMATCH`` (or ``FLAG_NOT_FOUND``)."""
         return self._type_mismatch(flag_key, "object")  # type: ignore[no-any-return]
-
-
-def _fleet_wanted(fleet: bool | None, store: StateStore) -> bool:
-    """Fleet mode: asked for, or by default for a store other processes share."""
-    if fleet is not None:
-        if fleet and not isinstance(store, FleetStore):
-            raise ValueError(f"CanaryProvider: fleet=True needs a shared store, got {store.url}")
-        return fleet
-    return isinstance(store, FleetStore) and not isinstance(store, MemoryStateStore)
