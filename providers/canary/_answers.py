@@ -13,7 +13,7 @@ from openfeature_canary.plan import RolloutPlan
 from openfeature_canary.policy import FlagView, build_view
 from openfeature_canary.state import RolloutState
 
-__all__ = ["Answers", "rebuilt"]
+__all__ = ["Answers", "invalid_unit", "missing_unit", "not_a_unit", "rebuilt"]
 
 _REASONS: Mapping[str, Reason] = {
     "STATIC": Reason.STATIC,
@@ -77,3 +77,39 @@ def rebuilt(
         new[key] = Answers(view)
         changed.append(key)
     return new, changed
+
+
+def _unit_name(answers: Answers) -> str:
+    view = answers.view
+    return "targeting key" if answers.by_key else f"context attribute {view.bucket_by!r}"
+
+
+def missing_unit(answers: Answers, default_value: bool) -> FlagResolutionDetails[bool]:
+    """The caller's default, ``TARGETING_KEY_MISSING``: no unit to bucket at 0 < p < 100."""
+    view = answers.view
+    return FlagResolutionDetails(
+        default_value,
+        ErrorCode.TARGETING_KEY_MISSING,
+        f"{view.key} is at {view.percent:g}% and buckets by the {_unit_name(answers)}, "
+        "which is missing",
+        Reason.ERROR,
+        None,
+        answers.meta,
+    )
+
+
+def invalid_unit(
+    answers: Answers, default_value: bool, message: str
+) -> FlagResolutionDetails[bool]:
+    """The caller's default, ``INVALID_CONTEXT``: a unit that cannot be bucketed (text that
+    is not valid Unicode; ``message`` says which code point, never the unit)."""
+    return FlagResolutionDetails(
+        default_value, ErrorCode.INVALID_CONTEXT, message, Reason.ERROR, None, answers.meta
+    )
+
+
+def not_a_unit(answers: Answers, default_value: bool, unit: object) -> FlagResolutionDetails[bool]:
+    """:func:`invalid_unit` for a unit that is neither text nor a number (a dict, a bool …)."""
+    what = type(unit).__name__
+    message = f"{answers.view.key} buckets by the {_unit_name(answers)}, which is a {what}, "
+    return invalid_unit(answers, default_value, message + "not text or a number")

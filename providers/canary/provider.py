@@ -5,12 +5,20 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from openfeature.contrib.provider.canary._answers import Answers, rebuilt
+from openfeature.contrib.provider.canary._answers import (
+    Answers,
+    invalid_unit,
+    missing_unit,
+    not_a_unit,
+    rebuilt,
+)
+from openfeature.contrib.provider.canary._arguments import check_arguments
+from openfeature.contrib.provider.canary._health import StoreHealth
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.event import ProviderEventDetails
 from openfeature.exception import (
@@ -20,10 +28,10 @@ from openfeature.exception import (
     ProviderNotReadyError,
     TypeMismatchError,
 )
-from openfeature.flag_evaluation import FlagResolutionDetails, Reason
+from openfeature.flag_evaluation import FlagResolutionDetails
 from openfeature.hook import Hook
 from openfeature.provider import AbstractProvider, Metadata
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import MeterProvider
 
 from openfeature_canary import (
     Clock,
@@ -46,8 +54,6 @@ from openfeature_canary.telemetry import Telemetry
 __all__ = ["CanaryProvider"]
 
 log = logging.getLogger("openfeature_canary")
-
-_ERROR = Reason.ERROR
 
 
 class CanaryProvider(AbstractProvider):
@@ -107,7 +113,7 @@ class CanaryProvider(AbstractProvider):
         clock: Clock | None = None,
         telemetry: Telemetry | None = None,
         signals: SignalSource | None = None,
-        meter_provider: Any = None,
+        meter_provider: MeterProvider | None = None,
         environ: Mapping[str, str] | None = None,
         events: EventSink | None = None,
         reports_dir: str | Path | None = None,
@@ -120,23 +126,7 @@ class CanaryProvider(AbstractProvider):
         lease_ttl: float = DEFAULT_LEASE_TTL_S,
     ) -> None:
         super().__init__()
-        if telemetry is not None and not isinstance(telemetry, Telemetry):
-            raise TypeError(
-                "CanaryProvider: telemetry= takes what setup_telemetry() returns, got "
-                f"{type(telemetry).__name__}"
-            )
-        if telemetry is not None and signals is not None:
-            raise ValueError("CanaryProvider: give telemetry= or signals=, not both")
-        if telemetry is not None and meter_provider not in (None, telemetry.meter_provider):
-            raise ValueError(
-                "CanaryProvider: meter_provider= differs from telemetry.meter_provider; "
-                "give telemetry= alone"
-            )
-        if max_staleness < 0 or (refresh_interval is not None and refresh_interval <= 0):
-            raise ValueError(
-                "CanaryProvider: max_staleness must be >= 0 and refresh_interval > 0, got "
-                f"{max_staleness} and {refresh_interval}"
-            )
+        check_arguments(telemetry, signals, meter_provider, max_staleness, refresh_interval)
         if fleet and telemetry is None:
             raise ValueError("CanaryProvider: fleet=True needs telemetry= (its signals publish)")
         self.plan = plan if isinstance(plan, RolloutPlan) else load_plan(plan)
@@ -171,20 +161,17 @@ class CanaryProvider(AbstractProvider):
         self.reports = engine.reports
         self.meter_provider = telemetry.meter_provider if telemetry is not None else meter_provider
         self._background = background
-        self._max_staleness = max_staleness
         self._metadata = Metadata(name=name)
         self._swap_lock = threading.Lock()
         hold_locks_across_fork(self, "_swap_lock")  # a child must be able to serve changes
-        self._unavailable: str | None = None
-        self._failing_since: float | None = None
-        self._health = "not_ready"
+        self._health = StoreHealth(max_staleness)
         self._answers: Mapping[str, Answers] = MappingProxyType(
             rebuilt({}, self._states(), self.plan, self._environ, None)[0]
         )
         if self.meter_provider is not None:
             self.meter_provider.get_meter("openfeature_canary.provider").create_observable_gauge(
                 "canary.store.health",
-                [self._store_health],
+                [self._health.observe],
                 description="1 for how the state store reads now: ready, stale (the last "
                 "known state is served) or error (every flag serves the old path)",
             )
@@ -217,12 +204,11 @@ class CanaryProvider(AbstractProvider):
         try:
             self.rollout.load()
         except StateStoreError as exc:
-            self._health = "error"
-            self._unavailable = f"{exc}; serving the old path until it can be read"
+            self._health.unreadable(exc)
             self._rebuild()
             self.engine.start(background=self._background)
             raise ProviderNotReadyError(str(exc)) from exc
-        self._health = "ready"
+        self._health.read()
         self._rebuild()
         self.engine.reconcile_events()
         if self.rollout.policy is not None and self.reports is not None:
@@ -288,7 +274,7 @@ class CanaryProvider(AbstractProvider):
     def _swap(self, states: Mapping[str, RolloutState]) -> None:
         with self._swap_lock:  # writers only: evaluations never wait
             new, changed = rebuilt(
-                self._answers, states, self.plan, self._environ, self._unavailable
+                self._answers, states, self.plan, self._environ, self._health.unavailable
             )
             if not changed:
                 return
@@ -301,42 +287,30 @@ class CanaryProvider(AbstractProvider):
             ProviderEventDetails(flags_changed=changed, message="canary rollout changed")
         )
 
-    def _store_health(self, _options: CallbackOptions) -> Iterable[Observation]:
-        """The ``canary.store.health`` gauge: 1 for the current health, 0 for the others."""
-        current = self._health
-        for health in ("not_ready", "ready", "stale", "error"):
-            yield Observation(int(health == current), {"canary.store.health": health})
-
     def _on_store_health(self, error: StateStoreError | None) -> None:
         """The runner read the store (``error=None``) or could not: STALE, ERROR, READY."""
-        now = self.rollout.clock.now()
+        health = self._health
         if error is None:
-            self._failing_since = None
-            if self._health != "ready":
-                self._health, self._unavailable = "ready", None
+            if health.read():
                 self._rebuild()
                 self.engine.reconcile_events()
                 log.warning("openfeature-canary: %s is readable again", self.rollout.store.url)
                 self.emit_provider_ready(ProviderEventDetails(message="state store readable"))
             return
-        if self._failing_since is None:
-            self._failing_since = now
-        if self._health == "ready" and self._max_staleness > 0:
-            self._health = "stale"
+        stale, erred = health.failed(error, self.rollout.clock.now())
+        if stale:
             log.error("openfeature-canary: %s; serving the last known state", error)
             self.emit_provider_stale(
                 ProviderEventDetails(
                     message=f"{error}; serving the last known state for up to "
-                    f"{self._max_staleness:g}s"
+                    f"{health.max_staleness:g}s"
                 )
             )
-        if self._health != "error" and now - self._failing_since >= self._max_staleness:
-            self._health = "error"
-            self._unavailable = f"{error}; serving the old path until it can be read"
+        if erred:
             self._rebuild()
             log.critical("openfeature-canary: %s; every flag serves the old path (0 %%)", error)
             self.emit_provider_error(
-                ProviderEventDetails(message=self._unavailable, error_code=ErrorCode.GENERAL)
+                ProviderEventDetails(message=health.unavailable, error_code=ErrorCode.GENERAL)
             )
 
     # ------------------------------------------------------------------ resolution
@@ -360,15 +334,13 @@ class CanaryProvider(AbstractProvider):
         else:
             unit = evaluation_context.attributes.get(answers.view.bucket_by)
         if unit is None or unit == "":
-            return self._missing_unit(answers.view, default_value, answers)
+            return missing_unit(answers, default_value)
         if type(unit) is not str and (type(unit) is bool or not isinstance(unit, int | float)):
-            return self._invalid_unit(answers, default_value, f"a {type(unit).__name__}")
+            return not_a_unit(answers, default_value, unit)
         try:
             slot = answers.bucket(unit)
         except ValueError as exc:  # UnitEncodingError: never hash text mmh3 cannot take
-            return FlagResolutionDetails(
-                default_value, ErrorCode.INVALID_CONTEXT, str(exc), _ERROR, None, answers.meta
-            )
+            return invalid_unit(answers, default_value, str(exc))
         return answers.on if slot < answers.view.basis_points else answers.off
 
     async def resolve_boolean_details_async(
@@ -379,35 +351,6 @@ class CanaryProvider(AbstractProvider):
     ) -> FlagResolutionDetails[bool]:
         """Async twin of :meth:`resolve_boolean_details` (it never blocks)."""
         return self.resolve_boolean_details(flag_key, default_value, evaluation_context)
-
-    @staticmethod
-    def _invalid_unit(
-        answers: Answers, default_value: bool, what: str
-    ) -> FlagResolutionDetails[bool]:
-        view = answers.view
-        unit = "targeting key" if answers.by_key else f"context attribute {view.bucket_by!r}"
-        return FlagResolutionDetails(
-            default_value,
-            ErrorCode.INVALID_CONTEXT,
-            f"{view.key} buckets by the {unit}, which is {what}, not text or a number",
-            _ERROR,
-            None,
-            answers.meta,
-        )
-
-    @staticmethod
-    def _missing_unit(
-        view: FlagView, default_value: bool, answers: Answers
-    ) -> FlagResolutionDetails[bool]:
-        what = "targeting key" if answers.by_key else f"context attribute {view.bucket_by!r}"
-        return FlagResolutionDetails(
-            default_value,
-            ErrorCode.TARGETING_KEY_MISSING,
-            f"{view.key} is at {view.percent:g}% and buckets by the {what}, which is missing",
-            _ERROR,
-            None,
-            answers.meta,
-        )
 
     def _type_mismatch(self, flag_key: str, wanted: str) -> Any:
         if flag_key not in self._answers:
