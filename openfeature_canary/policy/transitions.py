@@ -19,8 +19,9 @@ from types import MappingProxyType
 
 from openfeature_canary.evidence import StageEvidence
 from openfeature_canary.plan import FlagPlan
-from openfeature_canary.policy._decide import Action, Decision
-from openfeature_canary.policy._gates import current_evidence, stage_summary
+from openfeature_canary.policy._decision import Action, Decision
+from openfeature_canary.policy._gates import current_evidence
+from openfeature_canary.policy._numbers import stage_summary
 from openfeature_canary.state import (
     WINDOW_LIMIT,
     LogEntry,
