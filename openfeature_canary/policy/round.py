@@ -45,7 +45,7 @@ def holds_lease(rollout: Rollout, now: float) -> bool:
 
 
 def run_round(rollout: Rollout) -> list[Change]:
-    """One round (see the module docstring); the changes that were applied, in plan order.
+    """One round (see the module docstring); the changes it persisted, in plan order.
 
     A change another writer beat is dropped (their word wins; the next round decides again).
     One flag's failing decision is logged with its name and does not stop the others.
