@@ -23,6 +23,7 @@ from openfeature_canary.policy import (
     Action,
     Controller,
     Decision,
+    Fleet,
     Memory,
     Rollout,
     run_round,
@@ -277,3 +278,43 @@ def test_apply_formats_no_log_text_for_an_observer_that_did_not_fail(
         rollout.controller(FLAG).start()
         rollout.controller(FLAG).rollback("p95_breach")
     assert (observer.calls, observer.reprs) == (2, 0)
+
+
+class CountingPolicy:
+    """A policy that holds and counts what the round asks of it."""
+
+    def __init__(self) -> None:
+        self.decided: list[str] = []
+        self.stood_down = 0
+
+    def decide(self, ctl: Controller, now: float) -> RolloutState | None:
+        self.decided.append(ctl.key)
+        return None
+
+    def baseline_loud(self, ctl: Controller, now: float) -> list[str]:
+        return []
+
+    def stand_down(self) -> None:
+        self.stood_down += 1
+
+
+def test_round_holds_the_fleet_lease_before_the_policy_decides(plan: RolloutPlan) -> None:
+    store = MemoryStateStore()  # one store, two processes' rollouts over it
+    clock = ManualClock(start=100.0)
+    policies = {"a": CountingPolicy(), "b": CountingPolicy()}
+    rollouts = {
+        name: Rollout(
+            plan, store=store, clock=clock, policy=policy, fleet=Fleet(store, name, lease_ttl_s=30)
+        )
+        for name, policy in policies.items()
+    }
+    run_round(rollouts["a"])
+    run_round(rollouts["b"])  # "a" holds the lease: "b" does not decide, and forgets
+    assert policies["a"].decided == [c.key for c in rollouts["a"].controllers()]
+    assert (policies["b"].decided, policies["b"].stood_down) == ([], 1)
+    assert store.lease_holder(clock.now()) == "a"
+    # "a" stops renewing; once its lease expires, "b"'s next due round takes it and decides.
+    clock.advance(31.0)
+    run_round(rollouts["b"])
+    assert store.lease_holder(clock.now()) == "b"
+    assert policies["b"].decided == [c.key for c in rollouts["b"].controllers()]
