@@ -23,7 +23,7 @@ returns a closure ``unit -> bucket``: one ``str.encode``, one concatenation, one
 **A unit that is not valid Unicode text (a lone surrogate) is not bucketed**: ``bucket`` (and
 ``in_rollout``, ``hashed_bytes``, a :func:`unit_hasher` closure) raises
 :class:`UnitEncodingError`; ``CanaryProvider`` answers the caller's default with error code
-``GENERAL`` (reason ``ERROR``) — the old path — and never crashes. Such strings come from
+``INVALID_CONTEXT`` (reason ``ERROR``) — the old path — and never crashes. Such strings come from
 ``json.loads('"\\ud800"')`` or from undecodable bytes read through ``surrogateescape``
 (``sys.argv``, ``os.environ``). Units are encoded with strict UTF-8 here and murmur3 only ever
 sees ``bytes``: mmh3 5.3.1 crashes the interpreter (SIGSEGV) when handed a ``str`` holding a
@@ -68,7 +68,7 @@ class UnitEncodingError(ValueError):
 
     The message is one line naming the flag and the offending code point (escaped); it never
     echoes the unit itself. ``CanaryProvider`` answers the caller's default with error code
-    ``GENERAL`` (reason ``ERROR``).
+    ``INVALID_CONTEXT`` (reason ``ERROR``).
     """
 
 

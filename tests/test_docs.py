@@ -136,6 +136,32 @@ def test_readme_quick_start_fresh_store_answers_false_at_zero_percent(tmp_path: 
     assert (folder / "canary-reports" / "canary_plan.md").is_file()
 
 
+def test_readme_quick_start_with_a_corrupt_store_logs_and_serves_the_old_path(
+    tmp_path: Path,
+) -> None:
+    folder = _user_folder(tmp_path)
+    (tmp_path / "state" / "state.json").write_text('{"flags": {"dataservice-read', "utf-8")
+    proc = _run_python(_adapted_quick_start(tmp_path), folder)
+    # set_provider_and_wait raised; the service caught it, logged it and kept serving 0 %.
+    assert _result(proc) == {"value": False, "percent": 0.0}
+    assert "canary rollout unavailable: " in proc.stderr
+    assert "state.json" in proc.stderr
+
+
+def test_readme_quick_start_without_the_except_would_crash_on_a_corrupt_store(
+    tmp_path: Path,
+) -> None:
+    # Guards the test above: the snippet's try/except is what keeps the service up.
+    folder = _user_folder(tmp_path)
+    (tmp_path / "state" / "state.json").write_text("not json", "utf-8")
+    code = _adapted_quick_start(tmp_path).replace(
+        "except OpenFeatureError as exc:", "except KeyboardInterrupt as exc:"
+    )
+    proc = _run_python(code, folder)
+    assert proc.returncode != 0
+    assert "ProviderNotReadyError" in proc.stderr
+
+
 def test_readme_quick_start_after_the_start_command_serves_stage_one(tmp_path: Path) -> None:
     folder = _user_folder(tmp_path)
     readme = " ".join(README.read_text("utf-8").split())

@@ -36,7 +36,7 @@ from openfeature.evaluation_context import EvaluationContext
 from openfeature_canary import ManualClock, Rollout, RolloutState, Status, load_plan
 from openfeature_canary.demo._ingest_server import IngestServer
 from openfeature_canary.events import Outbox, OutboxEvent, TelemetrySender, _outbox
-from openfeature_canary.policy._pipeline import RECONCILE_WINDOW_S, event_id, implied_events
+from openfeature_canary.policy import RECONCILE_WINDOW_S, event_id, implied_events
 from openfeature_canary.stores import FileStateStore
 from openfeature_canary.stores._atomicfile import STALE_TMP_S
 

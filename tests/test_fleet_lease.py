@@ -354,7 +354,7 @@ def test_provider_bad_lease_ttl_raises_one_line_naming_it(
 ) -> None:
     with pytest.raises(ValueError) as info:
         _provider(tmp_path, **options)
-    assert str(info.value) == message
+    assert str(info.value) == f"CanaryProvider: {message}"
 
 
 def _provider(tmp_path: Path, **options: object) -> CanaryProvider:

@@ -20,7 +20,6 @@ import tomllib
 from openfeature_canary import RolloutState, Status, load_plan
 from openfeature_canary.errors import PlanError
 from openfeature_canary.plan import FlagPlan, parse_plan
-from openfeature_canary.policy._autopilot import _target
 from openfeature_canary.policy._commands import resumed
 from openfeature_canary.policy._decide import Action, Decision, Memory, Reading, Readings, decide
 from openfeature_canary.policy._gates import current_evidence
@@ -32,6 +31,7 @@ from openfeature_canary.policy._stats import (
     requests_needed,
 )
 from openfeature_canary.policy._windows import windows_due
+from openfeature_canary.policy.transitions import from_decision
 from openfeature_canary.signals._counts import CohortCounts, CountsReading
 from openfeature_canary.stores import open_store
 from openfeature_canary.telemetry import histogram_bounds_s
@@ -152,7 +152,7 @@ class Run:
         d = decide(self.flag, state, readings, self.memory, now)
         self.memory = d.memory
         if d.changes_state:
-            self.state = _target(self.flag, state, d, now)
+            self.state = from_decision(self.flag, state, d, now)
         return d
 
     def until_action(self, limit: float) -> Decision:

@@ -21,7 +21,8 @@ from openfeature_canary import (
 )
 from openfeature_canary.events import OutboxError, ReportWriter
 from openfeature_canary.policy import BackgroundRunner, Controller
-from openfeature_canary.policy._gates import current_evidence, stage_summary
+from openfeature_canary.policy._gates import current_evidence
+from openfeature_canary.policy._numbers import stage_summary
 from openfeature_canary.state import LogEntry
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "canary_plan.toml"

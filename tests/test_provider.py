@@ -210,6 +210,28 @@ def test_provider_buckets_by_context_attribute(make_client: MakeClient) -> None:
     assert "context attribute 'user_id'" in (missing.error_message or "")
 
 
+@pytest.mark.parametrize(
+    ("unit", "what"),
+    [(True, "a bool"), ([1, 2], "a list"), ({"id": 1}, "a dict")],
+)
+def test_provider_unit_attribute_neither_text_nor_number_answers_invalid_context(
+    make_client: MakeClient, unit: object, what: str
+) -> None:
+    the_plan = parse_plan(
+        {"flags": {"f": {"bucket_by": "user_id", "stages": [{"percent": 30, "duration": "1m"}]}}}
+    )
+    provider, client = make_client(the_plan=the_plan)
+    provider.controller("f").start()
+    details = client.get_boolean_details("f", True, EvaluationContext("r", {"user_id": unit}))
+    assert (details.value, details.reason) == (True, Reason.ERROR)  # the caller's default
+    assert details.error_code == ErrorCode.INVALID_CONTEXT
+    assert f"context attribute 'user_id', which is {what}" in (details.error_message or "")
+    # A number is a unit (its decimal text, as before); so is text.
+    assert client.get_boolean_value("f", False, EvaluationContext("r", {"user_id": 7})) is (
+        in_rollout("f", "7", 30)
+    )
+
+
 def test_provider_cbor_scheme_matches_cbor_bucketing(make_client: MakeClient) -> None:
     the_plan = parse_plan(
         {"flags": {"f": {"scheme": "flagd-cbor", "stages": [{"percent": 50, "duration": "1m"}]}}}

@@ -341,7 +341,7 @@ for raw in ('"\\\\ud800"', '"req-\\\\udfff"', '"a\\\\ud83d"'):
 """
 
 
-def test_provider_lone_surrogate_unit_answers_general_error_without_crashing(
+def test_provider_lone_surrogate_unit_answers_invalid_context_without_crashing(
     example_plan_path: Path,
 ) -> None:
     done = subprocess.run(
@@ -351,7 +351,7 @@ def test_provider_lone_surrogate_unit_answers_general_error_without_crashing(
         timeout=60,
     )
     assert done.returncode == 0, done.stderr  # a SIGSEGV would be -11
-    assert done.stdout.splitlines() == ["False GENERAL ERROR"] * 3
+    assert done.stdout.splitlines() == ["False INVALID_CONTEXT ERROR"] * 3
 
 
 def test_provider_flush_events_delivers_an_operator_rollback(

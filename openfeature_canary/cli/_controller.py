@@ -12,27 +12,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from typing import Any
 
 from openfeature_canary.cli._export import _Stopper
 from openfeature_canary.cli._main import EXIT_OK, UsageError, _Io, _load, _store_url
+from openfeature_canary.engine import EngineOptions, build_engine
 from openfeature_canary.errors import StateStoreError
-from openfeature_canary.events import ReportWriter, outbox_for, sender_for_plan
-from openfeature_canary.policy import (
-    DEFAULT_LEASE_TTL_S,
-    Autopilot,
-    BackgroundRunner,
-    Fleet,
-    Rollout,
-)
-from openfeature_canary.signals import (
-    FleetSignalSource,
-    PrometheusSignalSource,
-    SignalSource,
-    new_process_id,
-)
-from openfeature_canary.stores import FleetStore, MemoryStateStore, open_store
+from openfeature_canary.policy import DEFAULT_LEASE_TTL_S, BackgroundRunner
+from openfeature_canary.signals import PrometheusSignalSource, SignalSource
 
 __all__ = ["add_controller_parser"]
 
@@ -73,37 +60,33 @@ def _cmd_controller(args: argparse.Namespace, io: _Io) -> int:
             f"{args.lease_ttl}"
         )
     url = _store_url(args, plan)
-    try:
-        store = open_store(url)
-    except StateStoreError as exc:
-        raise UsageError(str(exc)) from exc
-    if isinstance(store, MemoryStateStore) or not isinstance(store, FleetStore):
-        raise UsageError(
-            f"{url}: the controller needs a store the services share (file://, redis://)"
-        )
-    source: SignalSource
+    source: SignalSource | None = None
     if args.prometheus:
         try:
             source = PrometheusSignalSource(args.prometheus, queries=dict(plan.signals))
         except ValueError as exc:
             raise UsageError(f"--prometheus {args.prometheus!r}: {exc}") from exc
-    else:
-        source = FleetSignalSource(store, plan=plan)
-    fleet = Fleet(store, new_process_id(), lease_ttl_s=args.lease_ttl)
-    reports = ReportWriter(plan.reports.dir)
-    sender = sender_for_plan(plan, outbox_for(store, reports.dir), environ=os.environ)
-    rollout = Rollout(
-        plan,
-        store=store,
+    options = EngineOptions(
+        store=url,
         clock=io.clock,
-        policy=Autopilot(source, may_decide=fleet.round),
-        events=sender,
-        reports=reports,
+        signals=source,
+        refresh_interval=args.interval,
+        fleet=True,
+        lease_ttl=args.lease_ttl,
     )
-    runner = BackgroundRunner(rollout, interval=args.interval, renew=fleet.renew)
+    try:
+        engine = build_engine(plan, options)
+    except StateStoreError as exc:
+        raise UsageError(str(exc)) from exc
+    except ValueError as exc:
+        raise UsageError(
+            f"{url}: the controller needs a store the services share (file://, redis://)"
+        ) from exc
+    fleet, store, runner = engine.fleet, engine.store, engine.runner
+    assert fleet is not None
     runner.read_store()
-    rollout.reconcile_events()
-    sender.start()
+    engine.reconcile_events()
+    engine.start(background=False)  # the sender: this command runs the rounds itself
     io.print(
         f"controller {fleet.process_id}: deciding {len(plan.flags)} flag(s) on {store.url} "
         f"when it holds the lease (ttl {args.lease_ttl:g} s); signals from "
@@ -114,8 +97,7 @@ def _cmd_controller(args: argparse.Namespace, io: _Io) -> int:
             while not stopper.wait(args.interval):
                 _round(runner)
     finally:
-        fleet.release()
-        sender.stop()
+        engine.stop()
     io.print(f"controller {fleet.process_id}: stopped")
     return EXIT_OK
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,6 +38,7 @@ from openfeature_canary.cli._format import (
     status_table,
 )
 from openfeature_canary.clock import Clock, SystemClock
+from openfeature_canary.engine import EngineOptions, build_engine
 from openfeature_canary.errors import (
     CanaryError,
     PlanError,
@@ -47,16 +47,13 @@ from openfeature_canary.errors import (
     UnknownFlagError,
 )
 from openfeature_canary.events import (
-    ReportWriter,
     TelemetrySender,
-    outbox_for,
     render_plan_markdown,
-    sender_for_plan,
 )
 from openfeature_canary.plan import RolloutPlan, load_plan
 from openfeature_canary.policy import Controller, Rollout
 from openfeature_canary.state import RolloutState
-from openfeature_canary.stores import FleetStore, Lease, StateStore, open_store
+from openfeature_canary.stores import FleetStore, Lease, StateStore
 from openfeature_canary.stores._atomicfile import atomic_write_text
 
 __all__ = ["EXIT_OK", "EXIT_REFUSED", "EXIT_USAGE", "UsageError", "main", "run"]
@@ -292,21 +289,17 @@ def _open(
     event through the durable outbox, reports).
     """
     url = _store_url(args, plan)
-    try:
-        store: StateStore = open_store(url)
-    except StateStoreError as exc:
-        raise UsageError(str(exc)) from exc
     if url.startswith("memory:"):
         raise UsageError(
             "the store is memory://, which no service shares: give --store "
             "file:///path/state.json (the one the service uses) or set `store` in the plan"
         )
-    sender: TelemetrySender | None = None
-    reports: ReportWriter | None = None
-    if with_effects:
-        reports = ReportWriter(plan.reports.dir)
-        sender = sender_for_plan(plan, outbox_for(store, reports.dir), environ=os.environ)
-    rollout = Rollout(plan, store=store, clock=io.clock, events=sender, reports=reports)
+    options = EngineOptions(store=url, clock=io.clock, effects=with_effects)
+    try:
+        engine = build_engine(plan, options)
+    except StateStoreError as exc:
+        raise UsageError(str(exc)) from exc
+    rollout, sender = engine.rollout, engine.sender
     try:
         rollout.load()
     except StateStoreError as exc:

@@ -5,8 +5,11 @@
   docs/decisions.md).
 - :class:`Autopilot` is the policy a :class:`Rollout` is built with: it reads a
   :class:`~openfeature_canary.signals.SignalSource` and calls :func:`decide`.
+- :mod:`.transitions`: one pure function per kind of transition (start, advance, rollback …),
+  used by the autopilot and the operator commands alike.
 - :class:`Controller` (one per flag) applies operator commands and policy decisions through
-  the rollout's one :class:`Pipeline`: persist, serve, announce, report, count.
+  the rollout's one :meth:`Pipeline.apply`: persist, serve, announce, report, count, log.
+- :func:`run_round` is one policy round: the fleet's lease, the signals, decide, apply.
 - :class:`BackgroundRunner` is the one tick schedule of a process.
 - :class:`Fleet` is this process's part in a fleet: it publishes its signals, and the policy
   decides only while it holds the store's decider lease.
@@ -15,6 +18,8 @@
 
 from __future__ import annotations
 
+from openfeature_canary.policy import transitions
+from openfeature_canary.policy._announce import event_id, implied_events
 from openfeature_canary.policy._autopilot import Autopilot, TickResult
 from openfeature_canary.policy._commands import ALLOWED
 from openfeature_canary.policy._controller import Controller, Policy
@@ -29,17 +34,19 @@ from openfeature_canary.policy._decide import (
 from openfeature_canary.policy._fleet import DEFAULT_LEASE_TTL_S, Fleet
 from openfeature_canary.policy._gates import GateTest, Information, Judgement, judge
 from openfeature_canary.policy._metrics import RolloutMetrics
-from openfeature_canary.policy._pipeline import (
-    RECONCILE_WINDOW_S,
-    Pipeline,
-    RollbackCounter,
-    TransitionListener,
-    event_id,
-    implied_events,
-)
 from openfeature_canary.policy._rollout import Rollout
 from openfeature_canary.policy._schedule import BackgroundRunner, StoreHealth
 from openfeature_canary.policy._view import OFF, ON, FlagView, Resolution, build_view
+from openfeature_canary.policy.apply import (
+    RECONCILE_WINDOW_S,
+    Change,
+    How,
+    Pipeline,
+    RollbackCounter,
+    StateOwner,
+    TransitionListener,
+)
+from openfeature_canary.policy.round import holds_lease, run_round
 
 __all__ = [
     "ALLOWED",
@@ -50,11 +57,13 @@ __all__ = [
     "Action",
     "Autopilot",
     "BackgroundRunner",
+    "Change",
     "Controller",
     "Decision",
     "FlagView",
     "Fleet",
     "GateTest",
+    "How",
     "Information",
     "Judgement",
     "Memory",
@@ -66,12 +75,16 @@ __all__ = [
     "RollbackCounter",
     "Rollout",
     "RolloutMetrics",
+    "StateOwner",
     "StoreHealth",
     "TickResult",
     "TransitionListener",
     "build_view",
     "decide",
     "event_id",
+    "holds_lease",
     "implied_events",
     "judge",
+    "run_round",
+    "transitions",
 ]

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from openfeature_canary.errors import SignalSourceError
 from openfeature_canary.plan import FlagPlan, Trigger
+from openfeature_canary.policy import transitions
 from openfeature_canary.policy._controller import Controller
 from openfeature_canary.policy._decide import (
     Action,
@@ -29,17 +30,10 @@ from openfeature_canary.policy._decide import (
     counts_samples,
     decide,
 )
-from openfeature_canary.policy._gates import current_evidence, stage_summary
+from openfeature_canary.policy._gates import current_evidence
 from openfeature_canary.policy._windows import windows_due
 from openfeature_canary.signals import EMPTY_COHORT, CountsReading, SignalSource
-from openfeature_canary.state import (
-    WINDOW_LIMIT,
-    LogEntry,
-    Number,
-    RolloutState,
-    Status,
-    WindowRecord,
-)
+from openfeature_canary.state import RolloutState, Status
 from openfeature_canary.stores._forksafe import renew_locks_after_fork
 
 __all__ = ["Autopilot", "TickResult"]
@@ -70,13 +64,8 @@ class Autopilot:
     >>> rollout.controller("dataservice-read-canary").tick()          # doctest: +SKIP
     """
 
-    def __init__(
-        self, source: SignalSource, *, may_decide: Callable[[float], bool] | None = None
-    ) -> None:
+    def __init__(self, source: SignalSource) -> None:
         self.source = source
-        #: Asked at each tick whether this process decides (a fleet's lease); ``None``: always.
-        self.may_decide = may_decide
-        self._deciding = True
         self._memory: dict[str, Memory] = {}
         self._last: dict[str, TickResult] = {}
         self._snapshot_at: float | None = None
@@ -92,18 +81,11 @@ class Autopilot:
     def decide(self, ctl: Controller, now: float) -> RolloutState | None:
         """The state ``ctl``'s flag moves to at ``now`` (``None``: nothing to change).
 
-        Idempotent within a tick: asked twice for the same ``now``, it decides once. In a
-        fleet, only while ``may_decide(now)`` holds (this process has the lease).
+        Idempotent within a tick: asked twice for the same ``now``, it decides once. The
+        target is built by :func:`~openfeature_canary.policy.transitions.from_decision`, the
+        same transitions the operator commands use.
         """
-        if self.may_decide is not None and not self.may_decide(now):
-            self._deciding = False
-            return None
         with self._lock:
-            if not self._deciding:
-                # Another process decided meanwhile: what this one remembered of sustained
-                # breaches is stale (the evidence itself is in the store).
-                self._memory.clear()
-                self._deciding = True
             previous = self._last.get(ctl.key)
             if previous is not None and previous.at == now:
                 return None
@@ -111,9 +93,7 @@ class Autopilot:
                 self._snapshot_source(now)
             state, flag = ctl.state, ctl.flag
             readings = self._gather(flag, state, now)
-            after_done = flag.after is None or (
-                ctl.rollout.controller(flag.after).state.status is Status.COMPLETED
-            )
+            after_done = ctl.after_completed()
             decision = decide(
                 flag,
                 state,
@@ -129,7 +109,13 @@ class Autopilot:
             log.warning("%s: %s", ctl.key, decision.reason)
         if not decision.changes_state:
             return None
-        return _target(flag, state, decision, now)
+        return transitions.from_decision(flag, state, decision, now)
+
+    def stand_down(self) -> None:
+        """Another process decides now (it holds the fleet's lease): what this one remembered
+        of sustained breaches is stale (the evidence itself is in the store)."""
+        with self._lock:
+            self._memory.clear()
 
     def _snapshot_source(self, now: float) -> None:
         self._snapshot_at = now
@@ -199,109 +185,3 @@ class Autopilot:
             return self.source.read(key, signal, t.window_s, now)
         except SignalSourceError as exc:
             return _ErrorReading(str(exc))
-
-
-# --------------------------------------------------------------------------- targets
-
-
-def _entry(at: float, action: str, reason: str, numbers: Mapping[str, Number]) -> LogEntry:
-    return LogEntry(at=at, action=action, reason=reason, numbers=MappingProxyType(dict(numbers)))
-
-
-def _window_entry(w: WindowRecord) -> LogEntry:
-    return _entry(
-        w.end,
-        f"window_{w.verdict.value}",
-        w.reason,
-        {
-            "window": w.index,
-            "n": w.n,
-            "p95_ms": w.p95_ms,
-            "error_rate": w.error_rate,
-            "error_low": w.error_low,
-            "error_high": w.error_high,
-            "baseline_n": w.baseline_n,
-            "baseline_p95_ms": w.baseline_p95_ms,
-            "baseline_error_rate": w.baseline_error_rate,
-            "window_s": w.end - w.start,
-        },
-    )
-
-
-def _target(flag: FlagPlan, state: RolloutState, d: Decision, now: float) -> RolloutState:
-    """The state a decision leads to. A dry-run flag never changes its percentage: a
-    rollback is logged and restarts the stage's observation (and its evidence) instead."""
-    dry = flag.dry_run
-    numbers: dict[str, Number] = dict(d.numbers)
-    if dry:
-        numbers["dry_run"] = 1
-    entries = [*(_window_entry(w) for w in d.windows)]
-    windows = (*state.windows, *d.windows)[-WINDOW_LIMIT:]
-    evidence = d.evidence if d.evidence is not None else state.evidence
-    if d.action in (Action.HOLD, Action.EXTEND):
-        if d.action == Action.EXTEND:
-            entries.append(_entry(now, d.action, d.reason, numbers))
-        return state.evolve(*entries, windows=windows, evidence=evidence)
-    if (
-        d.action in (Action.ROLLBACK, Action.PAUSE)
-        and state.stage >= 1
-        and "samples" not in numbers
-    ):
-        # A trigger ended the stage: its evidence goes into the persisted entry, from which
-        # the results row is built once the transition is persisted.
-        ev = current_evidence(state.stage, state.since, evidence)
-        numbers.update(stage_summary(flag, state.stage, ev, windows))
-    if d.action == Action.ROLLBACK:
-        numbers.update(from_stage=state.stage, from_pct=state.percent)
-        entries.append(_entry(now, d.action, d.reason, numbers))
-        if dry:
-            return state.evolve(*entries, since=now, windows=(), evidence=None)
-        return state.evolve(
-            *entries,
-            status=Status.ROLLED_BACK,
-            stage=0,
-            percent=0.0,
-            since=now,
-            windows=(),
-            reason=d.reason,
-            requested="",
-            evidence=None,
-        )
-    if d.action == Action.PAUSE:
-        entries.append(_entry(now, d.action, d.reason, numbers))
-        return state.evolve(
-            *entries,
-            status=Status.PAUSED,
-            since=now,
-            reason=d.reason,
-            windows=windows,
-            evidence=evidence,
-        )
-    if d.action == Action.COMPLETE:
-        entries.append(_entry(now, d.action, d.reason, numbers))
-        return state.evolve(
-            *entries,
-            status=Status.COMPLETED,
-            percent=state.percent if dry else flag.stages[-1].percent,
-            since=now,
-            windows=(),
-            reason="completed",
-            evidence=None,
-        )
-    # ADVANCE or START: into the next stage. The ended stage's evidence stays until the new
-    # stage's first tick: its baseline becomes the reference of a final stage at 100 %.
-    stage = 1 if d.action == Action.START else state.stage + 1
-    pct = state.percent if dry else flag.serving_percent(stage)
-    numbers.update(to_stage=stage, to_pct=flag.stage(stage).percent)
-    entries.append(_entry(now, d.action, d.reason, numbers))
-    return state.evolve(
-        *entries,
-        status=Status.RUNNING,
-        stage=stage,
-        percent=pct,
-        since=now,
-        windows=(),
-        reason=d.reason,
-        requested="",
-        evidence=evidence if d.action == Action.ADVANCE else None,
-    )

@@ -1,21 +1,21 @@
 """What each operator command does to a state: pure functions of (flag, state, now).
 
 The controller reads the store, checks the command against :data:`ALLOWED`, calls one of
-these to build the new state, and hands it to the pipeline. Nothing here does I/O, logs or
-reads a clock, so each command's result is tested by value.
+these to build the new state, and hands it to :func:`~openfeature_canary.policy.apply`. Each
+builds its state with the same transition functions as the autopilot
+(:mod:`openfeature_canary.policy.transitions`); nothing here does I/O, logs or reads a clock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from types import MappingProxyType
 from typing import Final
 
 from openfeature_canary.errors import TransitionError
 from openfeature_canary.plan import FlagPlan
-from openfeature_canary.policy._gates import current_evidence, stage_summary
-from openfeature_canary.state import LogEntry, Number, RolloutState, Status
+from openfeature_canary.policy import transitions
+from openfeature_canary.state import Number, RolloutState, Status
 
 __all__ = [
     "ALLOWED",
@@ -74,96 +74,35 @@ def check_allowed(key: str, command: str, current: RolloutState) -> None:
     raise TransitionError(f"{msg}; {hint}" if hint else msg)
 
 
-def _entry(at: float, action: str, reason: str, **numbers: Number) -> LogEntry:
-    return LogEntry(at=at, action=action, reason=reason, numbers=MappingProxyType(numbers))
-
-
-def _evidence(flag: FlagPlan, cur: RolloutState) -> dict[str, Number]:
-    """The running stage's evidence, for the entry that ends it (its results row)."""
-    if cur.status not in (Status.RUNNING, Status.PAUSED) or not 1 <= cur.stage <= len(flag.stages):
-        return {}
-    evidence = current_evidence(cur.stage, cur.since, cur.evidence)
-    return stage_summary(flag, cur.stage, evidence, cur.windows)
-
-
 def started(flag: FlagPlan, cur: RolloutState, now: float) -> RolloutState:
     """Pending → stage 1."""
-    first = flag.stages[0]
-    return cur.evolve(
-        _entry(now, "start", "operator", to_stage=1, to_pct=first.percent),
-        status=Status.RUNNING,
-        stage=1,
-        percent=flag.serving_percent(1),
-        since=now,
-        windows=(),
-        reason="started",
-        requested="",
-        evidence=None,
-    )
+    return transitions.start(flag, cur, now, "operator", {}, status_reason="started")
 
 
 def start_requested(key: str, cur: RolloutState, now: float) -> RolloutState:
     """Pending, with a start requested for the process that runs the policy."""
     if cur.requested == "start":
         raise TransitionError(f"cannot start {key}: a start is requested already")
-    return cur.evolve(
-        _entry(now, "request_start", "operator"), requested="start", reason="start requested"
-    )
+    return transitions.request_start(cur, now)
 
 
 def paused(cur: RolloutState, now: float, reason: str) -> RolloutState:
-    """Hold the current stage."""
-    return cur.evolve(
-        _entry(now, "pause", reason, stage=cur.stage, pct=cur.percent),
-        status=Status.PAUSED,
-        since=now,
-        windows=(),
-        reason=reason,
-    )
+    """Hold the current stage; its gate windows start again."""
+    return transitions.pause(cur, now, reason, {"stage": cur.stage, "pct": cur.percent})
 
 
 def resumed(cur: RolloutState, now: float) -> RolloutState:
     """Continue a paused stage; its observation restarts now."""
-    return cur.evolve(
-        _entry(now, "resume", "operator", stage=cur.stage, pct=cur.percent),
-        status=Status.RUNNING,
-        since=now,
-        windows=(),
-        reason="resumed",
-    )
+    return transitions.resume(cur, now)
 
 
 def promoted(flag: FlagPlan, cur: RolloutState, now: float, reason: str) -> RolloutState:
     """The next stage now (``completed`` after the last), the ended stage's evidence logged."""
-    evidence = _evidence(flag, cur)
+    evidence = transitions.stage_numbers(flag, cur)
     if cur.stage >= len(flag.stages):
-        return cur.evolve(
-            _entry(now, "complete", reason, stage=cur.stage, pct=cur.percent, **evidence),
-            status=Status.COMPLETED,
-            percent=flag.stages[-1].percent,
-            since=now,
-            windows=(),
-            reason="completed",
-            evidence=None,
-        )
-    nxt = flag.stages[cur.stage]
-    return cur.evolve(
-        _entry(
-            now,
-            "advance",
-            reason,
-            from_stage=cur.stage,
-            to_stage=cur.stage + 1,
-            to_pct=nxt.percent,
-            **evidence,
-        ),
-        status=Status.RUNNING,
-        stage=cur.stage + 1,
-        percent=flag.serving_percent(cur.stage + 1),
-        since=now,
-        windows=(),
-        reason=reason,
-    )
+        numbers = {"stage": cur.stage, "pct": cur.percent, **evidence}
+        return transitions.complete(flag, cur, now, reason, numbers)
+    return transitions.advance(flag, cur, now, reason, {"from_stage": cur.stage, **evidence})
 
 
 def rolled_back(
@@ -174,57 +113,17 @@ def rolled_back(
     numbers: Mapping[str, Number] | None = None,
 ) -> RolloutState:
     """0 %, sticky until a reset, with the stage left and its evidence logged."""
-    extra = {**_evidence(flag, cur), **dict(numbers or {})}
-    return cur.evolve(
-        _entry(now, "rollback", reason, from_stage=cur.stage, from_pct=cur.percent, **extra),
-        status=Status.ROLLED_BACK,
-        stage=0,
-        percent=0.0,
-        since=now,
-        windows=(),
-        reason=reason,
-        requested="",
-        evidence=None,
-    )
+    extra = {**transitions.stage_numbers(flag, cur), **dict(numbers or {})}
+    return transitions.rollback(cur, now, reason, extra)
 
 
 def reset(cur: RolloutState, now: float) -> RolloutState:
     """Back to pending (0 %); a requested start is withdrawn."""
-    return cur.evolve(
-        _entry(now, "reset", "operator", from_status=cur.status.value, from_pct=cur.percent),
-        status=Status.PENDING,
-        stage=0,
-        percent=0.0,
-        since=now,
-        windows=(),
-        reason="reset",
-        requested="",
-        evidence=None,
-    )
+    return transitions.reset(cur, now)
 
 
 def reasserted_rollback(
     key: str, stored: RolloutState | None, forced: RolloutState
 ) -> RolloutState | None:
-    """A rollback forced while the store could not be written, rebuilt over what the store
-    holds now; ``None`` when the store shows it rolled back already or an operator reset it
-    since. Its version is never below the forced one, so states only move forward."""
-    if stored is not None and (
-        stored.status is Status.ROLLED_BACK
-        or any(e.action == "reset" and e.at >= forced.since for e in stored.log)
-    ):
-        return None
-    base = stored or RolloutState(flag_key=key)
-    entry = forced.last_decision
-    target = base.evolve(
-        *((entry,) if entry is not None else ()),
-        status=Status.ROLLED_BACK,
-        stage=0,
-        percent=0.0,
-        since=forced.since,
-        windows=(),
-        reason=forced.reason,
-        requested="",
-        evidence=None,
-    )
-    return replace(target, version=max(target.version, forced.version))
+    """See :func:`~openfeature_canary.policy.transitions.reassert_rollback`."""
+    return transitions.reassert_rollback(key, stored, forced)

@@ -2,12 +2,13 @@
 
 A :class:`Controller` turns a command (``start``, ``promote``, ``rollback`` …) or a policy
 decision into a new :class:`RolloutState` and hands it to the rollout's one
-:class:`~openfeature_canary.policy.Pipeline` (persist, then serve, announce, report, count).
-What each command does to a state, and which commands are valid in which status (one table,
-:data:`ALLOWED`), are pure functions in ``_commands.py``.
+:meth:`~openfeature_canary.policy.Pipeline.apply` (persist, then serve, announce, report,
+count). What each command does to a state (:mod:`~openfeature_canary.policy.transitions`) and
+which commands are valid in which status (one table, :data:`ALLOWED`) are pure.
 
 The controllers of a plan live in a :class:`~openfeature_canary.policy.Rollout`
-(``_rollout.py``), which owns the store, the clock, the policy and the pipeline.
+(``_rollout.py``), which owns the store, the clock, the policy and the pipeline; the background
+round over all of them is :func:`~openfeature_canary.policy.run_round`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Final, Protocol
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from openfeature_canary.errors import StaleStateError, StateStoreError, TransitionError
+from openfeature_canary.errors import StateStoreError, TransitionError
 from openfeature_canary.plan import FlagPlan
 from openfeature_canary.policy import _commands as commands
+from openfeature_canary.policy import transitions
+from openfeature_canary.policy.apply import Change, How
+from openfeature_canary.policy.round import holds_lease
 from openfeature_canary.state import (
     Number,
     RolloutState,
@@ -45,6 +50,11 @@ class Policy(Protocol):
 
     def baseline_loud(self, ctl: Controller, now: float) -> list[str]:
         """Stage 0's gate: the triggers that breach on the flag's baseline now."""
+        ...
+
+    def stand_down(self) -> None:
+        """Another process decides now (a fleet's lease): forget what was remembered between
+        ticks (the evidence itself is in the store)."""
         ...
 
 
@@ -105,9 +115,27 @@ class Controller:
                 self._reassert_forced(stored)
                 return self._state
             if stored is not None and stored.version > self._state.version:
-                old, self._state = self._state, stored
-                self.rollout.pipeline.after_persist(old, stored, local=False)
+                self.rollout.pipeline.apply([Change(self._state, stored, self)], How.OBSERVED)
             return self._state
+
+    @property
+    def lock(self) -> AbstractContextManager[Any]:
+        """This flag's re-entrant lock: held while a change is built, taken and applied."""
+        return self._mutex
+
+    def take(self, old: RolloutState, new: RolloutState) -> bool:
+        """Make ``new`` the state this process knows (called by the pipeline once ``new`` is
+        persisted, or forced); False when this process already knows a newer state."""
+        with self._mutex:
+            if self._state.version > new.version:
+                return False
+            self._state = new
+            return True
+
+    def after_completed(self) -> bool:
+        """True when the flag has no ``after`` flag or that flag has completed (as known)."""
+        after = self.flag.after
+        return after is None or self.rollout.controller(after).state.status is Status.COMPLETED
 
     # ------------------------------------------------------------------ commands
 
@@ -211,73 +239,68 @@ class Controller:
             log.error("%s: store unreadable; deciding on the last known state", self.key)
         if policy is None:
             return None
+        now = self.rollout.clock.now()
+        if not holds_lease(self.rollout, now):
+            return None
         with self._mutex:
-            base = self._state
-            target = policy.decide(self, self.rollout.clock.now())
-            if target is None:
+            change = self.decide(now)
+            if change is None:
                 return None
             try:
-                return self._commit(base, target)
-            except StaleStateError:
-                log.info("%s: another writer changed the state first; re-read", self.key)
-                self._refresh_quietly()
-                return None
+                applied = self.rollout.pipeline.apply([change])[0]
             except StateStoreError:
-                if target.status is Status.ROLLED_BACK:
-                    self._force_local(base, target)
+                if change.new.status is Status.ROLLED_BACK:
+                    self.force(change.old, change.new)
                 raise
+            if not applied:
+                log.info("%s: another writer changed the state first; re-read", self.key)
+                self.refresh_quietly()
+                return None
+            return change.new
 
     def tick_if_due(self, *, refresh: bool = True) -> RolloutState | None:
         """Tick when the flag's ``tick`` has passed since the last due tick (by the rollout's
         clock). The one schedule of this process: the background runner and a PolicyHook both
         call this, so a flag is ticked once per period however many drivers there are."""
-        now = self.rollout.clock.now()
-        with self._due_lock:
-            if now < self._next_due:
-                return None
-            self._next_due = now + self.flag.tick_s
+        if not self.claim_due(self.rollout.clock.now()):
+            return None
         return self.tick(refresh=refresh)
 
-    def decide_if_due(self) -> tuple[RolloutState, RolloutState] | None:
-        """The background round's half of :meth:`tick_if_due`: when the flag is due, ask the
-        policy, on the state this process knows, and return ``(base, target)`` to be
-        committed by :meth:`Rollout.tick_due` together with the other flags' (or ``None``)."""
+    def claim_due(self, now: float) -> bool:
+        """True (once per period) when the flag's ``tick`` has passed since its last due tick;
+        the one schedule of this process, shared by every driver."""
+        with self._due_lock:
+            if now < self._next_due:
+                return False
+            self._next_due = now + self.flag.tick_s
+            return True
+
+    def decide(self, now: float) -> Change | None:
+        """Ask the policy, on the state this process knows, where the flag moves at ``now``:
+        the change to apply, or ``None`` (no policy here, or nothing to change)."""
         policy = self.rollout.policy
         if policy is None:
             return None
-        now = self.rollout.clock.now()
-        with self._due_lock:
-            if now < self._next_due:
-                return None
-            self._next_due = now + self.flag.tick_s
         with self._mutex:
             base = self._state
             target = policy.decide(self, now)
-        return None if target is None else (base, target)
+        return None if target is None else Change(base, target, self)
 
-    def committed(self, base: RolloutState, target: RolloutState) -> None:
-        """``target`` was persisted over ``base`` (by a batched write): serve it and run the
-        effects, unless this process already knows a newer state."""
+    def force(self, old: RolloutState, new: RolloutState) -> None:
+        """Make a rollback the store could not take effective in this process (every effect
+        but persisting, with an alarm); it is persisted once the store can be read again."""
         with self._mutex:
-            if self._state.version != base.version:
-                return
-            self._state = target
-            self.rollout.pipeline.after_persist(base, target)
+            self._forced = new
+            self.rollout.pipeline.apply([Change(old, new, self)], How.FORCED)
 
-    # ------------------------------------------------------------------ internals
-
-    def _commit(self, base: RolloutState, target: RolloutState) -> RolloutState:
-        with self._mutex:
-            return self.rollout.pipeline.commit(base, target, self._adopt_committed)
-
-    def _adopt_committed(self, state: RolloutState) -> None:
-        self._state = state
-
-    def _refresh_quietly(self) -> None:
+    def refresh_quietly(self) -> None:
+        """:meth:`refresh`, logging (not raising) a store that cannot be read."""
         try:
             self.refresh()
         except StateStoreError as exc:
             log.error("%s: %s", self.key, exc)
+
+    # ------------------------------------------------------------------ internals
 
     def _change(
         self,
@@ -294,64 +317,47 @@ class Controller:
                 except StateStoreError:
                     if sticky_on_store_error:  # an unreadable store must not block a rollback
                         commands.check_allowed(self.key, command, self._state)
-                        self._force_local(self._state, build(self._state))
+                        self.force(self._state, build(self._state))
                     raise
                 if current.version < self._state.version:
                     current = self._state
                 commands.check_allowed(self.key, command, current)
                 new = build(current)
                 try:
-                    return self._commit(current, new)
-                except StaleStateError:
-                    continue
+                    applied = self.rollout.pipeline.apply([Change(current, new, self)])[0]
                 except StateStoreError:
                     if sticky_on_store_error:
-                        self._force_local(current, new)
+                        self.force(current, new)
                     raise
+                if applied:
+                    return new
             raise StateStoreError(
                 f"{self.rollout.store.url}: {self.key}: {command} lost {_CAS_RETRIES} "
                 "compare-and-set races in a row; try again"
             )
-
-    def _force_local(self, old: RolloutState, new: RolloutState) -> None:
-        log.critical(
-            "ALARM: %s: could not persist %s to %s; the flag is off in this process only "
-            "until the store can be written again",
-            self.key,
-            new.status.value,
-            self.rollout.store.url,
-        )
-        self._state = new
-        self._forced = new
-        self.rollout.pipeline.after_persist(old, new)
 
     def _reassert_forced(self, stored: RolloutState | None) -> None:
         """Write the forced rollback over ``stored`` (no effects again: they ran when it was
         forced), unless the store shows it rolled back already or an operator reset it since."""
         forced = self._forced
         assert forced is not None
-        target = commands.reasserted_rollback(self.key, stored, forced)
+        target = transitions.reassert_rollback(self.key, stored, forced)
+        pipeline = self.rollout.pipeline
         if target is None:  # rolled back in the store already, or reset by an operator since
             self._forced = None
             if stored is not None and stored.version > self._state.version:
-                old, self._state = self._state, stored
-                self.rollout.pipeline.after_persist(old, stored, local=False)
+                pipeline.apply([Change(self._state, stored, self)], How.OBSERVED)
             return
+        base = stored or RolloutState(flag_key=self.key)
         try:
-            self.rollout.store.save(target, expected_version=stored.version if stored else 0)
+            persisted = pipeline.apply([Change(base, target, self)], How.REASSERTED)[0]
         except StateStoreError as exc:
             log.error("%s: the forced rollback is not persisted yet: %s", self.key, exc)
             return
-        log.warning(
-            "%s: the rollback forced earlier is now persisted to %s",
-            self.key,
-            self.rollout.store.url,
-        )
-        self._forced = None
-        self._state = target
-        # Its event may not have been queued when it was forced (the outbox can live in the
-        # store that was down): queue it now.
-        self.rollout.pipeline.requeue(target)
+        if persisted:
+            self._forced = None
+        else:
+            log.error("%s: the forced rollback is not persisted yet: lost a race", self.key)
 
     def _check_after(self) -> None:
         after = self.flag.after

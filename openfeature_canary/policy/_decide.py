@@ -19,25 +19,22 @@ calls :func:`decide`, and applies the :class:`Decision`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Final, Protocol
+from typing import Final
 
-from openfeature_canary.evidence import StageEvidence
 from openfeature_canary.plan import FlagPlan, Trigger
+from openfeature_canary.policy._decision import Action, Decision, Memory, Reading, Readings
 from openfeature_canary.policy._gates import (
     current_evidence,
     fold,
     information,
-    information_numbers,
     judge,
-    stage_summary,
-    test_numbers,
 )
+from openfeature_canary.policy._numbers import information_numbers, stage_summary, test_numbers
 from openfeature_canary.policy._windows import judge_window, windows_due
-from openfeature_canary.signals._counts import CountsReading
 from openfeature_canary.signals._names import COHORT_SIGNALS
-from openfeature_canary.state import Number, RolloutState, Status, WindowRecord
+from openfeature_canary.state import Number, RolloutState, Status
 
 __all__ = [
     "COUNTABLE_SIGNALS",
@@ -56,87 +53,6 @@ __all__ = [
 COUNTABLE_SIGNALS: Final = frozenset(
     {"latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "event_loop_lag_ms"}
 )
-
-
-class Reading(Protocol):
-    """What the policy needs of a signal reading (``signals.SignalReading`` fits)."""
-
-    @property
-    def value(self) -> float | None: ...
-
-    @property
-    def n(self) -> int: ...
-
-    @property
-    def error(self) -> str | None: ...
-
-
-class Action:
-    """The actions a decision can take (plain strings, shown in logs and reports)."""
-
-    HOLD: Final = "hold"
-    ADVANCE: Final = "advance"
-    COMPLETE: Final = "complete"
-    EXTEND: Final = "extend"
-    PAUSE: Final = "pause"
-    ROLLBACK: Final = "rollback"
-    START: Final = "start"
-
-
-@dataclass(frozen=True)
-class Readings:
-    """Everything the shell read for one tick.
-
-    ``triggers``: per trigger, its reading; ``baselines``: the baseline twin of each trigger
-    with ``if_baseline_breaches = "pause"``; ``counts``: both cohorts' counts since the stage's
-    evidence was last brought up to date; ``windows``: the counts of each gate window due.
-    """
-
-    triggers: Mapping[str, Reading] = field(default_factory=lambda: MappingProxyType({}))
-    baselines: Mapping[str, Reading] = field(default_factory=lambda: MappingProxyType({}))
-    counts: CountsReading | None = None
-    windows: Mapping[int, CountsReading] = field(default_factory=lambda: MappingProxyType({}))
-
-
-@dataclass(frozen=True)
-class Memory:
-    """What the policy remembers between ticks (not persisted: a restart re-arms ``for``).
-
-    ``breach_since``: when each sustained trigger's current breach began; ``breach_ticks``:
-    tick times at which an ``occurrences`` trigger breached; ``error_since``: when each
-    trigger's signal source started failing; ``extended``: the stage already logged as extended.
-    """
-
-    breach_since: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
-    breach_ticks: Mapping[str, tuple[float, ...]] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
-    error_since: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
-    extended: int = -1
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What to do now, why, and the numbers behind it (Argo's verdict with a reason).
-
-    ``action`` is one of :class:`Action`; ``reason`` names the trigger or gate
-    (``p95_breach``, ``gate_no_go``, ``gate_passed`` …); ``numbers`` carries value, threshold,
-    window and n; ``windows`` are the gate windows recorded at this tick; ``evidence`` the
-    stage's evidence with this tick's counts folded in (``None``: unchanged); ``memory`` is
-    what the next tick must be given.
-    """
-
-    action: str
-    reason: str
-    memory: Memory
-    numbers: Mapping[str, Number] = field(default_factory=lambda: MappingProxyType({}))
-    windows: tuple[WindowRecord, ...] = ()
-    evidence: StageEvidence | None = None
-
-    @property
-    def changes_state(self) -> bool:
-        """True when applying it changes the persisted state."""
-        return self.action != Action.HOLD or bool(self.windows) or self.evidence is not None
 
 
 def baseline_signal(signal: str) -> str:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from openfeature_canary.errors import StateStoreError
 from openfeature_canary.policy._rollout import Rollout
+from openfeature_canary.policy.round import run_round
 from openfeature_canary.stores._forksafe import THREADS, on_fork
 
 __all__ = ["BackgroundRunner", "StoreHealth"]
@@ -80,7 +81,7 @@ class BackgroundRunner:
 
     def run_once(self) -> None:
         """One round: read the store if it changed, then a policy round
-        (:meth:`~openfeature_canary.policy.Rollout.tick_due`)."""
+        (:func:`~openfeature_canary.policy.run_round`)."""
         if self.renew is not None:  # every round, not every tick: the lease can be short
             self.renew(self.rollout.clock.now())
         self.read_store()
@@ -88,7 +89,7 @@ class BackgroundRunner:
             self.on_poll()
         # The store was read once for every flag just above (or cannot be read); the due
         # flags decide and their changes are written together.
-        self.rollout.tick_due()
+        run_round(self.rollout)
 
     def read_store(self) -> bool:
         """Re-read every flag when the store's change token moved; report its health.
