@@ -33,6 +33,7 @@ import base64
 import codecs
 import contextlib
 import html
+import importlib
 import json
 import logging
 import math
@@ -84,6 +85,30 @@ _HTTP_LOGGERS: Final = (
     "httpcore.proxy",
     "httpcore.socks",
 )
+
+
+#: What a first POST imports lazily (found by recording the imports of a first delivery in a
+#: fresh interpreter): httpcore pulls in h11, its sync and async halves and certifi; the
+#: optional h2, socksio, anyio and trio are tried and skipped when absent; the ``idna``
+#: codec is looked up when the host is encoded.
+_DELIVERY_MODULES: Final = (
+    "httpcore",
+    "h11",
+    "certifi",
+    "importlib.resources",
+    "encodings.idna",
+    "stringprep",
+    "ssl",
+)
+
+
+def import_delivery_modules() -> None:
+    """Import what a first POST would otherwise import in the thread that makes it (see
+    :meth:`IngestClient.prepare`). A module that is not installed is skipped."""
+    for name in _DELIVERY_MODULES:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    codecs.lookup("idna")
 
 
 class IngestError(CanaryError):
@@ -430,6 +455,7 @@ class IngestClient:
         self._http_client: httpx.Client | None = None
         self._http_lock = threading.Lock()
         self._closed = False
+        self._prepared = False
         # httpx logs every request's full URL (credentials and query included) at INFO.
         self._log_filter = _ScrubLog(self._scrub)
         _add_log_filter(self._log_filter)
@@ -457,6 +483,22 @@ class IngestClient:
                     limits=httpx.Limits(max_keepalive_connections=0),
                 )
             return self._http_client
+
+    def prepare(self) -> None:
+        """Import everything a POST needs and build the HTTP client, on the calling thread.
+
+        Call it before handing the client to a background thread (:meth:`TelemetrySender.start`
+        does): httpx imports its transport, httpcore, h11 and certifi lazily on the first
+        request, and a process that forks while another thread is inside such an import
+        leaves its child a module half imported for good (and every later POST of the child
+        fails). Idempotent; no network I/O (the TLS context reads the CA bundle).
+        """
+        if self._prepared:
+            return
+        import_delivery_modules()
+        with contextlib.suppress(Exception):  # send() reports a client that cannot be built
+            self._http()
+        self._prepared = True
 
     def close(self) -> None:
         """Close the HTTP connection pool."""

@@ -124,7 +124,8 @@ class TelemetrySender:
     notices events that other processes put into a shared outbox (a look at an unchanged
     outbox is one ``stat``). The thread never polls in a tight loop: without a client it sleeps
     until :meth:`enqueue`, :meth:`flush` or :meth:`stop` wakes it, and after a failure until
-    the backoff's retry time.
+    the backoff's retry time. :meth:`start` imports everything a delivery needs before the
+    thread exists, so that no import is under way in it when the process forks.
     """
 
     def __init__(
@@ -180,6 +181,10 @@ class TelemetrySender:
             return
         if self.client is None:
             self._warn_no_client()
+        else:
+            # On this thread, before the sender's exists: an import under way in a background
+            # thread when the process forks leaves the child a half-imported module for good.
+            self.client.prepare()
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._loop, name="openfeature-canary-telemetry", daemon=True
