@@ -143,3 +143,79 @@ def test_forks_during_the_first_delivery_children_evaluate_tick_deliver_and_exit
     )
     reasons = {e["properties"]["reason"] for e in events if e["event_name"] == "canary_rollback"}  # type: ignore[index]
     assert reasons == {f"forked child {index * STEP_MS:g}" for index in range(TRIALS)}
+
+
+_SPY = """
+import sys, threading, time, urllib.request
+
+class ImportSpy:
+    \"\"\"Records every import that reaches the finders (a module not imported yet) made
+    off the main thread.\"\"\"
+
+    def __init__(self):
+        self.seen = []
+
+    def find_spec(self, name, path=None, target=None):
+        thread = threading.current_thread()
+        if thread is not threading.main_thread():
+            self.seen.append(f"{thread.name}: {name}")
+        return None
+
+from openfeature import api
+from openfeature.contrib.provider.canary import CanaryProvider
+from openfeature.evaluation_context import EvaluationContext
+from openfeature_canary import load_plan, setup_telemetry
+
+spy = ImportSpy()
+sys.meta_path.insert(0, spy)  # from here on: what the provider's own threads import
+FLAG = "dataservice-read-canary"
+plan_path, folder, url = sys.argv[1:4]
+plan = load_plan(plan_path)
+telemetry = setup_telemetry(plan, prometheus_port=0)
+provider = CanaryProvider(
+    plan,
+    store=f"file://{folder}/state.json",
+    environ={"A8_URL": url},
+    reports_dir=f"{folder}/reports",
+    telemetry=telemetry,
+    refresh_interval=0.05,
+)
+rounds = []
+run_once = provider.runner.run_once
+def counted():
+    run_once()
+    rounds.append(1)
+provider.runner.run_once = counted  # the runner's thread calls it: count its rounds
+api.set_provider_and_wait(provider)
+client = api.get_client()
+for i in range(20):
+    client.get_boolean_value(FLAG, False, EvaluationContext(targeting_key=f"u-{i}"))
+provider.controller(FLAG).start(force=True)
+assert provider.flush_events(10.0), "the first delivery did not go out"
+provider.controller(FLAG).rollback("import spy")
+assert provider.flush_events(10.0), "the second delivery did not go out"
+assert urllib.request.urlopen(telemetry.metrics_url, timeout=10).status == 200
+deadline = time.monotonic() + 30
+while len(rounds) < 5:  # the runner read the store's changes and ticked
+    assert time.monotonic() < deadline, "the runner did not run"
+    time.sleep(0.01)
+provider.shutdown()
+print("\\n".join(spy.seen))
+"""
+
+
+def test_background_threads_import_nothing_on_their_first_run(
+    example_plan_path: Path, tmp_path: Path, slow_ingest: tuple[str, list[dict[str, object]]]
+) -> None:
+    """The runner, the sender, the ingest POST and the ``/metrics`` server import nothing
+    themselves over a provider's first deliveries, rounds and scrape: a fork can never catch
+    one of them inside an import (what the trials above hit by timing)."""
+    url, _events = slow_ingest
+    done = subprocess.run(
+        [sys.executable, "-c", _SPY, str(example_plan_path), str(tmp_path), url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "", f"imports made in background threads:\n{done.stdout}"
