@@ -114,3 +114,5 @@ def test_reading_an_unchanged_outbox_takes_no_lock(tmp_path: Path) -> None:
     reader.join()
     assert not blocked, "pending() waited for the exclusive lock of an unchanged outbox"
     assert answers == [1]
+    turnstile = path.with_name(path.name + ".turnstile")
+    assert turnstile.stat().st_mode & 0o777 == 0o600  # owner-only, like the outbox's lock

@@ -19,6 +19,8 @@ IDLE_S = 10.0
 #: The issue's bound: 1 % of a core, i.e. 0.1 s of CPU in 10 s (measured: ~0.005-0.02 s).
 MAX_CPU_SHARE = 0.01
 EVENTS = 10
+#: Scheduling slack for flush_events(0.5) and shutdown() to return.
+SLACK_S = 3.0
 
 _CHILD = """
 import json, sys, time
@@ -44,8 +46,13 @@ cpu0, wall0 = time.process_time(), time.monotonic()
 time.sleep(float(seconds))  # the measured interval itself
 cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
 pending = len(provider.outbox.pending())
+started = time.monotonic()
+flushed = provider.flush_events(0.5)  # cannot deliver: must give up at its timeout
+flush_s = time.monotonic() - started
 provider.shutdown()
-print(json.dumps({"cpu_s": cpu, "wall_s": wall, "pending": pending}))
+shutdown_s = time.monotonic() - started - flush_s
+print(json.dumps({"cpu_s": cpu, "wall_s": wall, "pending": pending, "flushed": flushed,
+                  "flush_s": flush_s, "shutdown_s": shutdown_s}))
 """
 
 
@@ -80,6 +87,10 @@ def test_idle_provider_with_undeliverable_events_uses_at_most_1_percent_of_a_cor
     for name, result in results.items():
         share = result["cpu_s"] / result["wall_s"]
         assert result["pending"] == EVENTS, f"{name}: the events must stay queued: {result}"
+        assert result["flushed"] is False
+        # Generous bounds for a loaded 2-core machine: a 0.5 s flush, a stop that wakes it.
+        assert result["flush_s"] < 0.5 + SLACK_S, f"{name}: flush_events(0.5) hung: {result}"
+        assert result["shutdown_s"] < SLACK_S, f"{name}: shutdown() hung: {result}"
         assert share <= MAX_CPU_SHARE, (
             f"{name}: idle with {EVENTS} undeliverable events the provider used "
             f"{share:.1%} of a core ({result['cpu_s']:.3f} s of CPU in {result['wall_s']:.1f} s)"
