@@ -18,39 +18,43 @@ Every attempt has a total deadline (``timeout_s``): httpx's timeouts bound each 
 ingest that drips its answer a byte at a time would hold a request forever. The POST runs in a
 short-lived worker thread; at the deadline the caller stops waiting and shuts the connection's
 socket down, which ends the worker's blocked read at once (a thread cannot be killed, a socket
-can). Each attempt uses a fresh connection (no keep-alive), so the socket to shut down is
-always the attempt's own.
+can); that shared state is :mod:`._attempt`. Each attempt uses a fresh connection (no
+keep-alive), so the socket to shut down is always the attempt's own.
 
 URLs are only ever shown through :func:`redact_url` (no ``user:password@``, no query string),
 and every secret of the URL (user, password, the basic-auth header, query values) is scrubbed
 from error text and from httpx's and httpcore's log records, also when the server echoes it
-back percent-encoded, HTML-escaped or JSON-escaped.
+back percent-encoded, HTML-escaped or JSON-escaped (:mod:`._redact`).
 """
 
 from __future__ import annotations
 
-import base64
 import codecs
 import contextlib
-import html
-import json
+import importlib
 import logging
 import math
 import os
-import re
-import socket
 import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, Protocol, runtime_checkable
-from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from openfeature_canary.errors import CanaryError
+from openfeature_canary.events._attempt import Answer, Attempt
 from openfeature_canary.events._outbox import OutboxEvent
+from openfeature_canary.events._redact import (
+    Scrubber,
+    ScrubLog,
+    add_log_filter,
+    one_line,
+    redact_url,
+    remove_log_filter,
+)
 
 __all__ = [
     "INGEST_PATH",
@@ -67,7 +71,6 @@ log = logging.getLogger("openfeature_canary.telemetry")
 #: Appended to the configured base URL (spec §2: ``POST {A8_URL}/telemetry/ingest``).
 INGEST_PATH: Final = "/telemetry/ingest"
 
-_REDACTED: Final = "***"
 #: Characters of an error body shown in an IngestError.
 _BODY_PREVIEW: Final = 200
 #: Bytes of an error body read at most (the rest is never read).
@@ -75,15 +78,30 @@ _BODY_READ: Final = 4096
 #: How long the caller waits, after shutting the socket down at the deadline, for the worker
 #: to wind down (it normally ends at once; only a blocked name lookup outlives this).
 _ABORT_GRACE_S: Final = 0.25
-#: The loggers whose records may carry the URL or an echoed secret.
-_HTTP_LOGGERS: Final = (
-    "httpx",
-    "httpcore.connection",
-    "httpcore.http11",
-    "httpcore.http2",
-    "httpcore.proxy",
-    "httpcore.socks",
+
+
+#: What a first POST imports lazily (found by recording the imports of a first delivery in a
+#: fresh interpreter): httpcore pulls in h11, its sync and async halves and certifi; the
+#: optional h2, socksio, anyio and trio are tried and skipped when absent; the ``idna``
+#: codec is looked up when the host is encoded.
+_DELIVERY_MODULES: Final = (
+    "httpcore",
+    "h11",
+    "certifi",
+    "importlib.resources",
+    "encodings.idna",
+    "stringprep",
+    "ssl",
 )
+
+
+def import_delivery_modules() -> None:
+    """Import what a first POST would otherwise import in the thread that makes it (see
+    :meth:`IngestClient.prepare`). A module that is not installed is skipped."""
+    for name in _DELIVERY_MODULES:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    codecs.lookup("idna")
 
 
 class IngestError(CanaryError):
@@ -97,31 +115,6 @@ class IngestError(CanaryError):
     def __init__(self, message: str, *, status_code: int | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
-
-
-def redact_url(url: str) -> str:
-    """The URL with its credentials and query string replaced by ``***``, safe for logs.
-
-    >>> redact_url("http://user:secret@127.0.0.1:8080/base?token=abc")
-    'http://***@127.0.0.1:8080/base?***'
-
-    Anything that does not parse as a URL with a host is replaced as a whole.
-    """
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        port = parts.port
-    except ValueError:
-        return "<redacted url>"
-    if not parts.scheme or not host:
-        return "<redacted url>" if ("@" in url or "?" in url) else url
-    netloc = f"[{host}]" if ":" in host else host
-    if port is not None:
-        netloc = f"{netloc}:{port}"
-    if "@" in parts.netloc:
-        netloc = f"{_REDACTED}@{netloc}"
-    query = _REDACTED if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def ingest_url(base_url: str) -> str:
@@ -147,105 +140,6 @@ def ingest_url(base_url: str) -> str:
 # ---------------------------------------------------------------------- scrubbing secrets
 
 
-def _secrets_of(url: str) -> list[str]:
-    """What of ``url`` must never be shown, longest first: the user, the password, the
-    basic-auth token httpx sends for them, the query and its values, each as written in the
-    URL and decoded (and the query as httpx puts it on the wire)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return [url]
-    found: list[str] = []
-    userinfo, at, _ = parts.netloc.rpartition("@")
-    if at and userinfo:
-        user, _, password = userinfo.partition(":")
-        found += [userinfo, user, password]
-        found += [unquote(userinfo), unquote(user), unquote(password)]
-    queries = [parts.query]
-    try:
-        wire = httpx.URL(url)
-    except (httpx.InvalidURL, ValueError, TypeError):
-        wire = None
-    if wire is not None:
-        queries.append(wire.query.decode("ascii", "replace"))
-        if wire.username or wire.password:
-            # What httpx sends: ``Authorization: Basic base64(user:password)`` (decoded, UTF-8).
-            userpass = f"{wire.username}:{wire.password}"
-            token = base64.b64encode(userpass.encode("utf-8")).decode("ascii")
-            found += [userpass, wire.username, wire.password, token, token.rstrip("=")]
-    for query in queries:
-        if not query:
-            continue
-        found += [query, unquote_plus(query)]
-        for item in query.split("&"):
-            _, eq, value = item.partition("=")
-            secret = value if eq else item
-            found += [secret, unquote_plus(secret)]
-    if parts.fragment:
-        found.append(parts.fragment)
-    return sorted({s for s in found if s}, key=len, reverse=True)
-
-
-def _char_pattern(ch: str) -> str:
-    """A regex matching ``ch`` raw or in any form an echo may give it: percent-encoded (also
-    twice: ``%253C``), ``+`` for a space, HTML-escaped (named, decimal and hex entities) or
-    JSON-escaped (``\\"``, ``\\u003c``)."""
-    code = ord(ch)
-    forms = {
-        re.escape(ch),
-        re.escape(html.escape(ch)),
-        "".join(f"%(?:25)?{b:02x}" for b in ch.encode("utf-8", "surrogatepass")),
-        f"&#0*{code};",
-        f"&#x0*{code:x};",
-        re.escape(json.dumps(ch)[1:-1]),
-    }
-    if code < 0x10000:
-        forms.add(rf"\\u{code:04x}")
-    if ch == " ":
-        forms.add(r"\+")
-    if ch == "/":
-        forms.add(r"\\/")
-    return "(?:" + "|".join(sorted(forms, key=len, reverse=True)) + ")"
-
-
-class _Scrubber:
-    """Replaces the URL by its redacted form and every secret of it by ``***`` in a text,
-    whatever way it was echoed (see :func:`_char_pattern`; letters match in any case)."""
-
-    def __init__(self, url: str) -> None:
-        self.shown = redact_url(url)
-        urls = {url}
-        with contextlib.suppress(httpx.InvalidURL, ValueError, TypeError):
-            urls.add(str(httpx.URL(url)))
-        self._urls = sorted(urls, key=len, reverse=True)
-        secrets = _secrets_of(url)
-        self._pattern = (
-            re.compile(
-                "|".join("".join(_char_pattern(c) for c in s) for s in secrets), re.IGNORECASE
-            )
-            if secrets
-            else None
-        )
-
-    def __call__(self, text: str) -> str:
-        for url in self._urls:
-            text = text.replace(url, self.shown)
-        if self._pattern is not None:
-            text = self._pattern.sub(_REDACTED, text)
-        return text
-
-
-def _scrub(text: str, url: str) -> str:
-    """``text`` with the URL redacted and any secret of it replaced, for messages from httpx
-    and from the server (which may echo the request)."""
-    return _Scrubber(url)(text)
-
-
-def _one_line(text: str) -> str:
-    """``text`` on one line of printable characters (a server's body may hold anything)."""
-    return "".join(c if c.isprintable() else " " for c in text).strip()
-
-
 @runtime_checkable
 class IngestCounters(Protocol):
     """Where the sender counts events: ``sent`` per event posted, ``accepted`` per event the
@@ -269,118 +163,6 @@ class NoopIngestCounters:
 
     def accepted(self, count: int = 1) -> None:
         """Do nothing."""
-
-
-class _ScrubLog(logging.Filter):
-    """Scrubs one client's URL and secrets from httpx's and httpcore's log records (httpx logs
-    every request's full URL at INFO, httpcore the response headers at DEBUG)."""
-
-    def __init__(self, scrub: _Scrubber) -> None:
-        super().__init__()
-        self._scrub = scrub
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str):
-            record.msg = self._scrub(record.msg)
-        if isinstance(record.args, tuple):
-            record.args = tuple(self._arg(a) for a in record.args)
-        elif isinstance(record.args, dict):
-            record.args = {k: self._arg(v) for k, v in record.args.items()}
-        return True
-
-    def _arg(self, value: object) -> object:
-        if isinstance(value, str | bytes | httpx.URL):
-            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-            scrubbed = self._scrub(text)
-            return value if scrubbed == text else scrubbed
-        return value
-
-
-def _add_log_filter(log_filter: logging.Filter) -> None:
-    for name in _HTTP_LOGGERS:
-        logging.getLogger(name).addFilter(log_filter)
-
-
-def _remove_log_filter(log_filter: logging.Filter) -> None:
-    for name in _HTTP_LOGGERS:
-        logging.getLogger(name).removeFilter(log_filter)
-
-
-@dataclass(frozen=True)
-class _Answer:
-    """What the ingest answered: the status line and the start of the body (non-2xx only)."""
-
-    status: int
-    reason: str
-    body: str
-
-
-class _Attempt:
-    """One POST's shared state between the caller and the worker thread that makes it.
-
-    The worker records its connection's socket (a ``dup`` of it, so that closing or reusing the
-    original descriptor can never redirect a shutdown) through httpcore's ``trace`` extension;
-    :meth:`expire` shuts it down, which ends a blocked read or write at once. The lock makes
-    "finished" and "expired" exclusive: the caller sees a result only if it came in time.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self._expired = False
-        self._released = False
-        self.done = False
-        self.answer: _Answer | None = None
-        self.error: Exception | None = None
-
-    def trace(self, name: str, info: dict[str, Any]) -> None:
-        """httpcore's trace callback: keep the socket of every connection the attempt opens."""
-        if not name.endswith("connect_tcp.complete"):
-            return
-        stream = info.get("return_value")
-        sock = stream.get_extra_info("socket") if stream is not None else None
-        if not isinstance(sock, socket.socket):
-            return
-        with self._lock:
-            if self._released:
-                return
-            try:
-                watched = sock.dup()
-            except OSError:
-                return  # no hard stop for this attempt; the caller still returns in time
-            self._sockets.append(watched)
-            if self._expired:
-                _shutdown(watched)
-
-    def finish(self, answer: _Answer | None, error: Exception | None) -> None:
-        """The worker's outcome; ignored once the attempt expired."""
-        with self._lock:
-            if not self._expired:
-                self.done, self.answer, self.error = True, answer, error
-
-    def expire(self) -> bool:
-        """Past the deadline: shut the connection down unless the worker finished first.
-        Returns whether it was in time (the outcome then stands)."""
-        with self._lock:
-            if self.done:
-                return True
-            self._expired = True
-            for sock in self._sockets:
-                _shutdown(sock)
-            return False
-
-    def release(self) -> None:
-        """The worker is done with the connection: close the watched duplicates."""
-        with self._lock:
-            self._released = True
-            sockets, self._sockets = self._sockets, []
-        for sock in sockets:
-            sock.close()
-
-
-def _shutdown(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):  # already closed by the peer: nothing left to stop
-        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _decode(data: bytes, charset: str | None) -> str:
@@ -424,16 +206,17 @@ class IngestClient:
         self._url = ingest_url(base_url)
         #: The ingest endpoint, safe to show.
         self.display_url = redact_url(self._url)
-        self._scrub = _Scrubber(self._url)
+        self._scrub = Scrubber(self._url)
         # The connection pool is made on first use: constructing a client does no I/O.
         self._transport = transport
         self._http_client: httpx.Client | None = None
         self._http_lock = threading.Lock()
         self._closed = False
+        self._prepared = False
         # httpx logs every request's full URL (credentials and query included) at INFO.
-        self._log_filter = _ScrubLog(self._scrub)
-        _add_log_filter(self._log_filter)
-        self._unfilter = weakref.finalize(self, _remove_log_filter, self._log_filter)
+        self._log_filter = ScrubLog(self._scrub)
+        add_log_filter(self._log_filter)
+        self._unfilter = weakref.finalize(self, remove_log_filter, self._log_filter)
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _reset_in_child(ref))
 
@@ -457,6 +240,22 @@ class IngestClient:
                     limits=httpx.Limits(max_keepalive_connections=0),
                 )
             return self._http_client
+
+    def prepare(self) -> None:
+        """Import everything a POST needs and build the HTTP client, on the calling thread.
+
+        Call it before handing the client to a background thread (:meth:`TelemetrySender.start`
+        does): httpx imports its transport, httpcore, h11 and certifi lazily on the first
+        request, and a process that forks while another thread is inside such an import
+        leaves its child a module half imported for good (and every later POST of the child
+        fails). Idempotent; no network I/O (the TLS context reads the CA bundle).
+        """
+        if self._prepared:
+            return
+        import_delivery_modules()
+        with contextlib.suppress(Exception):  # send() reports a client that cannot be built
+            self._http()
+        self._prepared = True
 
     def close(self) -> None:
         """Close the HTTP connection pool."""
@@ -499,7 +298,7 @@ class IngestClient:
                 f"POST {self.display_url}: cannot set up the HTTP client: {type(exc).__name__}"
             ) from None
         body = self.body(events)
-        attempt = _Attempt()
+        attempt = Attempt()
         worker = threading.Thread(
             target=self._post,
             args=(http, body, budget, attempt),
@@ -519,8 +318,8 @@ class IngestClient:
             raise self._transport_error(attempt.error, budget)
         answer = attempt.answer
         if answer is not None and not 200 <= answer.status < 300:
-            preview = _one_line(self._scrub(answer.body))[:_BODY_PREVIEW]
-            reason = _one_line(self._scrub(answer.reason))
+            preview = one_line(self._scrub(answer.body))[:_BODY_PREVIEW]
+            reason = one_line(self._scrub(answer.reason))
             raise IngestError(
                 f"POST {self.display_url}: HTTP {answer.status}"
                 + (f" {reason}" if reason else "")
@@ -529,7 +328,7 @@ class IngestClient:
             )
 
     def _post(
-        self, http: httpx.Client, body: dict[str, Any], budget: float, attempt: _Attempt
+        self, http: httpx.Client, body: dict[str, Any], budget: float, attempt: Attempt
     ) -> None:
         """The worker thread: make the request, read at most a bounded start of an error body."""
         trace: Callable[[str, dict[str, Any]], None] = attempt.trace
@@ -547,7 +346,7 @@ class IngestClient:
                         data += chunk
                         if len(data) >= _BODY_READ:
                             break
-                answer = _Answer(
+                answer = Answer(
                     response.status_code,
                     response.reason_phrase,
                     _decode(data[:_BODY_READ], response.charset_encoding),
@@ -570,7 +369,7 @@ class IngestClient:
             return _chain(error, None)
         detail = str(exc) or type(exc).__name__
         safe = self._scrub(detail)
-        error = IngestError(f"POST {self.display_url}: {type(exc).__name__}: {_one_line(safe)}")
+        error = IngestError(f"POST {self.display_url}: {type(exc).__name__}: {one_line(safe)}")
         # The original exception may carry the URL or an echoed secret in its message: chain it
         # only when there was nothing to hide, so that a logged traceback cannot leak a secret.
         return _chain(error, exc if safe == detail else None)

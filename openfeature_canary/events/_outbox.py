@@ -19,9 +19,16 @@ that made it and by a start-up reconciliation, see
 :meth:`~openfeature_canary.policy.Pipeline.reconcile`) is queued once.
 
 Every write holds ``fcntl.flock`` on ``<file>.lock``, so several processes on one host may share
-an outbox. When nothing is pending the journal is rewritten to the one line that remembers the
-delivered ids, and when it has grown much longer than what is pending it is rewritten the same
-way (atomically, with ``os.replace``). A line torn by a crash mid-write is skipped with a
+an outbox; a read holds it shared. Linux ``flock`` has no writer preference (readers that keep
+overlapping keep a writer out for as long as they run), so a writer first takes
+``<file>.turnstile`` and holds it while it waits for the exclusive lock, and a reader passes
+through the turnstile (takes and drops it) before its shared lock: once a writer waits, no new
+reader gets in. A reader whose outbox file did not change since its last read (same inode,
+size and modification time) answers from memory without any lock.
+
+When nothing is pending the journal is rewritten to the one line that remembers the delivered
+ids, and when it has grown much longer than what is pending it is rewritten the same way
+(atomically, with ``os.replace``). A line torn by a crash mid-write is skipped with a
 warning; the next write starts on a fresh line, so one torn line never spoils another.
 """
 
@@ -188,6 +195,7 @@ class Outbox:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._lock_path = self.path.with_name(self.path.name + ".lock")
+        self._turnstile_path = self.path.with_name(self.path.name + ".turnstile")
         self._thread_lock = threading.Lock()
         self._warned: set[tuple[int, int]] = set()
         self._cache_key: tuple[int, int, int] | None = None
@@ -213,6 +221,10 @@ class Outbox:
         """The undelivered events, oldest first (due or not: see ``next_attempt_at``)."""
         if not self.path.parent.is_dir():
             return []  # nothing was ever written
+        with self._thread_lock:
+            cached = self._cached_if_unchanged()
+        if cached is not None:
+            return list(cached.events.values())
         with self._locked(exclusive=False):
             return list(self._replay().events.values())
 
@@ -239,13 +251,38 @@ class Outbox:
 
     # ------------------------------------------------------------------ internals
 
+    def _cached_if_unchanged(self) -> _Replay | None:
+        """The last replay when the file is still the one it was read from (caller holds
+        the thread lock), else ``None``. No ``flock``: a write under way changes the size or
+        the modification time before it ends, and a compaction the inode."""
+        if self._cache_key is None:
+            return None
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None  # let the locked read report it
+        if (st.st_ino, st.st_size, st.st_mtime_ns) != self._cache_key:
+            return None
+        return self._cache
+
     @contextmanager
     def _locked(self, *, exclusive: bool) -> Iterator[None]:
         try:
             if exclusive:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self._thread_lock, _open_lock(self._lock_path) as lock_file:
+            with (
+                self._thread_lock,
+                _open_lock(self._turnstile_path) as turnstile,
+                _open_lock(self._lock_path) as lock_file,
+            ):
+                # Writer preference (module docstring): a writer waits holding the turnstile,
+                # so readers arriving meanwhile wait behind it instead of overlapping forever.
+                fcntl.flock(turnstile, fcntl.LOCK_EX)
+                if not exclusive:
+                    fcntl.flock(turnstile, fcntl.LOCK_UN)
                 fcntl.flock(lock_file, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+                if exclusive:
+                    fcntl.flock(turnstile, fcntl.LOCK_UN)
                 yield
         except OSError as exc:
             raise OutboxError(f"outbox {self.path}: {exc.strerror or exc}") from exc

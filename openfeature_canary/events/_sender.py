@@ -15,7 +15,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
+from typing import Final, Protocol
 
 import httpx
 
@@ -35,6 +35,10 @@ from openfeature_canary.stores import FileStateStore, RedisStateStore, StateStor
 __all__ = ["EventSink", "TelemetrySender", "outbox_for", "outbox_path_for", "sender_for_plan"]
 
 log = logging.getLogger("openfeature_canary.telemetry")
+
+#: The shortest timed wait between two rounds of the thread (seconds); an enqueue, a flush or
+#: a stop still wakes it at once.
+_MIN_WAIT_S: Final = 0.05
 
 
 class EventSink(Protocol):
@@ -117,7 +121,11 @@ class TelemetrySender:
 
     ``rng`` and ``clock`` (seconds, ``time.time`` by default) are injectable for tests; the
     thread's own waits use real time, at most ``poll_interval_s`` at a stretch, so it also
-    notices events that other processes put into a shared outbox.
+    notices events that other processes put into a shared outbox (a look at an unchanged
+    outbox is one ``stat``). The thread never polls in a tight loop: without a client it sleeps
+    until :meth:`enqueue`, :meth:`flush` or :meth:`stop` wakes it, and after a failure until
+    the backoff's retry time. :meth:`start` imports everything a delivery needs before the
+    thread exists, so that no import is under way in it when the process forks.
     """
 
     def __init__(
@@ -173,6 +181,10 @@ class TelemetrySender:
             return
         if self.client is None:
             self._warn_no_client()
+        else:
+            # On this thread, before the sender's exists: an import under way in a background
+            # thread when the process forks leaves the child a half-imported module for good.
+            self.client.prepare()
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._loop, name="openfeature-canary-telemetry", daemon=True
@@ -236,7 +248,8 @@ class TelemetrySender:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                time.sleep(min(remaining, self._wait_s()))
+                wait_s = self._wait_s()
+                time.sleep(min(remaining, remaining if wait_s is None else wait_s))
                 self._round(force=False, deadline=deadline)
             return True
         with self._progress:
@@ -327,10 +340,15 @@ class TelemetrySender:
                 log.exception("telemetry: delivery round failed")
             with self._progress:
                 self._progress.notify_all()
-            self._wake.wait(self._wait_s())
+            wait_s = self._wait_s()
+            # A floor under a timed wait: whatever the clock says, an idle sender never spins.
+            self._wake.wait(None if wait_s is None else max(_MIN_WAIT_S, wait_s))
 
-    def _wait_s(self) -> float:
-        """Real seconds until the next round is worth running (at most the poll interval)."""
+    def _wait_s(self) -> float | None:
+        """Real seconds until the next round is worth running (at most the poll interval);
+        ``None`` when nothing can be delivered from here (no client): until woken."""
+        if self.client is None:
+            return None
         try:
             pending = self.outbox.pending()
         except CanaryError:

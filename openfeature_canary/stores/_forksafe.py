@@ -18,6 +18,11 @@ objects register here, in a fixed order (not in the order the objects were creat
    they are replaced by fresh ones (the SDK's, all of them, re-initialized), then the
    background threads are restarted (:func:`on_fork` with ``level=THREADS``).
 
+Before any of that, the fork waits (within the same bound) until no other thread is inside an
+import, then holds Python's import lock across it (:class:`_Imports`): a module that another
+thread was importing at the fork would stay half imported in the child for good, its import
+lock held by a thread that is not there.
+
 A lock that may be held across slow work (the telemetry sender's round, during an HTTP POST;
 a controller's transition; a policy tick) is never waited for: :func:`renew_locks_after_fork`
 only gives the child a fresh one. The evaluation path takes none of these locks.
@@ -25,8 +30,11 @@ only gives the child a fresh one. The evaluation path takes none of these locks.
 
 from __future__ import annotations
 
+import _imp
+import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -295,6 +303,63 @@ def _sdk_parts(target: Any) -> tuple[Any, Any] | None:
 _OTEL: Final = _OpenTelemetryLocks()
 
 
+# ---------------------------------------------------------------------- imports in flight
+
+
+class _Imports:
+    """No import under way in another thread at a fork (see the module docstring).
+
+    An import holds its module's lock (``importlib._bootstrap._module_locks``) while the
+    module runs; a new one first takes the interpreter's import lock (``_imp``) to get it.
+    So: wait until no module lock is held by another thread, take the import lock (no new
+    import can start), check again, and hold it across the fork. CPython's own fork takes the
+    import lock too and gives the child one level of it: released after the fork in both.
+    """
+
+    def __init__(self) -> None:
+        self.held = False
+
+    def before(self, deadline: float) -> None:
+        me = threading.get_ident()
+        while True:
+            busy = _imports_in_flight(me)
+            if not busy:
+                _imp.acquire_lock()
+                if not _imports_in_flight(me):
+                    self.held = True
+                    return
+                _imp.release_lock()  # one started meanwhile: let it finish
+            elif time.monotonic() >= deadline:
+                _busy.append("the import of " + ", ".join(busy))
+                return
+            else:
+                time.sleep(0.001)
+
+    def after(self) -> None:
+        if self.held:
+            self.held = False
+            with contextlib.suppress(RuntimeError):  # not held (another CPython's fork)
+                _imp.release_lock()
+
+
+def _imports_in_flight(me: int) -> list[str]:
+    """The modules other threads are importing now (CPython's module locks)."""
+    bootstrap = sys.modules.get("importlib._bootstrap")
+    locks = getattr(bootstrap, "_module_locks", None)
+    if not isinstance(locks, dict):
+        return []
+    found = []
+    for name, ref in list(locks.items()):
+        lock = ref() if callable(ref) else None
+        owner = getattr(lock, "owner", None)
+        if getattr(lock, "count", 0) and owner not in (None, 0, me):
+            found.append(str(name))
+    return found
+
+
+_IMPORTS: Final = _Imports()
+
+
 # ---------------------------------------------------------------------- the os handlers
 
 
@@ -306,9 +371,9 @@ def _weak(owner: Any) -> Callable[[], Any]:
 
 
 def _before() -> None:
-    _registry_lock.acquire()  # only held to append: never for long
     deadline = time.monotonic() + FORK_WAIT_S
     _busy.clear()
+    _registry_lock.acquire()  # only held to append: never for long
     live = [(h, owner) for h in _registry if (owner := h.ref()) is not None]
     _registry[:] = [h for h, _ in live]
     live.sort(key=lambda pair: pair[0].level)
@@ -317,9 +382,12 @@ def _before() -> None:
     for handlers, owner in live:
         if handlers.before is not None:
             _call(handlers.before, owner, deadline)
+    # Last: while it is held no thread can start an import, so nothing else may wait on it.
+    _call(_IMPORTS.before, deadline)
 
 
 def _after_in_parent() -> None:
+    _call(_IMPORTS.after)
     active = list(_active)
     _active.clear()
     _registry_lock.release()
@@ -338,6 +406,7 @@ def _after_in_child() -> None:
     # Locks first (reverse order), then the threads that will take them.
     order = [p for p in reversed(active) if p[0].level != THREADS]
     order += [p for p in active if p[0].level == THREADS]
+    _call(_IMPORTS.after)
     _call(_OTEL.after_in_child)
     for handlers, owner in order:
         if handlers.after_in_child is not None:
