@@ -8,7 +8,8 @@ meter provider with the controller's own metrics registered (as ``CanaryProvider
 telemetry=…)`` does) and an ``InProcessSignalSource(reader, plan=plan)``. Between rounds
 (untimed), every flag's two cohorts get two requests each through ``record_request``. Per
 size: the mean round of ``rounds`` (after ``warmup``; the mean, because the gates' work comes
-in some rounds only, at different rounds for different flags), per flag, and the points one
+in some rounds only, at different rounds for different flags; each size alone in the process,
+in three passes over the sizes), per flag, and the points one
 collection holds, the controller's own (scope ``openfeature_canary.controller``) apart.
 """
 
@@ -19,7 +20,7 @@ import gc
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from openfeature_canary.policy import Autopilot, BackgroundRunner
 from openfeature_canary.signals import InProcessSignalSource
 from openfeature_canary.telemetry import Telemetry, setup_telemetry
 
-__all__ = ["RoundCost", "bench_rounds", "measure_round"]
+__all__ = ["RoundCost", "bench_rounds", "measure_rounds"]
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAN = ROOT / "examples" / "canary_plan.toml"
@@ -74,40 +75,66 @@ def _points(telemetry: Telemetry) -> tuple[int, int]:
     return mine, other
 
 
-def measure_round(n: int, rounds: int, warmup: int) -> RoundCost:
-    """The mean round of ``n`` flags (see the module docstring)."""
-    plan = plan_with(n)
-    clock = ManualClock(start=START)
-    telemetry = setup_telemetry(plan)
-    mp = telemetry.meter_provider
-    try:
-        source = InProcessSignalSource(telemetry.reader, plan=plan)
-        rollout = Rollout(plan, clock=clock, policy=Autopilot(source), meter_provider=mp)
+class _World:
+    """``n`` flags running at stage 1 under the policy, on their own telemetry (see module)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        plan = plan_with(n)
+        self.clock = ManualClock(start=START)
+        self.telemetry = setup_telemetry(plan)
+        self.mp = self.telemetry.meter_provider
+        source = InProcessSignalSource(self.telemetry.reader, plan=plan)
+        rollout = Rollout(plan, clock=self.clock, policy=Autopilot(source), meter_provider=self.mp)
         rollout.load()
-        keys = [ctl.key for ctl in rollout.controllers()]
+        self.keys = [ctl.key for ctl in rollout.controllers()]
         for ctl in rollout.controllers():
             ctl.start(force=True)
-        runner = BackgroundRunner(rollout)
-        times = []
-        gc.collect()
-        for i in range(warmup + rounds):
-            for key in keys:  # traffic of one tick, untimed
-                for variant in ("on", "off", "on", "off"):
-                    record_request(key, variant, 0.05, 200, meter_provider=mp)
-            clock.advance(10)
-            t0 = time.perf_counter()
-            runner.run_once()
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-        mine, other = _points(telemetry)
-    finally:
-        telemetry.shutdown()
-    return RoundCost(n, statistics.fmean(times), mine, other)
+        self.runner = BackgroundRunner(rollout)
+        self.times: list[float] = []
+
+    def step(self, timed: bool) -> None:
+        """Traffic of one tick (untimed), then one round."""
+        for key in self.keys:
+            for variant in ("on", "off", "on", "off"):
+                record_request(key, variant, 0.05, 200, meter_provider=self.mp)
+        self.clock.advance(10)
+        t0 = time.perf_counter()
+        self.runner.run_once()
+        if timed:
+            self.times.append(time.perf_counter() - t0)
+
+    def cost(self) -> RoundCost:
+        mine, other = _points(self.telemetry)
+        return RoundCost(self.n, statistics.fmean(self.times), mine, other)
+
+
+def measure_rounds(
+    sizes: Sequence[int], rounds: int, warmup: int, passes: int = 3
+) -> list[RoundCost]:
+    """The mean round of each size. Each world runs alone in the process (another world's heap
+    would weigh on its garbage collections), in ``passes`` passes over the sizes, so that a
+    load coming and going on the machine weighs on every size alike."""
+    times: dict[int, list[float]] = {n: [] for n in sizes}
+    costs: dict[int, RoundCost] = {}
+    for _ in range(passes):
+        for n in sizes:
+            world = _World(n)
+            try:
+                for i in range(warmup + rounds // passes):
+                    world.step(timed=i >= warmup)
+                times[n] += world.times
+                costs[n] = world.cost()
+            finally:
+                world.telemetry.shutdown()
+            del world
+            gc.collect()
+    return [replace(costs[n], round_s=statistics.fmean(times[n])) for n in sizes]
 
 
 def bench_rounds(sizes: Sequence[int], rounds: int, warmup: int = 5) -> list[RoundCost]:
     """Measure and print each size; the ratio of each round to the 1-flag round."""
-    costs = [measure_round(n, rounds, warmup) for n in sizes]
+    costs = measure_rounds(sizes, rounds, warmup)
     base = costs[0]
     print(f"4. a policy round per flag: mean of {rounds} rounds (BackgroundRunner.run_once)")
     print("   flags   round ms   per flag µs   ÷ first round   points (controller + other)")
