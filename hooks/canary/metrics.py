@@ -32,6 +32,7 @@ The evaluation path takes none of these locks.
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from bisect import bisect_left
@@ -80,6 +81,8 @@ from openfeature_canary.stores._forksafe import (
 )
 
 __all__ = ["MetricsHook"]
+
+log = logging.getLogger("openfeature_canary")
 
 _START: Final = "openfeature.contrib.hook.canary.metrics.start"
 _BOUNDS: Final = DURATION_BOUNDS_S
@@ -348,7 +351,11 @@ class MetricsHook(Hook):
                     total.add(o)
         self._fold_ended()
         if sink is not None:  # outside the hook's lock: it takes the SDK's
-            sink.add(durations.values())
+            try:
+                sink.add(durations.values())
+            except Exception:  # the counts must still be reported; totals are cumulative, so
+                # a later collection adds what this one could not
+                log.exception("MetricsHook: durations not handed to the SDK this collection")
         return [
             Observation(n, {FLAG_KEY: flag_key, PROVIDER_NAME: provider})
             for (flag_key, provider), n in totals.items()
