@@ -93,9 +93,8 @@ class Outcome:
     def fold(self, other: Outcome) -> None:
         """Add an ended thread's final counts of the same outcome to this total."""
         self.count += other.count
-        buckets = self.buckets
-        for i, n in enumerate(other.buckets):
-            buckets[i] += n
+        if other.timed:  # none timed (provider not ready): no bucket to add
+            self.buckets = [a + b for a, b in zip(self.buckets, other.buckets, strict=True)]
         self.sum += other.sum
         self.min = min(self.min, other.min)
         self.max = max(self.max, other.max)
@@ -124,18 +123,14 @@ class DurationTotal:
         # evaluation path writes the sum, min and max before the bucket, and they are read
         # after it here: every duration counted is in them (the sum may hold one more, which
         # the next collection counts; the totals are cumulative).
-        buckets = self.buckets
-        for i, n in enumerate(tuple(o.buckets)):
-            buckets[i] += n
+        self.buckets = [a + b for a, b in zip(self.buckets, tuple(o.buckets), strict=True)]
         self.sum += o.sum
         self.min = min(self.min, o.min)
         self.max = max(self.max, o.max)
 
     def add_total(self, other: DurationTotal) -> None:
         """Add another total (a view that drops an attribute merges attribute sets)."""
-        buckets = self.buckets
-        for i, n in enumerate(other.buckets):
-            buckets[i] += n
+        self.buckets = [a + b for a, b in zip(self.buckets, other.buckets, strict=True)]
         self.sum += other.sum
         self.min = min(self.min, other.min)
         self.max = max(self.max, other.max)
