@@ -329,3 +329,19 @@ def test_metrics_hook_forked_child_exports_every_ended_duration_exactly() -> Non
         threads[3].join(5)
     requests, durations = _counts(reader)  # the parent: all but the child's
     assert sum(requests.values()) == sum(durations.values()) == total - 10
+
+
+def test_metrics_hook_evaluations_hand_nothing_to_the_sdk_until_a_collection() -> None:
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader])
+    client = _client(MetricsHook(mp))
+    storage = mp._measurement_consumer._reader_storages[reader]  # what record() would fill
+
+    def recorded() -> int:
+        matches = storage._instrument_view_instrument_matches.items()
+        return sum(len(m._attributes_aggregation) for i, ms in matches for m in ms)
+
+    _evaluate(client, 100)
+    assert recorded() == 0  # no SDK aggregation (nor its lock) touched per evaluation
+    requests, durations = _counts(reader)
+    assert sum(requests.values()) == sum(durations.values()) == 100
