@@ -1,7 +1,7 @@
 """What ``MetricsHook`` costs per flag evaluation, measured the way a service runs.
 
 Run: ``python benchmarks/bench_hooks.py [--rounds 15] [--size 2000] [--threads 2000]
-[--baseline OLD_METRICS_PY]``
+[--scale-threads 8] [--baseline OLD_METRICS_PY]``
 
 Every scenario evaluates a boolean flag through a real OpenFeature client, with the
 application's ``MeterProvider`` holding two readers (an ``InMemoryMetricReader``, as the canary
@@ -22,6 +22,12 @@ Scenarios:
 * ``canary+baseline`` (with ``--baseline FILE``): the ``MetricsHook`` of another version of
   ``hooks/canary/metrics.py``, e.g. ``git show HEAD:hooks/canary/metrics.py > /tmp/old.py``,
   so that a change to the hook is measured in the same process, round after round.
+
+Then, scaling: the floor and ``canary+MetricsHook`` evaluate the same ``size`` evaluations
+with 1 thread and split over ``--scale-threads`` (8) threads, interleaved round after round
+(plus the collection and scrape); a scenario's scaling is its 8-thread rate ÷ its 1-thread
+rate, and the hook's scaling ÷ the floor's is the target (≥ 0.8): the GIL lets no Python
+workload scale past one core, so the floor's scaling is what "no added contention" looks like.
 
 Then, threads: what one collection (both readers) costs with one evaluating thread, and again
 after ``--threads`` short-lived threads (run in batches) evaluated a few times each and ended,
@@ -163,6 +169,70 @@ def _round(s: Scenario, contexts: list[EvaluationContext]) -> None:
     s.evaluations += len(contexts)
 
 
+def _threaded_round(
+    s: Scenario, contexts: list[EvaluationContext], threads: int
+) -> tuple[float, float]:
+    """Wall and process CPU seconds for ``contexts`` evaluations split over ``threads``
+    threads, plus a collection and a scrape; the threads start before the clocks and are
+    released together."""
+    get = s.client.get_boolean_value
+    flag = s.flag
+    share = len(contexts) // threads
+    gate = threading.Barrier(threads + 1)
+
+    def work(mine: list[EvaluationContext]) -> None:
+        gate.wait()
+        for ctx in mine:
+            get(flag, False, ctx)
+
+    workers = [
+        threading.Thread(target=work, args=(contexts[i * share : (i + 1) * share],))
+        for i in range(threads)
+    ]
+    for w in workers:
+        w.start()
+    gate.wait()
+    start, cpu = time.perf_counter(), time.process_time()
+    for w in workers:
+        w.join()
+    s.reader.get_metrics_data()
+    generate_latest(s.registry)
+    s.evaluations += share * threads
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def bench_scaling(
+    scenarios: list[Scenario], contexts: list[EvaluationContext], threads: int, rounds: int
+) -> dict[str, float]:
+    """Each scenario's evaluation rate with ``threads`` threads ÷ with one (median rounds), by
+    the wall clock (the target), and per CPU second of the process (what the threads burn
+    contending, whatever else the machine runs: a loaded machine skews the wall clock's)."""
+    n = len(contexts) // threads * threads
+    timed: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for _ in range(rounds):
+        for s in scenarios:
+            for count in (1, threads):
+                timed.setdefault((s.name, count), []).append(
+                    _threaded_round(s, contexts[:n], count)
+                )
+    print(
+        f"\nscaling: {n} evaluations on 1 thread and on {threads} threads (+ 1 collection "
+        f"+ 1 scrape), median of {rounds} interleaved rounds; wall clock, and per CPU second"
+    )
+    scaling = {}
+    for s in scenarios:
+        one, many = timed[(s.name, 1)], timed[(s.name, threads)]
+        wall = statistics.median(w for w, _ in one) / statistics.median(w for w, _ in many)
+        cpu = statistics.median(c for _, c in one) / statistics.median(c for _, c in many)
+        scaling[s.name] = wall
+        print(
+            f"  {s.name:<22} 1 thread {n / statistics.median(w for w, _ in one):9.0f}/s   "
+            f"{threads} threads {n / statistics.median(w for w, _ in many):9.0f}/s   "
+            f"scaling {wall:5.2f}   per CPU second {cpu:5.2f}"
+        )
+    return scaling
+
+
 def _sum_points(reader: InMemoryMetricReader, name: str) -> float:
     data = reader.get_metrics_data()
     total = 0.0
@@ -249,12 +319,19 @@ def bench_threads(
     return exact
 
 
+def _ok(met: bool) -> str:
+    return "ok" if met else "MISSED"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds per scenario")
     parser.add_argument("--size", type=int, default=2000, help="evaluations per round")
     parser.add_argument(
         "--threads", type=int, default=2000, help="short-lived threads (0: skip that part)"
+    )
+    parser.add_argument(
+        "--scale-threads", type=int, default=8, help="threads of the scaling part (0: skip)"
     )
     parser.add_argument(
         "--baseline", type=Path, help="another metrics.py whose MetricsHook to compare with"
@@ -304,6 +381,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{per_eval['canary+MetricsHook'] / per_eval['canary+baseline']:.3f}, "
             f"added cost {ours / old:.3f}"
         )
+
+    ratio = per_eval["canary+MetricsHook"] / floor
+    print(f"  canary+MetricsHook ÷ floor: {ratio:.2f}   target ≤ 2.5 {_ok(ratio <= 2.5)}")
+    if args.scale_threads:
+        # floor, canary+MetricsHook (and canary+baseline)
+        scaled = [scenarios[0], scenarios[2], *scenarios[4:]]
+        scaling = bench_scaling(scaled, contexts, args.scale_threads, args.rounds)
+        for s in scaled[1:]:
+            relative = scaling[s.name] / scaling["floor"]
+            print(
+                f"  scaling {s.name} ÷ floor: {relative:.2f}   target ≥ 0.8 {_ok(relative >= 0.8)}"
+            )
 
     ok = True
     for s in scenarios[2:]:

@@ -1,8 +1,9 @@
 """What the canary policy costs, and how fast it detects each hard trigger.
 
-Run: ``python benchmarks/bench_policy.py [--ticks 150] [--rounds 25] [--size 2000]``
+Run: ``python benchmarks/bench_policy.py [--ticks 150] [--rounds 25] [--size 2000]
+[--flags 1,10,100] [--flag-rounds 60]``
 
-Three measurements, in one run, with real components (OpenFeature client, ``CanaryProvider``,
+Four measurements, in one run, with real components (OpenFeature client, ``CanaryProvider``,
 ``MetricsHook``, the OpenTelemetry SDK with its in-process reader, ``InProcessSignalSource``,
 the policy) and the simulated service of the demo in virtual time:
 
@@ -21,6 +22,9 @@ the policy) and the simulated service of the demo in virtual time:
    no hook, with a hook that does nothing (the SDK's own charge for a registered hook) and with
    ``PolicyHook`` (no tick due), rounds interleaved, medians; and the hook's two methods
    called directly.
+4. **A policy round per flag** for 1, 10 and 100 flags (``policy_rounds.py``): the background
+   runner's round with the controller's own metrics registered, per flag, and the points one
+   collection holds (the controller's own apart).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from openfeature.contrib.provider.canary import CanaryProvider
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.flag_evaluation import FlagEvaluationDetails, FlagType, Reason
 from openfeature.hook import Hook, HookContext, HookHints
+from policy_rounds import bench_rounds
 
 from openfeature_canary import Autopilot, ManualClock, RolloutPlan, Status, load_plan
 from openfeature_canary.demo._simulation import Fault, FaultKind, SimulatedService, Simulation
@@ -392,7 +397,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ticks", type=int, default=150, help="timed policy ticks (<= 170)")
     parser.add_argument("--rounds", type=int, default=25, help="timed rounds per hook scenario")
     parser.add_argument("--size", type=int, default=2000, help="evaluations per round")
+    parser.add_argument("--flags", default="1,10,100", help="plan sizes of part 4 ('': skip)")
+    parser.add_argument("--flag-rounds", type=int, default=60, help="timed rounds of part 4")
+    parser.add_argument("--only-rounds", action="store_true", help="part 4 only")
     args = parser.parse_args(argv)
+    sizes = [int(n) for n in args.flags.split(",") if n.strip()]
     # Stage 2 lasts 30 min = 180 ticks: stay inside it so that every tick is "observing".
     ticks = max(1, min(args.ticks, 170))
     warmup = min(10, 175 - ticks)
@@ -401,9 +410,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("openfeature_canary").setLevel(logging.ERROR)
     started = time.perf_counter()
     try:
-        bench_tick(plan, ticks, warmup)
-        ok = bench_detection(plan)
-        bench_hook(plan, args.rounds, args.size)
+        ok = True
+        if not args.only_rounds:
+            bench_tick(plan, ticks, warmup)
+            ok = bench_detection(plan)
+            bench_hook(plan, args.rounds, args.size)
+        if sizes:
+            costs = bench_rounds(sizes, args.flag_rounds)
+            ok &= costs[-1].round_s / costs[0].round_s <= costs[-1].flags / costs[0].flags
     finally:
         api.shutdown()
     print(f"({time.perf_counter() - started:.1f} s wall)")

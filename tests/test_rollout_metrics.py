@@ -255,3 +255,68 @@ def test_rollout_without_meter_provider_has_no_metrics(plan: RolloutPlan) -> Non
     assert rollout.pipeline.metrics is None
     rollout.controller(FLAG).start()
     assert rollout.controller(FLAG).rollback("p95_breach").status is Status.ROLLED_BACK
+
+
+def test_rollout_metrics_reader_added_later_gets_every_gauge_at_its_first_collection(
+    plan: RolloutPlan,
+) -> None:
+    first = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[first])
+    rollout = Rollout(plan, store=MemoryStateStore(), meter_provider=mp)
+    rollout.controller(FLAG).start()
+    assert points(first, "canary.rollout.percent")  # collected: the values are set
+    later = InMemoryMetricReader()
+    mp.add_metric_reader(later)
+
+    thresholds = {
+        (a["feature_flag.key"], a["canary.trigger.name"]): p.value
+        for a, p in points(later, "canary.trigger.threshold")
+    }
+    assert thresholds == {
+        (key, t.name): t.threshold for key, f in plan.flags.items() for t in f.triggers
+    }
+    percent = {a["feature_flag.key"]: p.value for a, p in points(later, "canary.rollout.percent")}
+    assert percent == {FLAG: rollout.controller(FLAG).state.percent, PHASE2: 0}
+    statuses = {
+        (a["feature_flag.key"], a["canary.rollout.status"]): p.value
+        for a, p in points(later, "canary.rollout.status")
+    }
+    assert statuses == {
+        (key, s.value): int(s is rollout.controller(key).state.status)
+        for key in plan.flags
+        for s in Status
+    }
+
+
+def test_rollout_metrics_gauges_follow_each_transition_between_collections(
+    plan: RolloutPlan,
+) -> None:
+    rollout, reader = in_memory_metrics(plan, MemoryStateStore())
+    ctl = rollout.controller(FLAG)
+
+    def shown() -> tuple[float, float, set[str]]:
+        (percent,) = [
+            p.value
+            for a, p in points(reader, "canary.rollout.percent")
+            if a == {"feature_flag.key": FLAG}
+        ]
+        (stage,) = [
+            p.value
+            for a, p in points(reader, "canary.rollout.stage")
+            if a == {"feature_flag.key": FLAG}
+        ]
+        current = {
+            a["canary.rollout.status"]
+            for a, p in points(reader, "canary.rollout.status")
+            if a["feature_flag.key"] == FLAG and p.value == 1
+        }
+        return percent, stage, current
+
+    assert shown() == (0, 0, {"pending"})
+    ctl.start()
+    ctl.promote()  # two transitions between collections: the last state shows
+    assert shown() == (ctl.state.percent, 2, {"running"})
+    ctl.rollback("p95_breach")
+    assert shown() == (0, 0, {"rolled_back"})
+    ctl.reset()
+    assert shown() == (0, 0, {"pending"})

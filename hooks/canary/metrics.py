@@ -1,12 +1,15 @@
 """``MetricsHook``: every flag evaluation's outcome and latency, as OpenTelemetry metrics.
 
-Design (why it is cheap): an OpenTelemetry ``Counter.add`` with attributes costs about as
-much as a whole flag evaluation, so the counters are not touched per evaluation. Each thread
-counts outcomes in plain Python ints of its own, a *shard* (no lock, no contention, exact); the
-counters are *observable* instruments whose callbacks add the shards up when a reader collects.
-Only the duration histogram is recorded per evaluation (OpenTelemetry has no observable
-histogram, and a histogram's count can only grow by one per ``record``), with an attribute dict
-built once per outcome.
+Design (why it is cheap, and scales with threads): an OpenTelemetry ``Counter.add`` or
+``Histogram.record`` with attributes costs about as much as a whole flag evaluation and takes
+the SDK's locks (an aggregation's and an exemplar reservoir's per reader), on which evaluating
+threads queue; so no instrument is touched per evaluation. Each thread counts outcomes, and
+buckets their durations, in plain Python ints and floats of its own, a *shard* (``_shards.py``:
+no lock, no contention, exact). The counters are *observable* instruments whose callbacks add
+the shards up when a reader collects; the first of them also adds the durations that are new
+since the last collection into the histogram's SDK aggregations (``_sdk_histogram.py``), as
+``record`` would have left them. Where that cannot be done (not an SDK meter provider, a view
+with other buckets), each evaluation records its duration itself, as before.
 
 Threads come and go (a thread-per-request server starts one per request), so a shard lives only
 as long as its thread: an ended thread's counts are folded into one shared total, and a
@@ -29,26 +32,35 @@ The evaluation path takes none of these locks.
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable
 from time import perf_counter
-from typing import Any, Final
+from typing import Final
 
 from openfeature.contrib.hook.canary._constants import (
     ACTIVE_COUNT,
     DURATION,
     DURATION_BOUNDS_S,
     ERROR_TOTAL,
-    ERROR_TYPE,
     FLAG_KEY,
     METER_NAME,
     PROVIDER_NAME,
     REQUESTS_TOTAL,
-    RESULT_REASON,
-    RESULT_VARIANT,
     SUCCESS_TOTAL,
+)
+from openfeature.contrib.hook.canary._sdk_histogram import SdkHistogramSink
+from openfeature.contrib.hook.canary._shards import (
+    UNKNOWN,
+    Attributes,
+    DurationTotal,
+    Outcome,
+    OutcomeKey,
+    Shard,
+    Token,
 )
 from openfeature.flag_evaluation import FlagEvaluationDetails, FlagValueType
 from openfeature.hook import Hook, HookContext, HookHints
@@ -70,64 +82,10 @@ from openfeature_canary.stores._forksafe import (
 
 __all__ = ["MetricsHook"]
 
+log = logging.getLogger("openfeature_canary")
+
 _START: Final = "openfeature.contrib.hook.canary.metrics.start"
-_UNKNOWN: Final = "unknown"
-
-Attributes = dict[str, AttributeValue]
-#: (flag key, provider name, variant, reason, error code): one outcome.
-_OutcomeKey = tuple[str, str, Any, Any, Any]
-
-
-class _Outcome:
-    """Counts of one outcome in one thread (or ``count`` only: ended threads' total);
-    attribute dicts built once."""
-
-    __slots__ = (
-        "count",
-        "duration_attrs",
-        "flag_key",
-        "outcome_attrs",
-        "provider",
-        "success",
-        "timed",
-    )
-
-    def __init__(self, key: _OutcomeKey) -> None:
-        flag_key, provider, variant, reason, error_code = key
-        self.flag_key: str = flag_key
-        self.provider: str = provider
-        self.count = 0  # evaluations with this outcome
-        self.timed = 0  # ... of which ``before`` ran (so they were in flight and are timed)
-        self.success = error_code is None
-        self.duration_attrs: Attributes = {FLAG_KEY: flag_key}
-        self.outcome_attrs: Attributes = {FLAG_KEY: flag_key, PROVIDER_NAME: provider}
-        if self.success:
-            if variant is not None:
-                self.outcome_attrs[RESULT_VARIANT] = str(variant)
-            self.outcome_attrs[RESULT_REASON] = str(reason).lower() if reason else _UNKNOWN
-        else:
-            error_type = str(error_code).lower()
-            self.outcome_attrs[ERROR_TYPE] = error_type
-            self.duration_attrs[ERROR_TYPE] = error_type
-
-
-class _Token:
-    """Held only by its thread's ``threading.local`` storage: freed when the thread ends."""
-
-    __slots__ = ("__weakref__",)
-
-
-class _Shard:
-    """One live thread's counts. Only its thread writes; collection reads ints (atomic)."""
-
-    __slots__ = ("outcomes", "started", "token")
-
-    def __init__(self) -> None:
-        self.outcomes: dict[_OutcomeKey, _Outcome] = {}
-        self.started: dict[str, int] = {}  # per flag key: evaluations whose ``before`` ran
-        #: Weak reference to the thread's token, whose callback folds this shard (it is kept
-        #: here so that the callback runs); None once folded.
-        self.token: weakref.ref[_Token] | None = None
+_BOUNDS: Final = DURATION_BOUNDS_S
 
 
 class MetricsHook(Hook):
@@ -163,11 +121,11 @@ class MetricsHook(Hook):
     It also remembers the variant each flag gave the current request
     (``openfeature_canary.instrumentation.current_variant``) for the request middleware.
 
-    Counts are exact (no sampling) and are added up when a reader collects; the counts of
-    threads that have ended are kept as one total, so short-lived threads cost nothing once
-    gone. Use one ``MetricsHook`` per meter provider: OpenTelemetry keeps only the first
-    callbacks of an instrument name, so a second hook on the same provider would count in
-    vain.
+    Counts and durations are exact (no sampling; no exemplars either) and are added up when
+    a reader collects; the counts of threads that have ended are kept as one total, so
+    short-lived threads cost nothing once gone. Use one ``MetricsHook`` per meter provider:
+    OpenTelemetry keeps only the first callbacks of an instrument name, so a second hook on
+    the same provider would count in vain.
     """
 
     def __init__(self, meter_provider: MeterProvider | None = None) -> None:
@@ -177,10 +135,10 @@ class MetricsHook(Hook):
         # Taken by collection and folding only, never by the evaluation path.
         self._lock = threading.Lock()
         self._fork_locked = False
-        self._shards: set[_Shard] = set()  # live threads' shards (under the lock)
-        self._joined: deque[_Shard] = deque()  # new threads' shards, not yet in ``_shards``
-        self._ended: deque[_Shard] = deque()  # ended threads' shards, not yet folded
-        self._folded: dict[_OutcomeKey, _Outcome] = {}  # ended threads' counts (under the lock)
+        self._shards: set[Shard] = set()  # live threads' shards (under the lock)
+        self._joined: deque[Shard] = deque()  # new threads' shards, not yet in ``_shards``
+        self._ended: deque[Shard] = deque()  # ended threads' shards, not yet folded
+        self._folded: dict[OutcomeKey, Outcome] = {}  # ended threads' counts (under the lock)
         self._ended_flags: set[str] = set()  # flags started by ended threads: 0 in flight
         self._duration = meter.create_histogram(
             DURATION,
@@ -188,6 +146,10 @@ class MetricsHook(Hook):
             description="Duration of feature flag evaluations.",
             explicit_bucket_boundaries_advisory=DURATION_BOUNDS_S,
         )
+        # Durations are bucketed per thread and added into the SDK's aggregations when a
+        # reader collects; None (not an SDK provider, or a view with other buckets): each
+        # evaluation records its duration itself.
+        self._sink = SdkHistogramSink.attach(mp, self._duration, DURATION_BOUNDS_S)
         meter.create_observable_counter(
             REQUESTS_TOTAL,
             callbacks=[self._observe_requests],
@@ -224,12 +186,12 @@ class MetricsHook(Hook):
         )
 
     # ------------------------------------------------------------------ evaluation path
-    # Hot path: about 1 µs of our own work per evaluation besides one Histogram.record.
+    # Hot path: about 1 µs of our own work per evaluation, no lock, no OpenTelemetry call.
 
-    def _new_shard(self) -> _Shard:
+    def _new_shard(self) -> Shard:
         """A thread's first evaluation: its shard, announced without a lock."""
-        shard = _Shard()
-        token = _Token()
+        shard = Shard()
+        token = Token()
         shard.token = weakref.ref(token, lambda _: self._thread_ended(shard))
         local = self._local
         local.token = token  # the thread's storage is the only owner of the token
@@ -264,19 +226,29 @@ class MetricsHook(Hook):
         flag_key = hook_context.flag_key
         variant = details.variant
         error_code = details.error_code
-        key = (flag_key, pm.name if pm else _UNKNOWN, variant, details.reason, error_code)
+        key = (flag_key, pm.name if pm else UNKNOWN, variant, details.reason, error_code)
         outcome = outcomes.get(key)
         if outcome is None:
-            outcome = outcomes[key] = _Outcome(key)
+            outcome = outcomes[key] = Outcome(key)
         outcome.count += 1
         if start is not None:
             outcome.timed += 1
-            self._duration.record(end - start, outcome.duration_attrs)
+            if self._sink is None:  # not an SDK meter provider we can add into
+                self._duration.record(end - start, outcome.duration_attrs)
+            else:
+                # Sum, min and max before the bucket: a collection reads them after it.
+                duration = end - start
+                outcome.sum += duration
+                if duration < outcome.min:
+                    outcome.min = duration
+                if duration > outcome.max:
+                    outcome.max = duration
+                outcome.buckets[bisect_left(_BOUNDS, duration)] += 1
         remember_variant(flag_key, None if error_code else variant)
 
     # ------------------------------------------------------------------ ended threads
 
-    def _thread_ended(self, shard: _Shard) -> None:
+    def _thread_ended(self, shard: Shard) -> None:
         """The token's callback, on the ending thread after its last evaluation: fold.
 
         Never waits for the lock: if a collection (or another ending thread) holds it, the
@@ -294,7 +266,7 @@ class MetricsHook(Hook):
             finally:
                 self._lock.release()
 
-    def _settle(self) -> set[_Shard]:
+    def _settle(self) -> set[Shard]:
         """Take in the new shards, fold the ended ones; return the live shards. Lock held."""
         shards = self._shards
         joined = self._joined
@@ -307,7 +279,7 @@ class MetricsHook(Hook):
             self._fold(ended.popleft())
         return shards
 
-    def _fold(self, shard: _Shard) -> None:
+    def _fold(self, shard: Shard) -> None:
         """Add an ended thread's counts (final: nothing writes them any more) to the total.
 
         Lock held. The shard may still wait in ``_joined`` (a thread that ended right after
@@ -321,8 +293,8 @@ class MetricsHook(Hook):
         for key, o in shard.outcomes.items():
             total = folded.get(key)
             if total is None:
-                total = folded[key] = _Outcome(key)
-            total.count += o.count
+                total = folded[key] = Outcome(key)
+            total.fold(o)
         # An ended thread has no evaluation in flight (``timed`` only serves to count a live
         # thread's): its flags stay reported, at 0 in flight.
         self._ended_flags.update(shard.started)
@@ -355,19 +327,35 @@ class MetricsHook(Hook):
     # Each callback reads the total and the live shards under the lock, so a thread that
     # ends meanwhile is counted once, live or folded; cumulative counts never go back.
 
-    def _outcomes(self) -> list[_Outcome]:
+    def _outcomes(self) -> list[Outcome]:
         """Every outcome's counts: the ended threads' totals and each live thread's. Lock held."""
         # ``tuple(dict.values())`` runs in C under the GIL: safe while the owner inserts.
         live = [o for shard in self._settle() for o in tuple(shard.outcomes.values())]
         return [*self._folded.values(), *live]
 
     def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:
+        # The first of this hook's callbacks in every collection: it also hands the durations
+        # to the SDK's histogram, before the reader's storage is collected.
         totals: dict[tuple[str, str], int] = {}
+        durations: dict[tuple[tuple[str, AttributeValue], ...], DurationTotal] = {}
+        sink = self._sink
         with self._lock:
             for o in self._outcomes():
                 flag = (o.flag_key, o.provider)
                 totals[flag] = totals.get(flag, 0) + o.count
+                if sink is not None:  # ended threads' totals keep durations, not ``timed``
+                    ident = tuple(o.duration_attrs.items())
+                    total = durations.get(ident)
+                    if total is None:
+                        total = durations[ident] = DurationTotal(o.duration_attrs)
+                    total.add(o)
         self._fold_ended()
+        if sink is not None:  # outside the hook's lock: it takes the SDK's
+            try:
+                sink.add(durations.values())
+            except Exception:  # the counts must still be reported; totals are cumulative, so
+                # a later collection adds what this one could not
+                log.exception("MetricsHook: durations not handed to the SDK this collection")
         return [
             Observation(n, {FLAG_KEY: flag_key, PROVIDER_NAME: provider})
             for (flag_key, provider), n in totals.items()
