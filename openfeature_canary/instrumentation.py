@@ -55,7 +55,7 @@ from typing import Any, Final, Protocol, TypeVar
 from opentelemetry.metrics import Counter, Histogram, MeterProvider, get_meter_provider
 from opentelemetry.util.types import AttributeValue
 
-from openfeature_canary.stores._forksafe import renew_locks_after_fork
+from openfeature_canary._forksafe import renew_locks_after_fork
 
 __all__ = [
     "DEFAULT_LATENCY_BOUNDS_S",

@@ -60,13 +60,13 @@ from opentelemetry.metrics import (
 )
 from opentelemetry.util.types import AttributeValue
 
-from openfeature_canary.instrumentation import remember_variant
-from openfeature_canary.stores._forksafe import (
+from openfeature_canary._forksafe import (
     HOOKS,
     acquire_until,
     hold_opentelemetry_across_fork,
     on_fork,
 )
+from openfeature_canary.instrumentation import remember_variant
 
 __all__ = ["MetricsHook"]
 

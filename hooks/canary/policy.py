@@ -11,8 +11,8 @@ from openfeature.flag_evaluation import FlagEvaluationDetails, FlagValueType
 from openfeature.hook import Hook, HookContext, HookHints
 
 from openfeature_canary import Controller, Rollout, RolloutState, StateStoreError, Status
+from openfeature_canary._forksafe import hold_locks_across_fork, renew_locks_after_fork
 from openfeature_canary.policy import BackgroundRunner
-from openfeature_canary.stores._forksafe import hold_locks_across_fork, renew_locks_after_fork
 
 __all__ = ["PolicyHook"]
 

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
+from openfeature_canary._atomicfile import atomic_write_text
 from openfeature_canary.bucketing import SCHEMES
 from openfeature_canary.cli._format import format_pct
 from openfeature_canary.cli._main import EXIT_OK, UsageError, _Io, _load, _open
@@ -32,7 +33,6 @@ from openfeature_canary.flagd_export import export_scheme, flagd_definition, ren
 from openfeature_canary.plan import RolloutPlan
 from openfeature_canary.policy import Rollout
 from openfeature_canary.stores import FileStateStore
-from openfeature_canary.stores._atomicfile import atomic_write_text
 
 __all__ = ["add_export_parser"]
 

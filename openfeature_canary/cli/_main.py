@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Final, NoReturn
 
+from openfeature_canary._atomicfile import atomic_write_text
 from openfeature_canary.bucketing import UnitEncodingError
 from openfeature_canary.cli._format import (
     bucket_lines,
@@ -55,7 +56,6 @@ from openfeature_canary.plan import RolloutPlan, load_plan
 from openfeature_canary.policy import Controller, Rollout
 from openfeature_canary.state import RolloutState
 from openfeature_canary.stores import StateStore, open_store
-from openfeature_canary.stores._atomicfile import atomic_write_text
 
 __all__ = ["EXIT_OK", "EXIT_REFUSED", "EXIT_USAGE", "UsageError", "main", "run"]
 

@@ -41,9 +41,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
+from openfeature_canary._atomicfile import atomic_write_text, fsync_dir
+from openfeature_canary._forksafe import hold_locks_across_fork
 from openfeature_canary.errors import CanaryError
-from openfeature_canary.stores._atomicfile import atomic_write_text, fsync_dir
-from openfeature_canary.stores._forksafe import hold_locks_across_fork
 
 __all__ = ["REMEMBERED_DELIVERED", "JsonScalar", "Outbox", "OutboxError", "OutboxEvent"]
 

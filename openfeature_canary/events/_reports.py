@@ -27,12 +27,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from openfeature_canary._atomicfile import atomic_write_text
+from openfeature_canary._forksafe import hold_locks_across_fork
 from openfeature_canary._format import format_duration, format_number, format_percent, iso_utc
 from openfeature_canary.errors import CanaryError
-from openfeature_canary.signals._names import MS_SIGNALS, RATE_SIGNALS
+from openfeature_canary.plan._signals import MS_SIGNALS, RATE_SIGNALS
 from openfeature_canary.state import LogEntry, Number
-from openfeature_canary.stores._atomicfile import atomic_write_text
-from openfeature_canary.stores._forksafe import hold_locks_across_fork
 
 __all__ = [
     "ABORT_FILE",

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from openfeature_canary._forksafe import renew_locks_after_fork
 from openfeature_canary.errors import SignalSourceError
 from openfeature_canary.plan import FlagPlan, Trigger
 from openfeature_canary.policy._controller import Controller
@@ -40,7 +41,6 @@ from openfeature_canary.state import (
     Status,
     WindowRecord,
 )
-from openfeature_canary.stores._forksafe import renew_locks_after_fork
 
 __all__ = ["Autopilot", "TickResult"]
 

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final, Protocol
 
+from openfeature_canary._forksafe import renew_locks_after_fork
 from openfeature_canary.errors import StaleStateError, StateStoreError, TransitionError
 from openfeature_canary.plan import FlagPlan
 from openfeature_canary.policy import _commands as commands
@@ -26,7 +27,6 @@ from openfeature_canary.state import (
     Status,
     check_state_against_plan,
 )
-from openfeature_canary.stores._forksafe import renew_locks_after_fork
 
 if TYPE_CHECKING:
     from openfeature_canary.policy._rollout import Rollout

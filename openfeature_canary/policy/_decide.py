@@ -25,6 +25,7 @@ from typing import Final, Protocol
 
 from openfeature_canary.evidence import StageEvidence
 from openfeature_canary.plan import FlagPlan, Trigger
+from openfeature_canary.plan._signals import COHORT_SIGNALS
 from openfeature_canary.policy._gates import (
     current_evidence,
     fold,
@@ -36,7 +37,6 @@ from openfeature_canary.policy._gates import (
 )
 from openfeature_canary.policy._windows import judge_window, windows_due
 from openfeature_canary.signals._counts import CountsReading
-from openfeature_canary.signals._names import COHORT_SIGNALS
 from openfeature_canary.state import Number, RolloutState, Status, WindowRecord
 
 __all__ = [

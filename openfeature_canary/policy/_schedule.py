@@ -14,9 +14,9 @@ import logging
 import threading
 from collections.abc import Callable
 
+from openfeature_canary._forksafe import THREADS, on_fork
 from openfeature_canary.errors import StateStoreError
 from openfeature_canary.policy._rollout import Rollout
-from openfeature_canary.stores._forksafe import THREADS, on_fork
 
 __all__ = ["BackgroundRunner", "StoreHealth"]
 

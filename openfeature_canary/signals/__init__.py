@@ -12,6 +12,7 @@ merged traffic of all of them the same way.
 
 from __future__ import annotations
 
+from openfeature_canary.plan._promql import validate_queries
 from openfeature_canary.signals._counts import EMPTY_COHORT, CohortCounts, CountsReading
 from openfeature_canary.signals._fleet import (
     FleetSignalSource,
@@ -25,7 +26,6 @@ from openfeature_canary.signals._prometheus import (
     DEFAULT_PROMETHEUS_TIMEOUT_S,
     PrometheusSignalSource,
 )
-from openfeature_canary.signals._promql import validate_queries
 from openfeature_canary.signals._promqueries import PrometheusNames, default_queries
 from openfeature_canary.signals._snapshots import CohortTotals, Snapshot
 from openfeature_canary.signals._source import (

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
-from openfeature_canary.signals._names import KNOWN_SIGNALS
-from openfeature_canary.signals._promql import (
+from openfeature_canary.plan._promql import (
     BASELINE,
     CANARY,
     Template,
     compile_template,
     split_signal,
 )
+from openfeature_canary.plan._signals import KNOWN_SIGNALS
 
 __all__ = ["PrometheusNames", "QueryBook", "SignalQueries", "default_queries"]
 

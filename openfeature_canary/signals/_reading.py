@@ -90,7 +90,7 @@ class SignalSource(Protocol):
     """The seam the policy reads signals through (in-process, or Prometheus for fleets).
 
     Times are the caller's clock (``ManualClock`` in tests and the demo). ``signal`` is one
-    of ``openfeature_canary.signals._names.KNOWN_SIGNALS``; an unknown name raises
+    of ``openfeature_canary.plan._signals.KNOWN_SIGNALS``; an unknown name raises
     ``ValueError``. A failing backend raises ``SignalSourceError``.
     """
 

@@ -11,10 +11,11 @@ from operator import sub
 from types import MappingProxyType
 from typing import TYPE_CHECKING, ClassVar, Final
 
+from openfeature_canary._forksafe import renew_locks_after_fork
 from openfeature_canary.errors import SignalSourceError
+from openfeature_canary.plan._signals import KNOWN_SIGNALS
 from openfeature_canary.signals._counts import EMPTY_COHORT, CohortCounts, CountsReading
 from openfeature_canary.signals._histogram import count_above, count_at_least, histogram_quantile
-from openfeature_canary.signals._names import KNOWN_SIGNALS
 from openfeature_canary.signals._snapshots import (
     EVENT_LOOP_LAG,
     LEDGER_MISMATCHES,
@@ -27,7 +28,6 @@ from openfeature_canary.signals._snapshots import (
     Snapshot,
     SnapshotRing,
 )
-from openfeature_canary.stores._forksafe import renew_locks_after_fork
 
 if TYPE_CHECKING:  # the plan imports signal names from this package: no import at run time
     from openfeature_canary.plan import RolloutPlan

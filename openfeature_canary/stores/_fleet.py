@@ -27,9 +27,9 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
 
+from openfeature_canary._atomicfile import atomic_write_text
+from openfeature_canary._forksafe import hold_locks_across_fork
 from openfeature_canary.errors import StateStoreError
-from openfeature_canary.stores._atomicfile import atomic_write_text
-from openfeature_canary.stores._forksafe import hold_locks_across_fork
 
 __all__ = [
     "MAX_RECORD_BYTES",

@@ -35,6 +35,7 @@ from openfeature_canary import (
     UnknownFlagError,
     load_plan,
 )
+from openfeature_canary._forksafe import hold_locks_across_fork
 from openfeature_canary.bucketing import unit_hasher
 from openfeature_canary.events import (
     EventQueue,
@@ -68,7 +69,6 @@ from openfeature_canary.stores import (
     MemoryStateStore,
     open_store,
 )
-from openfeature_canary.stores._forksafe import hold_locks_across_fork
 from openfeature_canary.telemetry import Telemetry
 
 __all__ = ["CanaryProvider"]

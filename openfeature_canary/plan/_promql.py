@@ -1,4 +1,4 @@
-"""PromQL for the built-in signals: names, escaping, templates and the queries the source runs.
+"""PromQL templates of the plan's ``[signals]`` table: names, escaping, placeholders, validation.
 
 Pure: no I/O. A *template* is PromQL with up to three placeholders, substituted per read:
 
@@ -9,7 +9,7 @@ Pure: no I/O. A *template* is PromQL with up to three placeholders, substituted 
 * ``{window}`` — the window as a PromQL duration (``60s``, ``1500ms``).
 
 Every other brace is PromQL's own (``metric{label="x"}``). :func:`validate_queries` checks a
-plan's ``[signals]`` table of such templates; ``_promqueries.py`` has the default ones.
+plan's ``[signals]`` table of such templates; the Prometheus source has the default ones.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from types import MappingProxyType
 from typing import Final
 
 from openfeature_canary.errors import PlanError
-from openfeature_canary.signals._names import FLAG_SIGNALS, KNOWN_SIGNALS
+from openfeature_canary.plan._signals import FLAG_SIGNALS, KNOWN_SIGNALS
 
 __all__ = [
     "BASELINE",
