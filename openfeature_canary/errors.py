@@ -71,3 +71,7 @@ class UnknownFlagError(CanaryError, KeyError):
 
 class SignalSourceError(CanaryError):
     """A signal source failed (a scrape, a query, a reader); the policy's ``on_error`` decides."""
+
+
+class UsageError(CanaryError):
+    """Bad command-line input (arguments, output path, store): the CLI exits with 2."""
