@@ -49,7 +49,7 @@ from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 import httpx
 
-from openfeature_canary.errors import CanaryError
+from openfeature_canary.errors import IngestError
 from openfeature_canary.events._outbox import OutboxEvent
 
 __all__ = [
@@ -84,19 +84,6 @@ _HTTP_LOGGERS: Final = (
     "httpcore.proxy",
     "httpcore.socks",
 )
-
-
-class IngestError(CanaryError):
-    """A POST to the telemetry ingest failed: a transport error, a timeout (the attempt's
-    deadline) or a non-2xx answer.
-
-    ``status_code`` is the HTTP status, or ``None`` when no answer came. The message names the
-    URL only in redacted form (see :func:`redact_url`) and holds none of its secrets.
-    """
-
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
-        super().__init__(message)
-        self.status_code = status_code
 
 
 def redact_url(url: str) -> str:

@@ -30,7 +30,7 @@ from typing import Any, Final, Protocol
 from openfeature_canary._atomicfile import atomic_write_text
 from openfeature_canary._forksafe import hold_locks_across_fork
 from openfeature_canary._format import format_duration, format_number, format_percent, iso_utc
-from openfeature_canary.errors import CanaryError
+from openfeature_canary.errors import ReportError
 from openfeature_canary.plan._signals import MS_SIGNALS, RATE_SIGNALS
 from openfeature_canary.state import LogEntry, Number
 
@@ -77,10 +77,6 @@ _RESULTS_COLUMNS: Final = (
     ("Would have caught", "---"),
     ("Decision", "---"),
 )
-
-
-class ReportError(CanaryError):
-    """A report file could not be written (the path is in the message)."""
 
 
 @dataclass(frozen=True)
