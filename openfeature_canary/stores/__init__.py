@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from openfeature_canary.stores._fleet import FleetStore
+from openfeature_canary.stores._fleet import FleetDelegate, FleetStore
 from openfeature_canary.stores._open import open_store
 from openfeature_canary.stores._store import FileStateStore, MemoryStateStore, StateStore
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FileStateStore",
+    "FleetDelegate",
     "FleetStore",
     "MemoryStateStore",
     "RedisStateStore",

@@ -23,7 +23,7 @@ from openfeature.exception import (
 from openfeature.flag_evaluation import FlagResolutionDetails, Reason
 from openfeature.hook import Hook
 from openfeature.provider import AbstractProvider, Metadata
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
 from openfeature_canary import (
     Clock,
@@ -168,7 +168,7 @@ class CanaryProvider(AbstractProvider):
         clock: Clock | None = None,
         telemetry: Telemetry | None = None,
         signals: SignalSource | None = None,
-        meter_provider: Any = None,
+        meter_provider: MeterProvider | None = None,
         environ: Mapping[str, str] | None = None,
         events: EventSink | None = None,
         reports_dir: str | Path | None = None,

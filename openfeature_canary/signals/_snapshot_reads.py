@@ -1,5 +1,5 @@
 """The read side shared by every snapshot-based source: windows are differences of two
-cumulative snapshots (see :class:`_SnapshotReads`)."""
+cumulative snapshots (see :class:`SnapshotReads`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, ClassVar, Final
 
 from openfeature_canary._forksafe import renew_locks_after_fork
 from openfeature_canary.errors import SignalSourceError
-from openfeature_canary.plan._signals import KNOWN_SIGNALS
+from openfeature_canary.plan._signals import BASELINE, CANARY, QUANTILES, split_signal
 from openfeature_canary.signals._counts import EMPTY_COHORT, CohortCounts, CountsReading
 from openfeature_canary.signals._histogram import count_above, count_at_least, histogram_quantile
 from openfeature_canary.signals._snapshots import (
@@ -29,19 +29,15 @@ from openfeature_canary.signals._snapshots import (
     SnapshotRing,
 )
 
-if TYPE_CHECKING:  # the plan imports signal names from this package: no import at run time
+if TYPE_CHECKING:
     from openfeature_canary.plan import RolloutPlan
-from openfeature_canary.signals._reading import (
+from openfeature_canary.signals._protocol import (
     DEFAULT_RETENTION_S,
     SignalReading,
     retention_for_plan,
 )
 
-__all__ = ["_SnapshotReads"]
-
-_QUANTILES: Final = {"latency_p50_ms": 0.5, "latency_p95_ms": 0.95, "latency_p99_ms": 0.99}
-_CANARY: Final = "on"
-_BASELINE: Final = "off"
+__all__ = ["SnapshotReads"]
 
 
 @dataclass(frozen=True)
@@ -84,7 +80,7 @@ def _cohort_window(new: CohortTotals | None, old: CohortTotals | None) -> _HistW
     return _window(new.hist, old.hist, new.errors - old.errors)
 
 
-class _SnapshotReads:
+class SnapshotReads:
     """The read side of the snapshot sources: windows are differences of cumulative snapshots.
 
     Keeps the timestamped snapshots in a :class:`SnapshotRing` and answers every
@@ -176,7 +172,7 @@ class _SnapshotReads:
         if it is shorter because older snapshots were dropped, the reading has no value and
         an ``error`` saying there is not enough data.
         """
-        variant, base = _parse(signal)
+        variant, base = split_signal(signal)
         if not (window_s > 0 and math.isfinite(window_s)):
             raise ValueError(f"window_s must be a positive number of seconds, got {window_s}")
         _check_time("now", now)
@@ -193,7 +189,7 @@ class _SnapshotReads:
         Use it to judge a gate window ``[start, end]`` as it closes; take a snapshot at the
         window's edges (every tick) so the span matches the window.
         """
-        variant, base = _parse(signal)
+        variant, base = split_signal(signal)
         _check_time("start", start)
         _check_time("end", end)
         if start > end:
@@ -221,8 +217,8 @@ class _SnapshotReads:
         ``inclusive``), ``n`` all samples. Exact when ``threshold`` is a histogram bound.
         Example: ``count_beyond(flag, "event_loop_lag_ms", 300, True, 60, now).value >= 2``.
         """
-        variant, base = _parse(signal)
-        if base not in _QUANTILES and base != "event_loop_lag_ms":
+        variant, base = split_signal(signal)
+        if base not in QUANTILES and base != "event_loop_lag_ms":
             raise ValueError(
                 f"count_beyond needs a histogram signal (latency or lag), not {signal!r}"
             )
@@ -272,8 +268,8 @@ class _SnapshotReads:
             problem = new.problems.get(REQUEST_DURATION)
             if problem is not None:
                 return CountsReading(EMPTY_COHORT, EMPTY_COHORT, old.t, new.t, problem)
-            canary = _cohort_counts(self._hist(flag_key, _CANARY, "requests", old, new))
-            baseline = _cohort_counts(self._hist(flag_key, _BASELINE, "requests", old, new))
+            canary = _cohort_counts(self._hist(flag_key, CANARY, "requests", old, new))
+            baseline = _cohort_counts(self._hist(flag_key, BASELINE, "requests", old, new))
             return CountsReading(canary, baseline, old.t, new.t)
 
     # -- internals (called with the lock held) --------------------------------------------
@@ -348,7 +344,7 @@ class _SnapshotReads:
             layouts = "; ".join(str(list(b)) for b in hist.by_bounds)
             error = f"{instrument} bucket bounds changed inside the window ({layouts})"
             return _empty(signal, span, at, error)
-        q = 1.0 if base == "event_loop_lag_ms" else _QUANTILES[base]
+        q = 1.0 if base == "event_loop_lag_ms" else QUANTILES[base]
         ((bounds, counts),) = hist.by_bounds.items()
         return _reading(signal, histogram_quantile(q, bounds, counts), hist.n, span)
 
@@ -381,15 +377,6 @@ def _cohort_counts(hist: _HistWindow) -> CohortCounts:
     bounds, counts = max(hist.by_bounds.items(), key=lambda item: sum(item[1]))
     n = sum(counts)
     return CohortCounts(n, min(max(hist.errors, 0), n), tuple(bounds), tuple(counts))
-
-
-def _parse(signal: str) -> tuple[str, str]:
-    """Split a signal name into (variant, base name); unknown names raise ``ValueError``."""
-    if signal not in KNOWN_SIGNALS:
-        raise ValueError(f"unknown signal {signal!r} (known: {', '.join(sorted(KNOWN_SIGNALS))})")
-    if signal.startswith("baseline_"):
-        return _BASELINE, signal[len("baseline_") :]
-    return _CANARY, signal
 
 
 def _check_time(name: str, value: float) -> None:
