@@ -5,28 +5,28 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from operator import sub
-from types import MappingProxyType
-from typing import TYPE_CHECKING, ClassVar, Final
+from typing import TYPE_CHECKING, ClassVar
 
 from openfeature_canary._forksafe import renew_locks_after_fork
 from openfeature_canary.errors import SignalSourceError
 from openfeature_canary.plan._signals import BASELINE, CANARY, QUANTILES, split_signal
-from openfeature_canary.signals._counts import EMPTY_COHORT, CohortCounts, CountsReading
+from openfeature_canary.signals._counts import EMPTY_COHORT, CountsReading
+from openfeature_canary.signals._differences import (
+    NOTHING,
+    HistWindow,
+    cohort_counts,
+    cohort_window,
+    window,
+)
 from openfeature_canary.signals._histogram import count_above, count_at_least, histogram_quantile
+from openfeature_canary.signals._ring import SnapshotRing
 from openfeature_canary.signals._snapshots import (
     EVENT_LOOP_LAG,
     LEDGER_MISMATCHES,
     REQUEST_DURATION,
     TELEMETRY_ACCEPTED,
     TELEMETRY_SENT,
-    Bounds,
-    CohortTotals,
-    Counts,
     Snapshot,
-    SnapshotRing,
 )
 
 if TYPE_CHECKING:
@@ -38,46 +38,6 @@ from openfeature_canary.signals._protocol import (
 )
 
 __all__ = ["SnapshotReads"]
-
-
-@dataclass(frozen=True)
-class _HistWindow:
-    """A histogram's increase over a window, bucket counts grouped by bound layout."""
-
-    n: int
-    errors: int
-    by_bounds: Mapping[Bounds, Counts]
-
-
-def _subtract(new: Counts, old: Counts | None) -> Counts:
-    return new if old is None else tuple(map(sub, new, old))
-
-
-def _window(
-    new: Iterable[tuple[Bounds, Counts]], old: Iterable[tuple[Bounds, Counts]], errors: int
-) -> _HistWindow:
-    """The increase of histogram totals between two snapshots (``errors``: the 5xx increase)."""
-    before = dict(old)
-    by_bounds: dict[Bounds, Counts] = {}
-    n = 0
-    for bounds, counts in new:
-        diff = _subtract(counts, before.get(bounds))
-        total = sum(diff)
-        if total:
-            n += total
-            by_bounds[bounds] = diff
-    return _HistWindow(n, errors, by_bounds)
-
-
-_NOTHING: Final = _HistWindow(0, 0, MappingProxyType({}))
-
-
-def _cohort_window(new: CohortTotals | None, old: CohortTotals | None) -> _HistWindow:
-    if new is None or new is old:  # never seen, or unchanged (shared between snapshots)
-        return _NOTHING
-    if old is None:
-        return _window(new.hist, (), new.errors)
-    return _window(new.hist, old.hist, new.errors - old.errors)
 
 
 class SnapshotReads:
@@ -113,7 +73,7 @@ class SnapshotReads:
         )
         self._lock = threading.Lock()
         renew_locks_after_fork(self, "_lock")
-        self._cache: dict[tuple[float, float, str, str], _HistWindow] = {}
+        self._cache: dict[tuple[float, float, str, str], HistWindow] = {}
         # (time, message) of the latest snapshot attempt if it failed: readings that reach
         # that time carry the error, so a dead reader trips ``on_error`` instead of serving
         # stale windows that look quiet.
@@ -268,8 +228,8 @@ class SnapshotReads:
             problem = new.problems.get(REQUEST_DURATION)
             if problem is not None:
                 return CountsReading(EMPTY_COHORT, EMPTY_COHORT, old.t, new.t, problem)
-            canary = _cohort_counts(self._hist(flag_key, CANARY, "requests", old, new))
-            baseline = _cohort_counts(self._hist(flag_key, BASELINE, "requests", old, new))
+            canary = cohort_counts(self._hist(flag_key, CANARY, "requests", old, new))
+            baseline = cohort_counts(self._hist(flag_key, BASELINE, "requests", old, new))
             return CountsReading(canary, baseline, old.t, new.t)
 
     # -- internals (called with the lock held) --------------------------------------------
@@ -300,18 +260,16 @@ class SnapshotReads:
             )
         return span, None
 
-    def _hist(
-        self, flag: str, variant: str, base: str, old: Snapshot, new: Snapshot
-    ) -> _HistWindow:
+    def _hist(self, flag: str, variant: str, base: str, old: Snapshot, new: Snapshot) -> HistWindow:
         key = (old.t, new.t, flag if base != "event_loop_lag_ms" else "", variant)
         hist = self._cache.get(key)
         if hist is None:
             if base == "event_loop_lag_ms":
                 same = new.lag is old.lag  # unchanged: shared between snapshots
-                hist = _NOTHING if same else _window(new.lag.items(), old.lag.items(), 0)
+                hist = NOTHING if same else window(new.lag.items(), old.lag.items(), 0)
             else:
                 cohort = (flag, variant)
-                hist = _cohort_window(new.requests.get(cohort), old.requests.get(cohort))
+                hist = cohort_window(new.requests.get(cohort), old.requests.get(cohort))
             self._cache[key] = hist
         return hist
 
@@ -369,14 +327,6 @@ class SnapshotReads:
         if sent <= 0:
             return _empty(signal, span, new.t)
         return _reading(signal, increase(TELEMETRY_ACCEPTED, "") / sent, round(sent), span)
-
-
-def _cohort_counts(hist: _HistWindow) -> CohortCounts:
-    if not hist.by_bounds:
-        return EMPTY_COHORT
-    bounds, counts = max(hist.by_bounds.items(), key=lambda item: sum(item[1]))
-    n = sum(counts)
-    return CohortCounts(n, min(max(hist.errors, 0), n), tuple(bounds), tuple(counts))
 
 
 def _check_time(name: str, value: float) -> None:
