@@ -50,6 +50,7 @@ from openfeature_canary import (
     Status,
     load_plan,
 )
+from openfeature_canary.plan._signals import KNOWN_SIGNALS
 from openfeature_canary.policy._stats import wilson_interval
 from openfeature_canary.signals import (
     EMPTY_COHORT,
@@ -59,7 +60,6 @@ from openfeature_canary.signals import (
     count_above,
     histogram_quantile,
 )
-from openfeature_canary.signals._names import KNOWN_SIGNALS
 from openfeature_canary.telemetry import histogram_bounds_s
 
 PLAN = Path(__file__).resolve().parent.parent / "examples" / "canary_plan.toml"

@@ -63,9 +63,9 @@ from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, V
 from openfeature_canary import load_plan
 from openfeature_canary.clock import ManualClock
 from openfeature_canary.plan import RolloutPlan
+from openfeature_canary.plan._signals import KNOWN_SIGNALS
 from openfeature_canary.policy._decide import counts_samples
 from openfeature_canary.signals import InProcessSignalSource
-from openfeature_canary.signals._names import KNOWN_SIGNALS
 from openfeature_canary.telemetry import setup_telemetry
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "canary_plan.toml"

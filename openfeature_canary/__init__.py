@@ -7,9 +7,15 @@ The engine, by concept (each a subpackage or module):
   serves;
 - ``signals``: what the policy reads (in-process OpenTelemetry snapshots, histogram math);
 - ``events``: what a transition tells the telemetry ingest (durable outbox) and the reports;
-- ``stores``: where rollout states live (``memory://``, ``file://``);
+- ``stores``: where rollout states live (``memory://``, ``file://``, ``redis://``);
 - ``telemetry`` / ``instrumentation``: OpenTelemetry setup and what the application records;
 - ``cli``, ``demo``: the command line and the virtual-time demo.
+
+This module exports what the README and the docs have a user touch: loading a plan, the
+telemetry set-up and what the service records (:class:`CanaryMiddleware`,
+:func:`record_request`, :func:`shadow_compare`, :class:`EventLoopLagMonitor`), the stores and
+signal sources one passes to the provider, the values a status or a test reads, and every error.
+The engine's parts (``Pipeline``, ``ALLOWED`` …) stay in their subpackages.
 
 The OpenFeature faces live in ``openfeature.contrib.provider.canary`` (``CanaryProvider``) and
 ``openfeature.contrib.hook.canary`` (``MetricsHook``, ``PolicyHook``).
@@ -17,19 +23,32 @@ The OpenFeature faces live in ``openfeature.contrib.provider.canary`` (``CanaryP
 
 from __future__ import annotations
 
-from openfeature_canary.bucketing import UnitEncodingError, bucket, in_rollout
+from typing import TYPE_CHECKING
+
+from openfeature_canary.bucketing import bucket, in_rollout
 from openfeature_canary.clock import Clock, ManualClock, SystemClock
 from openfeature_canary.errors import (
     CanaryError,
+    IngestError,
+    OutboxError,
     PlanError,
+    ReportError,
     SignalSourceError,
     StaleStateError,
     StateStoreError,
     TransitionError,
+    UnitEncodingError,
     UnknownFlagError,
+    UsageError,
 )
 from openfeature_canary.events import EventSink, ReportSink
 from openfeature_canary.evidence import StageEvidence, Tally
+from openfeature_canary.instrumentation import (
+    CanaryMiddleware,
+    EventLoopLagMonitor,
+    record_request,
+    shadow_compare,
+)
 from openfeature_canary.plan import (
     DecisionRules,
     FlagPlan,
@@ -40,39 +59,61 @@ from openfeature_canary.plan import (
     parse_plan,
 )
 from openfeature_canary.policy import (
-    ALLOWED,
     Autopilot,
     BackgroundRunner,
     Controller,
     FlagView,
-    Pipeline,
     Policy,
     Rollout,
 )
-from openfeature_canary.signals import InProcessSignalSource, SignalReading, SignalSource
+from openfeature_canary.signals import (
+    FleetSignalSource,
+    InProcessSignalSource,
+    PrometheusNames,
+    PrometheusSignalSource,
+    SignalReading,
+    SignalSource,
+)
 from openfeature_canary.state import LogEntry, RolloutState, Status
-from openfeature_canary.stores import FileStateStore, MemoryStateStore, StateStore, open_store
+from openfeature_canary.stores import (
+    FileStateStore,
+    FleetStore,
+    MemoryStateStore,
+    StateStore,
+    open_store,
+)
 from openfeature_canary.telemetry import Telemetry, setup_telemetry
 
+if TYPE_CHECKING:
+    from openfeature_canary.stores import RedisStateStore
+
 __all__ = [
-    "ALLOWED",
     "Autopilot",
     "BackgroundRunner",
     "CanaryError",
+    "CanaryMiddleware",
     "Clock",
     "Controller",
     "DecisionRules",
+    "EventLoopLagMonitor",
     "EventSink",
     "FileStateStore",
     "FlagPlan",
     "FlagView",
+    "FleetSignalSource",
+    "FleetStore",
     "InProcessSignalSource",
+    "IngestError",
     "LogEntry",
     "ManualClock",
     "MemoryStateStore",
-    "Pipeline",
+    "OutboxError",
     "PlanError",
     "Policy",
+    "PrometheusNames",
+    "PrometheusSignalSource",
+    "RedisStateStore",
+    "ReportError",
     "ReportSink",
     "Rollout",
     "RolloutPlan",
@@ -93,12 +134,25 @@ __all__ = [
     "Trigger",
     "UnitEncodingError",
     "UnknownFlagError",
+    "UsageError",
     "bucket",
     "in_rollout",
     "load_plan",
     "open_store",
     "parse_plan",
+    "record_request",
     "setup_telemetry",
+    "shadow_compare",
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """``RedisStateStore`` on first use (PEP 562), as ``openfeature_canary.stores`` gives it:
+    the ``[redis]`` extra's store module is not loaded by ``import openfeature_canary``."""
+    if name == "RedisStateStore":
+        from openfeature_canary import stores
+
+        return stores.RedisStateStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import Enum
 from typing import Any, Final, NoReturn
 
@@ -46,6 +46,8 @@ else:  # pragma: no cover
 _SCALARS: Final = frozenset({int, float, str, bool, type(None)})
 _ABSENT: Final[Any] = object()
 _SHOW_MAX: Final = 40
+#: Larger integers are shown by their kind: their digits help no one (and may be thousands).
+_MAX_INT: Final = 2**63 - 1
 
 
 def _bad(path: str, message: str) -> NoReturn:
@@ -56,24 +58,36 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _show(value: Any) -> str:
-    """A value as it would read in JSON, on one line and short; containers by their kind."""
+def _show(
+    value: Any,
+    *,
+    literal: Callable[[Any], str] = json.dumps,
+    mapping: str = "an object",
+    limit: int = _SHOW_MAX,
+) -> str:
+    """A value inside a one-line message: short, whatever it holds (huge, deep, odd); containers
+    by their kind. The one copy for every reader of outside data: a store's or a record's JSON
+    (the defaults), a TOML plan (``literal=repr, mapping="a table"``)."""
     if isinstance(value, Mapping):
-        return "an object"
+        return mapping
     if isinstance(value, (list, tuple)):
         return "an array"
+    if isinstance(value, int) and abs(value) > _MAX_INT:
+        return "a number too large"
     try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):  # an int beyond the digits limit, an unknown type
+        text = literal(value)
+    except (TypeError, ValueError):  # an unknown type
         return type(value).__name__
-    return text if len(text) <= _SHOW_MAX else text[: _SHOW_MAX - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _show_key(key: Any) -> str:
+def _show_key(
+    key: Any, *, literal: Callable[[Any], str] = json.dumps, limit: int = _SHOW_MAX
+) -> str:
     """A key inside a path: as is when it is short printable text, else quoted."""
-    if isinstance(key, str) and key.isprintable() and len(key) <= _SHOW_MAX:
+    if isinstance(key, str) and key.isprintable() and len(key) <= limit:
         return key
-    return _show(key)
+    return _show(key, literal=literal, limit=limit)
 
 
 def _object(data: Any, path: str) -> Mapping[str, Any]:

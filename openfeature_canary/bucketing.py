@@ -37,6 +37,8 @@ from typing import Any, Final, Literal, TypeAlias
 
 import mmh3
 
+from openfeature_canary.errors import UnitEncodingError
+
 __all__ = [
     "SCHEMES",
     "Scheme",
@@ -60,16 +62,6 @@ _CBOR_ARRAY_OF_2: Final = b"\x82"
 _SHORT_HEADERS: Final = tuple(
     bytes((0x60 | n,)) if n < 24 else bytes((0x78, n)) for n in range(256)
 )
-
-
-class UnitEncodingError(ValueError):
-    """The bucketing unit is not valid Unicode text (it holds a lone surrogate), so it has no
-    UTF-8 bytes to hash and is not bucketed.
-
-    The message is one line naming the flag and the offending code point (escaped); it never
-    echoes the unit itself. ``CanaryProvider`` answers the caller's default with error code
-    ``INVALID_CONTEXT`` (reason ``ERROR``).
-    """
 
 
 def _text_header(n: int) -> bytes:

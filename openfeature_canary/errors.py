@@ -3,12 +3,18 @@
 The hierarchy::
 
     CanaryError                 root: catch this to catch everything we raise
-    ├── PlanError               the plan file or value is invalid (names the path and rule)
+    ├── PlanError               the plan file or value is invalid (names the path and rule);
+    │                           also a ValueError
     ├── StateStoreError         a state store cannot be read or written
     │   └── StaleStateError     a compare-and-set lost against a newer version
     ├── TransitionError         an operator command is not valid in the current status
-    ├── UnknownFlagError        the plan has no such flag
-    └── SignalSourceError       a signal source failed to produce readings
+    ├── UnknownFlagError        the plan has no such flag; also a KeyError
+    ├── SignalSourceError       a signal source failed to produce readings
+    ├── UnitEncodingError       a bucketing unit is not valid Unicode text; also a ValueError
+    ├── OutboxError             an event could not be made durable in the outbox
+    ├── IngestError             a POST to the telemetry ingest failed
+    ├── ReportError             a report file could not be written
+    └── UsageError              bad command-line input (the CLI exits with 2)
 
 The provider never lets these escape into the OpenFeature SDK: it maps them to
 ``OpenFeatureError``s at its boundary.
@@ -18,12 +24,17 @@ from __future__ import annotations
 
 __all__ = [
     "CanaryError",
+    "IngestError",
+    "OutboxError",
     "PlanError",
+    "ReportError",
     "SignalSourceError",
     "StaleStateError",
     "StateStoreError",
     "TransitionError",
+    "UnitEncodingError",
     "UnknownFlagError",
+    "UsageError",
 ]
 
 
@@ -71,3 +82,43 @@ class UnknownFlagError(CanaryError, KeyError):
 
 class SignalSourceError(CanaryError):
     """A signal source failed (a scrape, a query, a reader); the policy's ``on_error`` decides."""
+
+
+class UsageError(CanaryError):
+    """Bad command-line input (arguments, output path, store): the CLI exits with 2."""
+
+
+class UnitEncodingError(CanaryError, ValueError):
+    """The bucketing unit is not valid Unicode text (it holds a lone surrogate), so it has no
+    UTF-8 bytes to hash and is not bucketed.
+
+    The message is one line naming the flag and the offending code point (escaped); it never
+    echoes the unit itself. ``CanaryProvider`` answers the caller's default with error code
+    ``INVALID_CONTEXT`` (reason ``ERROR``).
+    Also a ``ValueError``, as it was before it joined this tree.
+    """
+
+
+class OutboxError(CanaryError):
+    """The outbox file cannot be read or written (the path is in the message).
+
+    Raised by :meth:`Outbox.enqueue` when an event could not be made durable: the caller
+    must not assume it will be delivered.
+    """
+
+
+class IngestError(CanaryError):
+    """A POST to the telemetry ingest failed: a transport error, a timeout (the attempt's
+    deadline) or a non-2xx answer.
+
+    ``status_code`` is the HTTP status, or ``None`` when no answer came. The message names the
+    URL only in redacted form (see :func:`redact_url`) and holds none of its secrets.
+    """
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class ReportError(CanaryError):
+    """A report file could not be written (the path is in the message)."""

@@ -34,12 +34,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from openfeature_canary._atomicfile import atomic_write_text
 from openfeature_canary.bucketing import SCHEMES, Scheme
 from openfeature_canary.errors import PlanError
 from openfeature_canary.plan import FlagPlan, RolloutPlan
 from openfeature_canary.policy import OFF, ON, build_view
 from openfeature_canary.state import RolloutState, check_state_against_plan
-from openfeature_canary.stores._atomicfile import atomic_write_text
 
 __all__ = [
     "FLAGD_SCHEMA",

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from openfeature_canary import (
-    ALLOWED,
     Controller,
     ManualClock,
     MemoryStateStore,
@@ -21,6 +20,7 @@ from openfeature_canary import (
     UnknownFlagError,
     load_plan,
 )
+from openfeature_canary.policy import ALLOWED
 
 F1 = "dataservice-read-canary"
 F2 = "dataservice-user-read-canary"

@@ -34,11 +34,11 @@ from openfeature.contrib.provider.canary import CanaryProvider
 from openfeature.evaluation_context import EvaluationContext
 
 from openfeature_canary import ManualClock, Rollout, RolloutState, Status, load_plan
+from openfeature_canary._atomicfile import STALE_TMP_S
 from openfeature_canary.demo._ingest_server import IngestServer
 from openfeature_canary.events import Outbox, OutboxEvent, TelemetrySender, _outbox
 from openfeature_canary.policy import RECONCILE_WINDOW_S, event_id, implied_events
 from openfeature_canary.stores import FileStateStore
-from openfeature_canary.stores._atomicfile import STALE_TMP_S
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "canary_plan.toml"
 FLAG = "dataservice-read-canary"
@@ -468,7 +468,7 @@ def test_provider_initialize_after_a_kill_announces_the_rollback_once_and_not_on
 _SLOW_WRITER = r"""
 import sys
 from pathlib import Path
-from openfeature_canary.stores._atomicfile import atomic_write_text
+from openfeature_canary._atomicfile import atomic_write_text
 
 atomic_write_text(Path(sys.argv[1]), "x" * 30_000_000)
 """

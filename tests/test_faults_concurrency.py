@@ -39,10 +39,10 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from otel_points import points
 
-from openfeature_canary import RolloutPlan, RolloutState, Status, load_plan
+from openfeature_canary import RolloutPlan, RolloutState, Status, _forksafe, load_plan
 from openfeature_canary.errors import StaleStateError
 from openfeature_canary.events import JsonScalar, Outbox, OutboxEvent
-from openfeature_canary.stores import FileStateStore, StateStore, _forksafe
+from openfeature_canary.stores import FileStateStore, StateStore
 from openfeature_canary.telemetry import Telemetry, setup_telemetry
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")

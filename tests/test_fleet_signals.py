@@ -256,7 +256,7 @@ def _set(path: tuple[Any, ...], value: Any) -> dict[str, Any]:
             id="count-with-5000-digits",
         ),
         (("format",), 10**400, "record.format: a number too large"),
-        (("format",), [[1]], "record.format: a list is not"),
+        (("format",), [[1]], "record.format: an array is not"),
         (("counters", 0, "value"), 10**400, "record.counters[0].value: a number too large"),
         (("lag", 0, "counts", 0), "1", "record.lag[0].counts[0]"),
         (("lag", 0, "extra"), 1, "record.lag[0]: unexpected 'extra'"),

@@ -11,17 +11,8 @@ from types import MappingProxyType
 
 import pytest
 
-from openfeature_canary.events._reports import (
-    AbortRecord,
-    ReportError,
-    ReportWriter,
-    StageResult,
-    fmt_count,
-    fmt_ms,
-    fmt_percent,
-    fmt_rate,
-    fmt_time,
-)
+from openfeature_canary.events._markdown import fmt_count, fmt_ms, fmt_percent, fmt_rate, fmt_time
+from openfeature_canary.events._reports import AbortRecord, ReportError, ReportWriter, StageResult
 from openfeature_canary.state import LogEntry
 
 FLAG = "dataservice-read-canary"

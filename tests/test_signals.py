@@ -41,6 +41,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from openfeature_canary import SignalSourceError, load_plan
 from openfeature_canary.clock import ManualClock
 from openfeature_canary.plan import RolloutPlan, parse_plan
+from openfeature_canary.plan._signals import KNOWN_SIGNALS
 from openfeature_canary.signals import (
     DEFAULT_RETENTION_S,
     InProcessSignalSource,
@@ -51,7 +52,6 @@ from openfeature_canary.signals import (
     histogram_quantile,
     retention_for_plan,
 )
-from openfeature_canary.signals._names import KNOWN_SIGNALS
 
 FLAG = "dataservice-read-canary"
 OTHER = "dataservice-user-read-canary"

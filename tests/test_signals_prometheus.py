@@ -41,6 +41,7 @@ from openfeature_canary.instrumentation import (
     record_request,
 )
 from openfeature_canary.plan import RolloutPlan
+from openfeature_canary.plan._signals import KNOWN_SIGNALS, MS_SIGNALS, RATE_SIGNALS
 from openfeature_canary.policy import Autopilot, Rollout
 from openfeature_canary.signals import (
     InProcessSignalSource,
@@ -50,7 +51,6 @@ from openfeature_canary.signals import (
     default_queries,
     validate_queries,
 )
-from openfeature_canary.signals._names import KNOWN_SIGNALS, MS_SIGNALS, RATE_SIGNALS
 from openfeature_canary.telemetry import Telemetry, histogram_bounds_s, setup_telemetry
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,7 +25,7 @@ shards under that lock, so a thread ending meanwhile is counted once, live or fo
 In a child process forked from a threaded one, only the forking thread exists: the other
 threads' shards are folded at the fork (their evaluations in flight then never finish there).
 The fork waits for this hook's lock (a callback's sum or a fold under way), so no fold is left
-half done, and the meter provider is made fork-safe (``stores._forksafe``: no data point half
+half done, and the meter provider is made fork-safe (``_forksafe``: no data point half
 updated, every SDK lock free again in the child), so the child records and collects at once.
 The evaluation path takes none of these locks.
 """
@@ -72,13 +72,13 @@ from opentelemetry.metrics import (
 )
 from opentelemetry.util.types import AttributeValue
 
-from openfeature_canary.instrumentation import remember_variant
-from openfeature_canary.stores._forksafe import (
+from openfeature_canary._forksafe import (
     HOOKS,
     acquire_until,
     hold_opentelemetry_across_fork,
     on_fork,
 )
+from openfeature_canary.instrumentation import remember_variant
 
 __all__ = ["MetricsHook"]
 

@@ -4,19 +4,34 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Protocol, TypeAlias
 
 from openfeature.exception import GeneralError
 from openfeature.flag_evaluation import FlagEvaluationDetails, FlagValueType
 from openfeature.hook import Hook, HookContext, HookHints
 
 from openfeature_canary import Controller, Rollout, RolloutState, StateStoreError, Status
+from openfeature_canary._forksafe import hold_locks_across_fork, renew_locks_after_fork
 from openfeature_canary.policy import BackgroundRunner
-from openfeature_canary.stores._forksafe import hold_locks_across_fork, renew_locks_after_fork
 
-__all__ = ["PolicyHook"]
+__all__ = ["PolicyHook", "PolicyTarget", "ServesRollout"]
 
 log = logging.getLogger("openfeature_canary")
+
+
+class ServesRollout(Protocol):
+    """What :class:`PolicyHook` needs of a provider: the :class:`Rollout` it serves
+    (``CanaryProvider`` has one). A ``runner`` attribute holding the provider's
+    :class:`BackgroundRunner`, when present, is shared instead of starting a second thread."""
+
+    @property
+    def rollout(self) -> Rollout:
+        """The rollout whose flags the provider serves."""
+        ...
+
+
+#: What a :class:`PolicyHook` is built from: a rollout, one flag's controller, or a provider.
+PolicyTarget: TypeAlias = Rollout | Controller | ServesRollout
 
 
 class PolicyHook(Hook):
@@ -42,7 +57,9 @@ class PolicyHook(Hook):
     >>> api.add_hooks([PolicyHook(rollout)])  # doctest: +SKIP
     """
 
-    def __init__(self, target: Any, *, background: bool = True, interval: float = 0.5) -> None:
+    def __init__(
+        self, target: PolicyTarget, *, background: bool = True, interval: float = 0.5
+    ) -> None:
         rollout, runner, provider = _resolve(target)
         self.rollout: Rollout = rollout
         # Our CanaryProvider already serves a rolled-back flag as ``off``: refusing its
@@ -130,7 +147,7 @@ class PolicyHook(Hook):
             self._runner.stop()
 
 
-def _resolve(target: Any) -> tuple[Rollout, BackgroundRunner | None, Any]:
+def _resolve(target: PolicyTarget) -> tuple[Rollout, BackgroundRunner | None, object]:
     """(rollout, the provider's runner, the provider) for a provider; no runner otherwise."""
     if isinstance(target, Rollout):
         return target, None, None

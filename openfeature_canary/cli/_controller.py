@@ -14,10 +14,9 @@ import argparse
 import logging
 from typing import Any
 
-from openfeature_canary.cli._export import _Stopper
-from openfeature_canary.cli._main import EXIT_OK, UsageError, _Io, _load, _store_url
+from openfeature_canary.cli._common import EXIT_OK, Io, Stopper, load_plan_arg, store_url
 from openfeature_canary.engine import EngineOptions, build_engine
-from openfeature_canary.errors import StateStoreError
+from openfeature_canary.errors import StateStoreError, UsageError
 from openfeature_canary.policy import DEFAULT_LEASE_TTL_S, BackgroundRunner
 from openfeature_canary.signals import PrometheusSignalSource, SignalSource
 
@@ -52,14 +51,14 @@ def add_controller_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=_cmd_controller)
 
 
-def _cmd_controller(args: argparse.Namespace, io: _Io) -> int:
-    plan = _load(args)
+def _cmd_controller(args: argparse.Namespace, io: Io) -> int:
+    plan = load_plan_arg(args)
     if not (args.interval > 0 and args.lease_ttl > args.interval):
         raise UsageError(
             f"--interval must be positive and below --lease-ttl, got {args.interval} and "
             f"{args.lease_ttl}"
         )
-    url = _store_url(args, plan)
+    url = store_url(args, plan)
     source: SignalSource | None = None
     if args.prometheus:
         try:
@@ -93,7 +92,7 @@ def _cmd_controller(args: argparse.Namespace, io: _Io) -> int:
         + (args.prometheus if args.prometheus else "the services' published records")
     )
     try:
-        with _Stopper() as stopper:
+        with Stopper() as stopper:
             while not stopper.wait(args.interval):
                 _round(runner)
     finally:

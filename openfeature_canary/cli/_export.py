@@ -15,24 +15,19 @@ SIGINT or SIGTERM stops it with exit code 0.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
-import select
-import signal
-import socket
-import time
 from pathlib import Path
 from typing import Any, Final
 
+from openfeature_canary._atomicfile import atomic_write_text
 from openfeature_canary.bucketing import SCHEMES
+from openfeature_canary.cli._common import EXIT_OK, Io, Stopper, load_plan_arg, open_rollout
 from openfeature_canary.cli._format import format_pct
-from openfeature_canary.cli._main import EXIT_OK, UsageError, _Io, _load, _open
-from openfeature_canary.errors import StateStoreError
+from openfeature_canary.errors import StateStoreError, UsageError
 from openfeature_canary.flagd_export import export_scheme, flagd_definition, render_flagd
 from openfeature_canary.plan import RolloutPlan
 from openfeature_canary.policy import Rollout
 from openfeature_canary.stores import FileStateStore
-from openfeature_canary.stores._atomicfile import atomic_write_text
 
 __all__ = ["add_export_parser"]
 
@@ -78,12 +73,12 @@ def add_export_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=_cmd_export_flagd)
 
 
-def _cmd_export_flagd(args: argparse.Namespace, io: _Io) -> int:
+def _cmd_export_flagd(args: argparse.Namespace, io: Io) -> int:
     target = _target(args)
     interval = _interval(args)
-    plan = _load(args)
+    plan = load_plan_arg(args)
     scheme = export_scheme(plan, args.scheme)  # argparse has checked the name
-    rollout, _ = _open(args, plan, io)
+    rollout, _ = open_rollout(args, plan, io)
     if target is not None:
         _check_target(target, rollout)
     watcher = _Watcher(plan, rollout, scheme, target, io)
@@ -99,7 +94,7 @@ def _cmd_export_flagd(args: argparse.Namespace, io: _Io) -> int:
     watcher.report(definition)
     if not args.watch:
         return EXIT_OK
-    with _Stopper() as stopper:
+    with Stopper() as stopper:
         while not stopper.wait(interval):
             watcher.poll()
     return EXIT_OK
@@ -151,7 +146,7 @@ class _Watcher:
     """
 
     def __init__(
-        self, plan: RolloutPlan, rollout: Rollout, scheme: str, target: Path | None, io: _Io
+        self, plan: RolloutPlan, rollout: Rollout, scheme: str, target: Path | None, io: Io
     ) -> None:
         self.plan = plan
         self.rollout = rollout
@@ -205,53 +200,3 @@ class _Watcher:
 
 
 _UNSEEN: Final = object()
-
-
-class _Stopper:
-    """Waits between polls and wakes at once on SIGINT or SIGTERM.
-
-    The handlers only append to a list: a handler that took a lock (``threading.Event.set``)
-    could deadlock the very code it interrupted. The signal's wake-up byte on a socket ends
-    the ``select`` of :meth:`wait` early. Outside the main thread no handler can be set; the
-    wait is then a plain sleep and Ctrl-C ends the command through ``KeyboardInterrupt``.
-    """
-
-    def __init__(self) -> None:
-        self.signals: list[int] = []
-        self._previous: dict[signal.Signals, Any] = {}
-        self._wake: tuple[socket.socket, socket.socket] | None = None
-        self._old_fd = -1
-
-    def __enter__(self) -> _Stopper:
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        except ValueError:  # not the main thread
-            return self
-        self._wake = socket.socketpair()
-        for end in self._wake:
-            end.setblocking(False)
-        self._old_fd = signal.set_wakeup_fd(self._wake[1].fileno(), warn_on_full_buffer=False)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._wake is not None:
-            signal.set_wakeup_fd(self._old_fd)
-            for end in self._wake:
-                end.close()
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, _frame: object) -> None:
-        self.signals.append(signum)
-
-    def wait(self, timeout: float) -> bool:
-        """Sleep up to ``timeout`` seconds; True once SIGINT or SIGTERM arrived."""
-        if not self.signals:
-            if self._wake is None:
-                time.sleep(timeout)
-            else:
-                select.select([self._wake[0]], [], [], timeout)
-                with contextlib.suppress(OSError):
-                    self._wake[0].recv(4096)
-        return bool(self.signals)

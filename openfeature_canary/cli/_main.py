@@ -27,7 +27,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Final, NoReturn
 
+from openfeature_canary._atomicfile import atomic_write_text
 from openfeature_canary.bucketing import UnitEncodingError
+from openfeature_canary.cli._common import (
+    DEFAULT_PLAN,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    PROG,
+    Io,
+    load_plan_arg,
+    open_rollout,
+)
+from openfeature_canary.cli._controller import add_controller_parser
+from openfeature_canary.cli._export import add_export_parser
 from openfeature_canary.cli._format import (
     bucket_lines,
     decider_json,
@@ -38,36 +51,20 @@ from openfeature_canary.cli._format import (
     status_table,
 )
 from openfeature_canary.clock import Clock, SystemClock
-from openfeature_canary.engine import EngineOptions, build_engine
 from openfeature_canary.errors import (
     CanaryError,
     PlanError,
     StateStoreError,
     TransitionError,
     UnknownFlagError,
+    UsageError,
 )
-from openfeature_canary.events import (
-    TelemetrySender,
-    render_plan_markdown,
-)
-from openfeature_canary.plan import RolloutPlan, load_plan
-from openfeature_canary.policy import Controller, Rollout
+from openfeature_canary.events import render_plan_markdown
+from openfeature_canary.policy import Controller
 from openfeature_canary.state import RolloutState
 from openfeature_canary.stores import FleetStore, Lease, StateStore
-from openfeature_canary.stores._atomicfile import atomic_write_text
 
 __all__ = ["EXIT_OK", "EXIT_REFUSED", "EXIT_USAGE", "UsageError", "main", "run"]
-
-PROG: Final = "openfeature-canary"
-DEFAULT_PLAN: Final = "canary_plan.toml"
-
-EXIT_OK: Final = 0
-EXIT_REFUSED: Final = 1
-EXIT_USAGE: Final = 2
-
-
-class UsageError(CanaryError):
-    """Bad command-line input (arguments, output path, store): the CLI exits with 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,22 +76,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{where}{message} (see '{self.prog} --help')")
 
 
-class _Io:
-    """Where a command writes, and the clock it acts at."""
-
-    def __init__(self, out: IO[str], err: IO[str], clock: Clock) -> None:
-        self.out = out
-        self.err = err
-        self.clock = clock
-
-    def print(self, text: str = "") -> None:
-        print(text, file=self.out)
-
-    def warn(self, text: str) -> None:
-        print(f"{PROG}: warning: {text}", file=self.err)
-
-
-Handler = Callable[[argparse.Namespace, _Io], int]
+Handler = Callable[[argparse.Namespace, Io], int]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,7 +98,7 @@ def run(
     err: IO[str] | None = None,
 ) -> int:
     """:func:`main` with an injectable clock and streams (tests, embedding)."""
-    io = _Io(out or sys.stdout, err or sys.stderr, clock or SystemClock())
+    io = Io(out or sys.stdout, err or sys.stderr, clock or SystemClock())
     try:
         parser = build_parser()
         args, extras = parser.parse_known_args(list(argv))
@@ -142,7 +124,7 @@ def run(
         return 130
 
 
-def _fail(io: _Io, exc: Exception, code: int) -> int:
+def _fail(io: Io, exc: Exception, code: int) -> int:
     print(f"{PROG}: error: {exc}", file=io.err)
     return code
 
@@ -223,11 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     bucket.add_argument("unit", metavar="UNIT", help="the bucketing unit, e.g. a request id")
     bucket.set_defaults(handler=_cmd_bucket)
 
-    from openfeature_canary.cli._export import add_export_parser  # it imports this module
-
     add_export_parser(sub, common)
-    from openfeature_canary.cli._controller import add_controller_parser
-
     add_controller_parser(sub, common)
 
     # add_help=False: `demo --help` and every other demo option go to the demo itself.
@@ -247,74 +225,11 @@ _COMMANDS: Final = {
 }
 
 
-# --------------------------------------------------------------------------- loading
-
-
-def _load(args: argparse.Namespace) -> RolloutPlan:
-    path: str | None = getattr(args, "plan", None)
-    if path is None and not Path(DEFAULT_PLAN).exists():
-        raise UsageError(
-            f"{DEFAULT_PLAN}: plan file not found in the current folder ({Path.cwd()}); "
-            "give --plan PATH"
-        )
-    return load_plan(path or DEFAULT_PLAN)
-
-
-def _store_url(args: argparse.Namespace, plan: RolloutPlan) -> str:
-    url: str | None = getattr(args, "store", None)
-    if url == "":
-        raise UsageError("--store is empty: give --store file:///path/state.json")
-    if url is None:
-        url = plan.store
-    if not url:
-        raise UsageError(
-            f"no store: give --store file:///path/state.json (the one the service uses) or set "
-            f"`store` in {plan.source}"
-        )
-    if url.startswith("/"):
-        raise UsageError(f"--store {url!r}: a store is a URL; did you mean file://{url}?")
-    return url
-
-
-def _open(
-    args: argparse.Namespace,
-    plan: RolloutPlan,
-    io: _Io,
-    *,
-    with_effects: bool = False,
-) -> tuple[Rollout, TelemetrySender | None]:
-    """The rollout over the plan's shared store (``memory://`` refused), read from the store.
-
-    ``with_effects``: transitions go through the same pipeline as the service's (telemetry
-    event through the durable outbox, reports).
-    """
-    url = _store_url(args, plan)
-    if url.startswith("memory:"):
-        raise UsageError(
-            "the store is memory://, which no service shares: give --store "
-            "file:///path/state.json (the one the service uses) or set `store` in the plan"
-        )
-    options = EngineOptions(store=url, clock=io.clock, effects=with_effects)
-    try:
-        engine = build_engine(plan, options)
-    except StateStoreError as exc:
-        raise UsageError(str(exc)) from exc
-    rollout, sender = engine.rollout, engine.sender
-    try:
-        rollout.load()
-    except StateStoreError as exc:
-        raise UsageError(str(exc)) from exc
-    if sender is not None:
-        # Events a killed process persisted but never queued go out with this command's.
-        rollout.reconcile_events()
-    return rollout, sender
-
-
 # --------------------------------------------------------------------------- commands
 
 
-def _cmd_plan_check(args: argparse.Namespace, io: _Io) -> int:
-    plan = _load(args)
+def _cmd_plan_check(args: argparse.Namespace, io: Io) -> int:
+    plan = load_plan_arg(args)
     for flag in plan.flags.values():
         io.print(flag_summary(flag))
     n = len(plan.flags)
@@ -322,8 +237,8 @@ def _cmd_plan_check(args: argparse.Namespace, io: _Io) -> int:
     return EXIT_OK
 
 
-def _cmd_plan_render(args: argparse.Namespace, io: _Io) -> int:
-    plan = _load(args)
+def _cmd_plan_render(args: argparse.Namespace, io: Io) -> int:
+    plan = load_plan_arg(args)
     target = Path(args.out) if args.out else Path(plan.reports.dir) / "canary_plan.md"
     _write_atomically(target, render_plan_markdown(plan))
     io.print(str(target))
@@ -339,10 +254,10 @@ def _write_atomically(target: Path, text: str) -> None:
         raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from exc
 
 
-def _cmd_status(args: argparse.Namespace, io: _Io) -> int:
-    plan = _load(args)
+def _cmd_status(args: argparse.Namespace, io: Io) -> int:
+    plan = load_plan_arg(args)
     flags = [plan.flag(args.flag)] if args.flag else list(plan.flags.values())
-    rollout, _ = _open(args, plan, io)
+    rollout, _ = open_rollout(args, plan, io)
     states = {f.key: rollout.controller(f.key).state for f in flags}
     lease, error = _read_lease(rollout.store)
     if args.json:
@@ -367,8 +282,8 @@ def _read_lease(store: StateStore) -> tuple[Lease | None, str | None]:
         return None, str(exc)
 
 
-def _cmd_transition(args: argparse.Namespace, io: _Io) -> int:
-    plan = _load(args)
+def _cmd_transition(args: argparse.Namespace, io: Io) -> int:
+    plan = load_plan_arg(args)
     flag = plan.flag(args.flag)
     command: str = args.command
     reason: str | None = getattr(args, "reason", None)
@@ -376,7 +291,7 @@ def _cmd_transition(args: argparse.Namespace, io: _Io) -> int:
         raise UsageError("rollback: --reason must not be empty")
     # The same pipeline as an automatic decision: persisted, then a telemetry event through
     # the durable outbox and the reports (an operator's rollback lands in canary_abort.md too).
-    rollout, sender = _open(args, plan, io, with_effects=True)
+    rollout, sender = open_rollout(args, plan, io, with_effects=True)
     ctl = rollout.controller(flag.key)
     if command == "start":
         state = ctl.start(force=True) if args.force else ctl.request_start()
@@ -404,14 +319,14 @@ _ACTIONS: Final[dict[str, Callable[[Controller, str | None], RolloutState]]] = {
 }
 
 
-def _cmd_bucket(args: argparse.Namespace, io: _Io) -> int:
-    plan = _load(args)
+def _cmd_bucket(args: argparse.Namespace, io: Io) -> int:
+    plan = load_plan_arg(args)
     flag = plan.flag(args.flag)
     if not args.unit:
         raise UsageError("bucket: UNIT must not be empty (an empty unit counts as missing)")
     state: RolloutState | None = None
     if getattr(args, "store", None) or plan.store:
-        state = _open(args, plan, io)[0].controller(flag.key).state
+        state = open_rollout(args, plan, io)[0].controller(flag.key).state
     try:
         lines = bucket_lines(flag, args.unit, state)
     except UnitEncodingError as exc:  # e.g. undecodable bytes in argv
@@ -421,7 +336,7 @@ def _cmd_bucket(args: argparse.Namespace, io: _Io) -> int:
     return EXIT_OK
 
 
-def _run_demo(args: argparse.Namespace, extras: list[str], io: _Io) -> int:
+def _run_demo(args: argparse.Namespace, extras: list[str], io: Io) -> int:
     """Hand over to the demo (``openfeature_canary.demo``), which owns its options;
     ``--plan``/``--store`` given to this CLI are passed on."""
     from openfeature_canary.demo import main as demo_main

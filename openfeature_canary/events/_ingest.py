@@ -44,7 +44,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from openfeature_canary.errors import CanaryError
+from openfeature_canary.errors import IngestError
 from openfeature_canary.events._attempt import Answer, Attempt
 from openfeature_canary.events._outbox import OutboxEvent
 from openfeature_canary.events._redact import (
@@ -102,19 +102,6 @@ def import_delivery_modules() -> None:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
     codecs.lookup("idna")
-
-
-class IngestError(CanaryError):
-    """A POST to the telemetry ingest failed: a transport error, a timeout (the attempt's
-    deadline) or a non-2xx answer.
-
-    ``status_code`` is the HTTP status, or ``None`` when no answer came. The message names the
-    URL only in redacted form (see :func:`redact_url`) and holds none of its secrets.
-    """
-
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
-        super().__init__(message)
-        self.status_code = status_code
 
 
 def ingest_url(base_url: str) -> str:

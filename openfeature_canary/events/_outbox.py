@@ -48,9 +48,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-from openfeature_canary.errors import CanaryError
-from openfeature_canary.stores._atomicfile import atomic_write_text, fsync_dir
-from openfeature_canary.stores._forksafe import hold_locks_across_fork
+from openfeature_canary._atomicfile import atomic_write_text, fsync_dir
+from openfeature_canary._forksafe import hold_locks_across_fork
+from openfeature_canary.errors import OutboxError
 
 __all__ = ["REMEMBERED_DELIVERED", "JsonScalar", "Outbox", "OutboxError", "OutboxEvent"]
 
@@ -66,14 +66,6 @@ _COMPACT_SLACK: Final = 1000
 #: again after its delivery (a start-up reconciliation) is not queued twice. Kept across the
 #: journal's compaction; about 35 bytes each on disk.
 REMEMBERED_DELIVERED: Final = 2000
-
-
-class OutboxError(CanaryError):
-    """The outbox file cannot be read or written (the path is in the message).
-
-    Raised by :meth:`Outbox.enqueue` when an event could not be made durable: the caller
-    must not assume it will be delivered.
-    """
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ a query string in the telemetry URL (or the store URL) become ``***``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -25,6 +24,7 @@ from openfeature_canary._format import (
     format_span,
 )
 from openfeature_canary.events._ingest import INGEST_PATH, IngestError, ingest_url, redact_url
+from openfeature_canary.events._markdown import md_table
 from openfeature_canary.plan import FlagPlan, RolloutPlan, Stage
 
 __all__ = ["phase_of", "render_plan_markdown"]
@@ -124,14 +124,14 @@ def _flag_section(plan: RolloutPlan, key: str, flag: FlagPlan) -> list[str]:
     if flag.dry_run:
         out.append("- Dry run: decisions are logged, never applied")
     out += ["", "### Stages", ""]
-    out += _table(
+    out += md_table(
         ("Stage", "Traffic", "Duration", "Gate window", "Go/No-Go"),
         [_BASELINE_ROW, *(_stage_row(flag, i) for i in range(1, len(flag.stages) + 1))],
     )
     out += ["", *_gate_notes(flag)]
     out += ["", "### Hard rollback triggers (any one → immediately 0 %)", ""]
     if flag.triggers:
-        out += _table(
+        out += md_table(
             ("Trigger", "Rule"),
             [(f"`{t.name}`", t.rule + _on_error_note(t.on_error)) for t in flag.triggers],
         )
@@ -206,14 +206,3 @@ def _gate_notes(flag: FlagPlan) -> list[str]:
 
 def _on_error_note(on_error: str) -> str:
     return " (source errors ignored)" if on_error == "ignore" else ""
-
-
-def _table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> list[str]:
-    head = list(header)
-    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return out
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import math
 import os
 import threading
 from collections.abc import Iterator, Mapping
@@ -27,12 +26,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from openfeature_canary._format import format_duration, format_number, format_percent, iso_utc
-from openfeature_canary.errors import CanaryError
-from openfeature_canary.signals._names import MS_SIGNALS, RATE_SIGNALS
-from openfeature_canary.state import LogEntry, Number
-from openfeature_canary.stores._atomicfile import atomic_write_text
-from openfeature_canary.stores._forksafe import hold_locks_across_fork
+from openfeature_canary._atomicfile import atomic_write_text
+from openfeature_canary._forksafe import hold_locks_across_fork
+from openfeature_canary._format import format_duration
+from openfeature_canary.errors import ReportError
+from openfeature_canary.events._markdown import (
+    DASH,
+    fmt_count,
+    fmt_ms,
+    fmt_number,
+    fmt_percent,
+    fmt_rate,
+    fmt_time,
+    md_cell,
+)
+from openfeature_canary.plan._signals import MS_SIGNALS, RATE_SIGNALS
+from openfeature_canary.state import LogEntry
 
 __all__ = [
     "ABORT_FILE",
@@ -44,11 +53,6 @@ __all__ = [
     "ReportSink",
     "ReportWriter",
     "StageResult",
-    "fmt_count",
-    "fmt_ms",
-    "fmt_percent",
-    "fmt_rate",
-    "fmt_time",
     "render_abort",
     "render_results",
 ]
@@ -61,7 +65,6 @@ RESULTS_DATA_FILE: Final = "canary_results.json"
 ABORT_FILE: Final = "canary_abort.md"
 _LOCK_FILE: Final = ".canary_reports.lock"
 _FORMAT: Final = 1
-_DASH: Final = "\u2013"  # en dash, shown for "no value"
 
 _RESULTS_COLUMNS: Final = (
     ("Stage", "---:"),
@@ -77,10 +80,6 @@ _RESULTS_COLUMNS: Final = (
     ("Would have caught", "---"),
     ("Decision", "---"),
 )
-
-
-class ReportError(CanaryError):
-    """A report file could not be written (the path is in the message)."""
 
 
 @dataclass(frozen=True)
@@ -324,10 +323,10 @@ def render_results(results: list[StageResult]) -> str:
                 fmt_rate(r.observed_error_rate),
                 fmt_count(r.samples),
                 f"{r.windows_passed} / {r.windows_failed} / {r.windows_inconclusive}",
-                r.power or "\u2013",
+                r.power or DASH,
                 f"**{r.decision}**" + (f" — {r.reason}" if r.reason else ""),
             )
-            out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+            out.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
         out.append("")
     return "\n".join(out)
 
@@ -345,11 +344,11 @@ def render_abort(record: AbortRecord) -> str:
         "| Field | Value |",
         "|---|---|",
         f"| Time | {when} |",
-        f"| Flag | `{_cell(record.flag_key)}` |",
+        f"| Flag | `{md_cell(record.flag_key)}` |",
         f"| From | {fmt_percent(record.from_pct)} (stage {record.from_stage}) |",
-        f"| Trigger | `{_cell(record.trigger)}` |",
+        f"| Trigger | `{md_cell(record.trigger)}` |",
         f"| Value vs threshold | {value} vs {threshold} |",
-        f"| Window | {_DASH if record.window_s is None else format_duration(record.window_s)} |",
+        f"| Window | {DASH if record.window_s is None else format_duration(record.window_s)} |",
         f"| Samples (n) | {fmt_count(record.n)} |",
         "",
     ]
@@ -361,46 +360,11 @@ def render_abort(record: AbortRecord) -> str:
             "|---|---|---|---|",
         ]
         for e in record.last_decisions:
-            numbers = ", ".join(f"{k}={_fmt_number(v)}" for k, v in e.numbers.items())
-            cells = (fmt_time(e.at), e.action, e.reason or _DASH, numbers or _DASH)
-            out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+            numbers = ", ".join(f"{k}={fmt_number(v)}" for k, v in e.numbers.items())
+            cells = (fmt_time(e.at), e.action, e.reason or DASH, numbers or DASH)
+            out.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
         out.append("")
     return "\n".join(out)
-
-
-def fmt_time(at: float | None) -> str:
-    """ISO-8601 UTC to the second: ``2025-01-01T00:10:00Z``; an en dash for ``None``."""
-    if at is None:
-        return _DASH
-    return iso_utc(at)
-
-
-def fmt_ms(value: float | None) -> str:
-    """Milliseconds with one decimal: ``131.2 ms``; an en dash for ``None``."""
-    return _DASH if value is None or not math.isfinite(value) else f"{value:.1f} ms"
-
-
-def fmt_rate(value: float | None) -> str:
-    """A ratio as a percentage, two decimals: ``0.001`` → ``0.10 %``; an en dash for ``None``."""
-    return _DASH if value is None or not math.isfinite(value) else f"{value * 100:.2f} %"
-
-
-def fmt_percent(value: float | None) -> str:
-    """A traffic share already in percent: ``25`` → ``25 %``, ``2.5`` → ``2.5 %``."""
-    return _DASH if value is None else format_percent(value)
-
-
-def fmt_count(value: int | None) -> str:
-    """A count with thousands separators: ``12034`` → ``12,034``; an en dash for ``None``."""
-    return _DASH if value is None else f"{value:,}"
-
-
-def _fmt_number(value: Number) -> str:
-    if value is None:
-        return _DASH
-    if isinstance(value, str):
-        return value
-    return format_number(value, significant=4)
 
 
 def _unit_of(signal: str | None, trigger: str) -> str:
@@ -419,12 +383,7 @@ def _fmt_in(unit: str, value: float | None) -> str:
         return fmt_ms(value)
     if unit == "rate":
         return fmt_rate(value)
-    return _fmt_number(value)
-
-
-def _cell(text: str) -> str:
-    """Text safe inside a markdown table cell."""
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+    return fmt_number(value)
 
 
 def _opt_float(value: Any) -> float | None:

@@ -24,6 +24,7 @@ from openfeature_canary.plan._model import (
     Trigger,
     _num,
 )
+from openfeature_canary.plan._promql import validate_queries
 from openfeature_canary.plan._reader import (
     Reader,
     fail_on_repeated_key,
@@ -31,8 +32,7 @@ from openfeature_canary.plan._reader import (
     show,
     show_key,
 )
-from openfeature_canary.signals._names import COHORT_SIGNALS, KNOWN_SIGNALS, RATE_SIGNALS
-from openfeature_canary.signals._promql import validate_queries
+from openfeature_canary.plan._signals import COHORT_SIGNALS, KNOWN_SIGNALS, RATE_SIGNALS
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -9,7 +9,7 @@ from typing import Final, Literal
 
 from openfeature_canary.errors import UnknownFlagError
 from openfeature_canary.plan._decisions import DecisionRules
-from openfeature_canary.signals._names import MS_SIGNALS
+from openfeature_canary.plan._signals import MS_SIGNALS
 
 __all__ = [
     "MIN_PERCENT",

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn, cast
 
 from openfeature_canary._format import parse_duration
+from openfeature_canary._validate import _show, _show_key
 from openfeature_canary.errors import PlanError
 
 __all__ = ["Reader", "fail_on_repeated_key", "json_object", "show", "show_key"]
@@ -19,24 +20,13 @@ _SHOW_MAX = 60
 
 
 def show(value: Any) -> str:
-    """A value inside a message: short, on one line (``repr`` of a scalar, truncated; a
-    table or an array by its kind), whatever the input holds."""
-    if isinstance(value, Mapping):
-        return "a table"
-    if isinstance(value, (list, tuple)):
-        return "an array"
-    try:
-        text = repr(value)
-    except ValueError:  # an integer beyond Python's digits limit
-        return "a very large integer"
-    return text if len(text) <= _SHOW_MAX else text[: _SHOW_MAX - 1] + "…"
+    """A value inside a plan message: the plan's words (a table) and Python's literal form."""
+    return _show(value, literal=repr, mapping="a table", limit=_SHOW_MAX)
 
 
 def show_key(key: Any) -> str:
     """A key inside a path: as written when it is short printable text, else quoted."""
-    if isinstance(key, str) and key.isprintable() and len(key) <= _SHOW_MAX:
-        return key
-    return show(key)
+    return _show_key(key, literal=repr, limit=_SHOW_MAX)
 
 
 class Reader:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from openfeature_canary._forksafe import renew_locks_after_fork
 from openfeature_canary.errors import SignalSourceError
 from openfeature_canary.plan import FlagPlan, Trigger
 from openfeature_canary.policy import transitions
@@ -34,7 +35,6 @@ from openfeature_canary.policy._gates import current_evidence
 from openfeature_canary.policy._windows import windows_due
 from openfeature_canary.signals import EMPTY_COHORT, CountsReading, SignalSource
 from openfeature_canary.state import RolloutState, Status
-from openfeature_canary.stores._forksafe import renew_locks_after_fork
 
 __all__ = ["Autopilot", "TickResult"]
 

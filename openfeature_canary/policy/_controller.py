@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from openfeature_canary._forksafe import renew_locks_after_fork
 from openfeature_canary.errors import StateStoreError, TransitionError
 from openfeature_canary.plan import FlagPlan
 from openfeature_canary.policy import _commands as commands
@@ -31,7 +32,6 @@ from openfeature_canary.state import (
     Status,
     check_state_against_plan,
 )
-from openfeature_canary.stores._forksafe import renew_locks_after_fork
 
 if TYPE_CHECKING:
     from openfeature_canary.policy._rollout import Rollout

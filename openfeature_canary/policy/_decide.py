@@ -24,6 +24,7 @@ from types import MappingProxyType
 from typing import Final
 
 from openfeature_canary.plan import FlagPlan, Trigger
+from openfeature_canary.plan._signals import COHORT_SIGNALS
 from openfeature_canary.policy._decision import Action, Decision, Memory, Reading, Readings
 from openfeature_canary.policy._gates import (
     current_evidence,
@@ -33,7 +34,6 @@ from openfeature_canary.policy._gates import (
 )
 from openfeature_canary.policy._numbers import information_numbers, stage_summary, test_numbers
 from openfeature_canary.policy._windows import judge_window, windows_due
-from openfeature_canary.signals._names import COHORT_SIGNALS
 from openfeature_canary.state import Number, RolloutState, Status
 
 __all__ = [

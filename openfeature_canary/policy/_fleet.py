@@ -29,8 +29,8 @@ import math
 import threading
 from typing import TYPE_CHECKING, Final
 
+from openfeature_canary._forksafe import renew_locks_after_fork
 from openfeature_canary.errors import StateStoreError
-from openfeature_canary.stores._forksafe import renew_locks_after_fork
 
 if TYPE_CHECKING:
     from openfeature_canary.signals._fleet import Publisher

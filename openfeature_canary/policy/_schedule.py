@@ -14,10 +14,10 @@ import logging
 import threading
 from collections.abc import Callable
 
+from openfeature_canary._forksafe import THREADS, on_fork
 from openfeature_canary.errors import StateStoreError
 from openfeature_canary.policy._rollout import Rollout
 from openfeature_canary.policy.round import run_round
-from openfeature_canary.stores._forksafe import THREADS, on_fork
 
 __all__ = ["BackgroundRunner", "StoreHealth"]
 
@@ -54,7 +54,7 @@ class BackgroundRunner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._token: object = _NOT_READ
-        # In a forked child, once every lock is renewed (stores._forksafe).
+        # In a forked child, once every lock is renewed (_forksafe).
         on_fork(self, level=THREADS, after_in_child=_restart_in_child)
 
     @property

@@ -14,13 +14,14 @@ from types import MappingProxyType
 from typing import Final
 
 from openfeature_canary.plan import FlagPlan
+from openfeature_canary.plan._signals import BASELINE, CANARY
 from openfeature_canary.state import RolloutState, Status
 
 __all__ = ["OFF", "ON", "FlagView", "Resolution", "build_view", "parse_override"]
 
-#: Variants served by canary flags.
-ON: Final = "on"
-OFF: Final = "off"
+#: Variants served by canary flags: the signal vocabulary's cohorts (one definition).
+ON: Final = CANARY
+OFF: Final = BASELINE
 
 Metadata = Mapping[str, bool | int | float | str]
 

@@ -12,6 +12,7 @@ merged traffic of all of them the same way.
 
 from __future__ import annotations
 
+from openfeature_canary.plan._promql import validate_queries
 from openfeature_canary.signals._counts import EMPTY_COHORT, CohortCounts, CountsReading
 from openfeature_canary.signals._fleet import (
     FleetSignalSource,
@@ -21,20 +22,21 @@ from openfeature_canary.signals._fleet import (
     snapshot_record,
 )
 from openfeature_canary.signals._histogram import count_above, count_at_least, histogram_quantile
-from openfeature_canary.signals._prometheus import (
-    DEFAULT_PROMETHEUS_TIMEOUT_S,
-    PrometheusSignalSource,
-)
-from openfeature_canary.signals._promql import validate_queries
-from openfeature_canary.signals._promqueries import PrometheusNames, default_queries
-from openfeature_canary.signals._snapshots import CohortTotals, Snapshot
-from openfeature_canary.signals._source import (
+from openfeature_canary.signals._in_process import InProcessSignalSource
+from openfeature_canary.signals._protocol import (
     DEFAULT_RETENTION_S,
-    InProcessSignalSource,
     MetricsDataReader,
     SignalReading,
     SignalSource,
     retention_for_plan,
+)
+from openfeature_canary.signals._snapshot_reads import SnapshotReads
+from openfeature_canary.signals._snapshots import CohortTotals, Snapshot
+from openfeature_canary.signals.prometheus import (
+    DEFAULT_PROMETHEUS_TIMEOUT_S,
+    PrometheusNames,
+    PrometheusSignalSource,
+    default_queries,
 )
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
     "SignalReading",
     "SignalSource",
     "Snapshot",
+    "SnapshotReads",
     "count_above",
     "count_at_least",
     "default_queries",

@@ -31,10 +31,12 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
 from openfeature_canary.errors import SignalSourceError, StateStoreError
+from openfeature_canary.signals._in_process import InProcessSignalSource
 from openfeature_canary.signals._records import (
     snapshot_from_record,
     snapshot_record,
 )
+from openfeature_canary.signals._snapshot_reads import SnapshotReads
 from openfeature_canary.signals._snapshots import (
     Bounds,
     CohortKey,
@@ -42,7 +44,6 @@ from openfeature_canary.signals._snapshots import (
     Counts,
     Snapshot,
 )
-from openfeature_canary.signals._source import InProcessSignalSource, _SnapshotReads
 
 if TYPE_CHECKING:
     from openfeature_canary.plan import RolloutPlan
@@ -162,7 +163,7 @@ class _Process:
     snapshot: Snapshot
 
 
-class FleetSignalSource(_SnapshotReads):
+class FleetSignalSource(SnapshotReads):
     """Signals from every process of a fleet, through the records they publish to the store.
 
     Use it in the process that decides (the lease holder, or the ``controller`` command) when

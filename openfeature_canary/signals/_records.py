@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
+from openfeature_canary._validate import _show
 from openfeature_canary.signals._snapshots import (
     LEDGER_MISMATCHES,
     TELEMETRY_ACCEPTED,
@@ -76,7 +77,7 @@ def snapshot_from_record(data: Any) -> Snapshot:
     top = _object(data, "record", ("format", "requests", "lag", "counters"))
     if top["format"] != RECORD_FORMAT or isinstance(top["format"], bool):
         raise ValueError(
-            f"record.format: {_show(top['format'])} is not the supported format {RECORD_FORMAT}"
+            f"record.format: {_shown(top['format'])} is not the supported format {RECORD_FORMAT}"
         )
     requests: dict[CohortKey, CohortTotals] = {}
     for i, item in enumerate(_array(top["requests"], "record.requests")):
@@ -139,20 +140,10 @@ def _object(value: Any, path: str, keys: tuple[str, ...]) -> Mapping[str, Any]:
     missing = [k for k in keys if k not in value]
     if missing:
         raise ValueError(f"{path}: missing {', '.join(missing)}")
-    extra = [_show(k) for k in value if k not in keys]
+    extra = [_shown(k) for k in value if k not in keys]
     if extra:
         raise ValueError(f"{path}: unexpected {', '.join(sorted(extra))}")
     return value
-
-
-def _show(value: Any) -> str:
-    """``value`` for an error message: short, and safe whatever it is (huge, deep, odd)."""
-    if isinstance(value, int) and abs(value) > _MAX_COUNT:
-        return "a number too large"
-    if isinstance(value, (str, int, float)) or value is None:
-        text = repr(value)
-        return text if len(text) <= 40 else f"{text[:37]}..."
-    return f"a {type(value).__name__}"
 
 
 def _array(value: Any, path: str) -> list[Any]:
@@ -171,7 +162,7 @@ def _count(value: Any, path: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{path}: expected a whole number, got {type(value).__name__}")
     if not 0 <= value <= _MAX_COUNT:
-        raise ValueError(f"{path}: {_show(value)} is not a count in [0, 2**63 - 1]")
+        raise ValueError(f"{path}: {_shown(value)} is not a count in [0, 2**63 - 1]")
     return value
 
 
@@ -179,7 +170,7 @@ def _number(value: Any, path: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{path}: expected a number, got {type(value).__name__}")
     if isinstance(value, int) and value > _MAX_COUNT:
-        raise ValueError(f"{path}: {_show(value)}")
+        raise ValueError(f"{path}: {_shown(value)}")
     number = float(value)
     if not (math.isfinite(number) and number >= 0):
         raise ValueError(f"{path}: {value} is not a finite, non-negative number")
@@ -192,9 +183,13 @@ def _bounds(value: Any, path: str) -> Bounds:
         if isinstance(item, bool) or not isinstance(item, (int, float)):
             raise ValueError(f"{path}[{i}]: expected a number, got {type(item).__name__}")
         if isinstance(item, int) and abs(item) > _MAX_COUNT:
-            raise ValueError(f"{path}[{i}]: {_show(item)} for a bound")
+            raise ValueError(f"{path}[{i}]: {_shown(item)} for a bound")
         bound = float(item)
         if not math.isfinite(bound) or (bounds and bound <= bounds[-1]):
             raise ValueError(f"{path}[{i}]: {item} is not finite and above the previous bound")
         bounds.append(bound)
     return tuple(bounds)
+
+
+def _shown(value: Any) -> str:
+    return _show(value, literal=repr)

@@ -9,17 +9,18 @@ the one decider lease of a fleet.
 
 from __future__ import annotations
 
-from openfeature_canary.stores._fleet import FleetStore, Lease
-from openfeature_canary.stores._redis import RedisStateStore
-from openfeature_canary.stores._store import (
-    FileStateStore,
-    MemoryStateStore,
-    StateStore,
-    open_store,
-)
+from typing import TYPE_CHECKING
+
+from openfeature_canary.stores._fleet import FleetDelegate, FleetStore, Lease
+from openfeature_canary.stores._open import open_store
+from openfeature_canary.stores._store import FileStateStore, MemoryStateStore, StateStore
+
+if TYPE_CHECKING:
+    from openfeature_canary.stores._redis import RedisStateStore
 
 __all__ = [
     "FileStateStore",
+    "FleetDelegate",
     "FleetStore",
     "Lease",
     "MemoryStateStore",
@@ -27,3 +28,13 @@ __all__ = [
     "StateStore",
     "open_store",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``RedisStateStore`` on first use (PEP 562): the ``[redis]`` extra stays unimported until
+    a redis store is asked for."""
+    if name == "RedisStateStore":
+        from openfeature_canary.stores._redis import RedisStateStore
+
+        return RedisStateStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
+from openfeature_canary._forksafe import hold_locks_across_fork
 from openfeature_canary.stores._fleet_codec import (
     Lease,
     check_lease_args,
@@ -23,7 +24,6 @@ from openfeature_canary.stores._fleet_codec import (
     taken_by_other,
 )
 from openfeature_canary.stores._fleet_file import FileFleet
-from openfeature_canary.stores._forksafe import hold_locks_across_fork
 
 __all__ = ["FileFleet", "FleetDelegate", "FleetStore", "Lease", "MemoryFleet"]
 

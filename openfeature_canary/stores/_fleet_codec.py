@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from openfeature_canary.stores._forksafe import hold_locks_across_fork
+from openfeature_canary._forksafe import hold_locks_across_fork
 
 __all__ = [
     "MAX_RECORD_BYTES",

@@ -21,8 +21,9 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from openfeature_canary._atomicfile import atomic_write_text
+from openfeature_canary._forksafe import hold_locks_across_fork
 from openfeature_canary.errors import StateStoreError
-from openfeature_canary.stores._atomicfile import atomic_write_text
 from openfeature_canary.stores._fleet_codec import (
     PROCESS_ID_RE,
     Lease,
@@ -34,7 +35,6 @@ from openfeature_canary.stores._fleet_codec import (
     parse_lease,
     taken_by_other,
 )
-from openfeature_canary.stores._forksafe import hold_locks_across_fork
 
 __all__ = ["FileFleet"]
 

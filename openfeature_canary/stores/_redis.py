@@ -13,24 +13,22 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
-import re
 import threading
 import time
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, cast
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+from openfeature_canary._forksafe import renew_locks_after_fork
 from openfeature_canary.errors import StaleStateError, StateStoreError
 from openfeature_canary.state import RolloutState
 from openfeature_canary.stores._fleet import FleetDelegate
-from openfeature_canary.stores._forksafe import renew_locks_after_fork
+from openfeature_canary.stores._json import parse_state, quoted
 from openfeature_canary.stores._redis_fleet import RedisFleet
-from openfeature_canary.stores._store import _json_kind, _no_duplicates
+from openfeature_canary.stores._redis_url import import_redis, parse_redis_url
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -39,15 +37,11 @@ __all__ = ["RedisStateStore"]
 
 log = logging.getLogger("openfeature_canary")
 
-DEFAULT_PREFIX: Final = "openfeature-canary"
-DEFAULT_TIMEOUT_S: Final = 1.0
 #: How often the listening thread pings Redis; silent for longer than this plus the timeout,
 #: the subscription counts as down and the token is read with a GET again.
 HEARTBEAT_S: Final = 1.0
 #: How long the listening thread waits for a message at a time (so that close() is quick).
 _WAKE_S: Final = 0.1
-_PREFIX_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
-_OPTIONS: Final = ("prefix", "timeout")
 _CORRUPT: Final = "CANARY_CORRUPT"
 
 # KEYS: the states hash, the counter. ARGV: the channel, a random start for a new counter, then
@@ -89,16 +83,6 @@ return found
 """
 
 
-@dataclass(frozen=True)
-class _Options:
-    """A parsed ``redis://`` URL: ``url`` is what messages show (no password)."""
-
-    url: str
-    connect_url: str
-    prefix: str
-    timeout: float
-
-
 class RedisStateStore(FleetDelegate):
     """Rollout states in Redis, shared by every process and replica of a fleet.
 
@@ -112,13 +96,13 @@ class RedisStateStore(FleetDelegate):
     """
 
     def __init__(self, url: str) -> None:
-        self._options = _parse_url(url)
+        self._options = parse_redis_url(url)
         self.url = self._options.url
         self.prefix = self._options.prefix
         self._states_key = f"{self.prefix}:states"
         self._version_key = f"{self.prefix}:version"
         self._channel = f"{self.prefix}:changes"
-        self._redis = _import_redis(self.url)
+        self._redis = import_redis(self.url)
         self._lock = threading.Lock()
         renew_locks_after_fork(self, "_lock")
         self._pid = os.getpid()
@@ -230,7 +214,7 @@ class RedisStateStore(FleetDelegate):
         if text.startswith(_CORRUPT):
             flag = text[len(_CORRUPT) :].strip()
             return StateStoreError(
-                f"{self.url}: corrupt state in {self._states_key} field {_quoted(flag)}: not a "
+                f"{self.url}: corrupt state in {self._states_key} field {quoted(flag)}: not a "
                 "state object with an integer version; not overwritten"
             )
         if text.startswith("WRONGTYPE"):
@@ -264,8 +248,8 @@ class RedisStateStore(FleetDelegate):
         cached = self._parsed.get(flag_key)
         if cached is not None and cached[0] == raw:
             return cached[1]
-        where = f"{self._states_key} field {_quoted(flag_key)}"
-        state = _parse_state(f"{self.url}: corrupt state in {where}", flag_key, raw)
+        where = f"{self._states_key} field {quoted(flag_key)}"
+        state = parse_state(f"{self.url}: corrupt state in {where}", flag_key, raw)
         self._parsed[flag_key] = (raw, state)
         return state
 
@@ -357,103 +341,3 @@ def _token(value: object) -> object:
         except ValueError:  # not our counter: still a value that changes with it
             return value
     return value
-
-
-def _quoted(text: str) -> str:
-    """A flag key as JSON text, short (a stored key may be anything)."""
-    shown = json.dumps(text)
-    return shown if len(shown) <= 40 else shown[:39] + "…"
-
-
-def _parse_state(prefix: str, flag_key: str, raw: bytes) -> RolloutState:
-    """One stored state, validated like the file store's; :class:`StateStoreError` starting
-    with ``prefix`` and naming the field (``flags.<key>.percent: must be …``)."""
-    try:
-        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except UnicodeDecodeError as exc:
-        raise StateStoreError(f"{prefix}: not UTF-8 text (offset {exc.start})") from exc
-    except RecursionError:
-        raise StateStoreError(f"{prefix}: nested too deeply to be a state") from None
-    except ValueError as exc:
-        raise StateStoreError(f"{prefix}: not JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise StateStoreError(f"{prefix}: expected a JSON object, got {_json_kind(data)}")
-    plain = flag_key.isprintable() and len(flag_key) <= 40
-    path = f"flags.{flag_key if plain else _quoted(flag_key)}"
-    try:
-        state = RolloutState.from_dict(data, path=path)
-    except StateStoreError as exc:
-        raise StateStoreError(f"{prefix}: {exc}") from exc
-    if state.flag_key != flag_key:
-        raise StateStoreError(
-            f"{prefix}: {path}.flag_key: must be its field's name {_quoted(flag_key)}, got "
-            f"{_quoted(state.flag_key)}"
-        )
-    return state
-
-
-def _import_redis(url: str) -> Any:
-    try:
-        import redis
-        import redis.backoff
-        import redis.retry
-    except ImportError:
-        raise StateStoreError(
-            f"store URL {url!r} needs the redis package: pip install 'openfeature-canary[redis]'"
-        ) from None
-    return redis
-
-
-def _parse_url(url: str) -> _Options:
-    """Check a ``redis://`` URL; :class:`StateStoreError` naming it and what is wrong."""
-    shown = _scrubbed(url)
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:  # e.g. an unclosed [ of an IPv6 address
-        raise StateStoreError(f"store URL {shown!r}: {exc}") from None
-
-    def bad(detail: str) -> StateStoreError:
-        return StateStoreError(f"store URL {shown!r}: {detail}")
-
-    try:
-        parts.port  # noqa: B018  (parsing it is the check)
-    except ValueError:
-        raise bad("the port must be a number in 1..65535") from None
-    if parts.fragment:
-        raise bad("has a #fragment; options go in the query: ?prefix=…&timeout=…")
-    if not parts.hostname:
-        raise bad("needs a host, e.g. redis://127.0.0.1:6379/0")
-    db = parts.path.strip("/") or "0"
-    if not (db.isascii() and db.isdigit()):
-        raise bad(f"the database must be a number, e.g. /0, got {parts.path!r}")
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    given = dict(pairs)
-    unknown = sorted({k for k, _ in pairs} - set(_OPTIONS))
-    if unknown or len(given) != len(pairs):
-        got = ", ".join(unknown) or repr(parts.query)
-        raise bad(f"the options are prefix= and timeout=, each once; got {got}")
-    prefix = given.get("prefix", DEFAULT_PREFIX)
-    if not _PREFIX_RE.fullmatch(prefix):
-        raise bad(f"prefix= must be 1-100 of A-Z a-z 0-9 . _ : - (starting alnum), got {prefix!r}")
-    try:
-        timeout = float(given.get("timeout", DEFAULT_TIMEOUT_S))
-    except ValueError:
-        timeout = math.nan
-    if not (math.isfinite(timeout) and 0 < timeout <= 60):
-        raise bad(f"timeout= must be seconds in (0, 60], got {given.get('timeout')!r}")
-    connect = urlunsplit((parts.scheme, parts.netloc, f"/{int(db)}", "", ""))
-    return _Options(url=shown, connect_url=connect, prefix=prefix, timeout=timeout)
-
-
-def _scrubbed(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (everything before ``@`` if it cannot be
-    parsed)."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user, host = parts.username or "", parts.netloc.rpartition("@")[2]
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-    except ValueError:
-        scheme, _, rest = url.partition("://")
-        return f"{scheme}://***@{rest.rpartition('@')[2]}" if "@" in rest else url

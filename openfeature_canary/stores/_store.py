@@ -18,16 +18,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import unquote, urlparse
 
+from openfeature_canary._atomicfile import atomic_write_text
+from openfeature_canary._forksafe import hold_locks_across_fork
 from openfeature_canary._validate import _show, _show_key
 from openfeature_canary.errors import StaleStateError, StateStoreError
 from openfeature_canary.state import RolloutState
-from openfeature_canary.stores._atomicfile import atomic_write_text
 from openfeature_canary.stores._fleet import FileFleet, FleetDelegate, MemoryFleet
-from openfeature_canary.stores._forksafe import hold_locks_across_fork
+from openfeature_canary.stores._json import json_kind, no_duplicates
 
-__all__ = ["FileStateStore", "MemoryStateStore", "StateStore", "open_store"]
+__all__ = ["FileStateStore", "MemoryStateStore", "StateStore"]
 
 _FORMAT = 1
 
@@ -222,13 +222,13 @@ def _parse_states(url: str, raw: bytes) -> dict[str, RolloutState]:
         byte = f"0x{raw[exc.start]:02x}"
         raise corrupt(f"not UTF-8 text (byte {byte} at offset {exc.start})") from exc
     try:
-        data = json.loads(text, object_pairs_hook=_no_duplicates)
+        data = json.loads(text, object_pairs_hook=no_duplicates)
     except RecursionError:
         raise corrupt("nested too deeply to be a state file") from None
     except ValueError as exc:  # JSONDecodeError, a duplicate key, an integer beyond the limit
         raise corrupt(f"not JSON: {exc}") from exc
     if not isinstance(data, dict):
-        raise corrupt(f"expected a JSON object, got {_json_kind(data)}")
+        raise corrupt(f"expected a JSON object, got {json_kind(data)}")
     found = data.get("format")
     if type(found) is not int or found != _FORMAT:
         raise corrupt(f"unsupported format {_show(found)}" if "format" in data else "no 'format'")
@@ -249,24 +249,6 @@ def _parse_states(url: str, raw: bytes) -> dict[str, RolloutState]:
     except StateStoreError as exc:
         raise corrupt(str(exc)) from exc
     return states
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """JSON objects without repeated keys (``json`` would keep the last one silently)."""
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise ValueError(f"duplicate key {_show(key)}")
-            seen.add(key)
-    return obj
-
-
-def _json_kind(data: object) -> str:
-    return {list: "an array", str: "a string", type(None): "null", bool: "a boolean"}.get(
-        type(data), "a number"
-    )
 
 
 def _apply(
@@ -291,44 +273,3 @@ def _check_version(
             f"{url}: {state.flag_key}: state changed underneath (expected version {expected}, "
             f"found {found}); re-read and retry"
         )
-
-
-def open_store(url: str) -> StateStore:
-    """Open a store from its URL: ``memory://``, ``file:///path/state.json`` or
-    ``redis://host:port/db`` (see :class:`~openfeature_canary.stores.RedisStateStore`).
-
-    Raises :class:`StateStoreError` naming the URL when it is not understood.
-    """
-    if not url.strip():
-        raise StateStoreError(
-            f"store URL {url!r} is empty: give memory://, file:///path/state.json or "
-            "redis://host:port/db"
-        )
-    parsed = urlparse(url)
-    if parsed.scheme == "memory":
-        return MemoryStateStore()
-    if parsed.scheme == "file":
-        if parsed.netloc not in ("", "localhost"):
-            raise StateStoreError(f"store URL {url!r}: file URLs need an absolute path (file:///…)")
-        path = unquote(parsed.path)
-        if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in path):
-            raise StateStoreError(
-                f"store URL {url!r}: a file path cannot contain control characters "
-                "(a NUL byte %00, a newline %0A, …)"
-            )
-        if not path.startswith("/"):
-            # A relative path would follow each worker's current folder and split the state.
-            raise StateStoreError(f"store URL {url!r}: file URLs need an absolute path (file:///…)")
-        if path.endswith("/"):
-            raise StateStoreError(
-                f"store URL {url!r}: needs a file name, e.g. file:///var/lib/x.json"
-            )
-        return FileStateStore(path)
-    if parsed.scheme in ("redis", "rediss"):
-        from openfeature_canary.stores._redis import RedisStateStore  # the [redis] extra
-
-        return RedisStateStore(url)
-    raise StateStoreError(
-        f"store URL {url!r}: unknown scheme {parsed.scheme!r} (use memory://, file:///path "
-        "or redis://host:port/db)"
-    )

@@ -43,12 +43,12 @@ from openfeature_canary import (
     UnknownFlagError,
     load_plan,
 )
+from openfeature_canary._forksafe import hold_locks_across_fork
 from openfeature_canary.engine import EngineOptions, build_engine
 from openfeature_canary.events import EventQueue, EventSink, render_plan_markdown
 from openfeature_canary.policy import FlagView
 from openfeature_canary.signals import SignalSource
 from openfeature_canary.stores import FileStateStore
-from openfeature_canary.stores._forksafe import hold_locks_across_fork
 from openfeature_canary.telemetry import Telemetry
 
 __all__ = ["CanaryProvider"]

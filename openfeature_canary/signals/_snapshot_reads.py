@@ -1,90 +1,46 @@
 """The read side shared by every snapshot-based source: windows are differences of two
-cumulative snapshots (see :class:`_SnapshotReads`)."""
+cumulative snapshots (see :class:`SnapshotReads`)."""
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from operator import sub
-from types import MappingProxyType
-from typing import TYPE_CHECKING, ClassVar, Final
+from typing import TYPE_CHECKING, ClassVar
 
+from openfeature_canary._forksafe import renew_locks_after_fork
 from openfeature_canary.errors import SignalSourceError
-from openfeature_canary.signals._counts import EMPTY_COHORT, CohortCounts, CountsReading
+from openfeature_canary.plan._signals import BASELINE, CANARY, QUANTILES, split_signal
+from openfeature_canary.signals._counts import EMPTY_COHORT, CountsReading
+from openfeature_canary.signals._differences import (
+    NOTHING,
+    HistWindow,
+    cohort_counts,
+    cohort_window,
+    window,
+)
 from openfeature_canary.signals._histogram import count_above, count_at_least, histogram_quantile
-from openfeature_canary.signals._names import KNOWN_SIGNALS
+from openfeature_canary.signals._ring import SnapshotRing
 from openfeature_canary.signals._snapshots import (
     EVENT_LOOP_LAG,
     LEDGER_MISMATCHES,
     REQUEST_DURATION,
     TELEMETRY_ACCEPTED,
     TELEMETRY_SENT,
-    Bounds,
-    CohortTotals,
-    Counts,
     Snapshot,
-    SnapshotRing,
 )
-from openfeature_canary.stores._forksafe import renew_locks_after_fork
 
-if TYPE_CHECKING:  # the plan imports signal names from this package: no import at run time
+if TYPE_CHECKING:
     from openfeature_canary.plan import RolloutPlan
-from openfeature_canary.signals._reading import (
+from openfeature_canary.signals._protocol import (
     DEFAULT_RETENTION_S,
     SignalReading,
     retention_for_plan,
 )
 
-__all__ = ["_SnapshotReads"]
-
-_QUANTILES: Final = {"latency_p50_ms": 0.5, "latency_p95_ms": 0.95, "latency_p99_ms": 0.99}
-_CANARY: Final = "on"
-_BASELINE: Final = "off"
+__all__ = ["SnapshotReads"]
 
 
-@dataclass(frozen=True)
-class _HistWindow:
-    """A histogram's increase over a window, bucket counts grouped by bound layout."""
-
-    n: int
-    errors: int
-    by_bounds: Mapping[Bounds, Counts]
-
-
-def _subtract(new: Counts, old: Counts | None) -> Counts:
-    return new if old is None else tuple(map(sub, new, old))
-
-
-def _window(
-    new: Iterable[tuple[Bounds, Counts]], old: Iterable[tuple[Bounds, Counts]], errors: int
-) -> _HistWindow:
-    """The increase of histogram totals between two snapshots (``errors``: the 5xx increase)."""
-    before = dict(old)
-    by_bounds: dict[Bounds, Counts] = {}
-    n = 0
-    for bounds, counts in new:
-        diff = _subtract(counts, before.get(bounds))
-        total = sum(diff)
-        if total:
-            n += total
-            by_bounds[bounds] = diff
-    return _HistWindow(n, errors, by_bounds)
-
-
-_NOTHING: Final = _HistWindow(0, 0, MappingProxyType({}))
-
-
-def _cohort_window(new: CohortTotals | None, old: CohortTotals | None) -> _HistWindow:
-    if new is None or new is old:  # never seen, or unchanged (shared between snapshots)
-        return _NOTHING
-    if old is None:
-        return _window(new.hist, (), new.errors)
-    return _window(new.hist, old.hist, new.errors - old.errors)
-
-
-class _SnapshotReads:
+class SnapshotReads:
     """The read side of the snapshot sources: windows are differences of cumulative snapshots.
 
     Keeps the timestamped snapshots in a :class:`SnapshotRing` and answers every
@@ -117,7 +73,7 @@ class _SnapshotReads:
         )
         self._lock = threading.Lock()
         renew_locks_after_fork(self, "_lock")
-        self._cache: dict[tuple[float, float, str, str], _HistWindow] = {}
+        self._cache: dict[tuple[float, float, str, str], HistWindow] = {}
         # (time, message) of the latest snapshot attempt if it failed: readings that reach
         # that time carry the error, so a dead reader trips ``on_error`` instead of serving
         # stale windows that look quiet.
@@ -176,7 +132,7 @@ class _SnapshotReads:
         if it is shorter because older snapshots were dropped, the reading has no value and
         an ``error`` saying there is not enough data.
         """
-        variant, base = _parse(signal)
+        variant, base = split_signal(signal)
         if not (window_s > 0 and math.isfinite(window_s)):
             raise ValueError(f"window_s must be a positive number of seconds, got {window_s}")
         _check_time("now", now)
@@ -193,7 +149,7 @@ class _SnapshotReads:
         Use it to judge a gate window ``[start, end]`` as it closes; take a snapshot at the
         window's edges (every tick) so the span matches the window.
         """
-        variant, base = _parse(signal)
+        variant, base = split_signal(signal)
         _check_time("start", start)
         _check_time("end", end)
         if start > end:
@@ -221,8 +177,8 @@ class _SnapshotReads:
         ``inclusive``), ``n`` all samples. Exact when ``threshold`` is a histogram bound.
         Example: ``count_beyond(flag, "event_loop_lag_ms", 300, True, 60, now).value >= 2``.
         """
-        variant, base = _parse(signal)
-        if base not in _QUANTILES and base != "event_loop_lag_ms":
+        variant, base = split_signal(signal)
+        if base not in QUANTILES and base != "event_loop_lag_ms":
             raise ValueError(
                 f"count_beyond needs a histogram signal (latency or lag), not {signal!r}"
             )
@@ -272,8 +228,8 @@ class _SnapshotReads:
             problem = new.problems.get(REQUEST_DURATION)
             if problem is not None:
                 return CountsReading(EMPTY_COHORT, EMPTY_COHORT, old.t, new.t, problem)
-            canary = _cohort_counts(self._hist(flag_key, _CANARY, "requests", old, new))
-            baseline = _cohort_counts(self._hist(flag_key, _BASELINE, "requests", old, new))
+            canary = cohort_counts(self._hist(flag_key, CANARY, "requests", old, new))
+            baseline = cohort_counts(self._hist(flag_key, BASELINE, "requests", old, new))
             return CountsReading(canary, baseline, old.t, new.t)
 
     # -- internals (called with the lock held) --------------------------------------------
@@ -304,18 +260,16 @@ class _SnapshotReads:
             )
         return span, None
 
-    def _hist(
-        self, flag: str, variant: str, base: str, old: Snapshot, new: Snapshot
-    ) -> _HistWindow:
+    def _hist(self, flag: str, variant: str, base: str, old: Snapshot, new: Snapshot) -> HistWindow:
         key = (old.t, new.t, flag if base != "event_loop_lag_ms" else "", variant)
         hist = self._cache.get(key)
         if hist is None:
             if base == "event_loop_lag_ms":
                 same = new.lag is old.lag  # unchanged: shared between snapshots
-                hist = _NOTHING if same else _window(new.lag.items(), old.lag.items(), 0)
+                hist = NOTHING if same else window(new.lag.items(), old.lag.items(), 0)
             else:
                 cohort = (flag, variant)
-                hist = _cohort_window(new.requests.get(cohort), old.requests.get(cohort))
+                hist = cohort_window(new.requests.get(cohort), old.requests.get(cohort))
             self._cache[key] = hist
         return hist
 
@@ -348,7 +302,7 @@ class _SnapshotReads:
             layouts = "; ".join(str(list(b)) for b in hist.by_bounds)
             error = f"{instrument} bucket bounds changed inside the window ({layouts})"
             return _empty(signal, span, at, error)
-        q = 1.0 if base == "event_loop_lag_ms" else _QUANTILES[base]
+        q = 1.0 if base == "event_loop_lag_ms" else QUANTILES[base]
         ((bounds, counts),) = hist.by_bounds.items()
         return _reading(signal, histogram_quantile(q, bounds, counts), hist.n, span)
 
@@ -373,23 +327,6 @@ class _SnapshotReads:
         if sent <= 0:
             return _empty(signal, span, new.t)
         return _reading(signal, increase(TELEMETRY_ACCEPTED, "") / sent, round(sent), span)
-
-
-def _cohort_counts(hist: _HistWindow) -> CohortCounts:
-    if not hist.by_bounds:
-        return EMPTY_COHORT
-    bounds, counts = max(hist.by_bounds.items(), key=lambda item: sum(item[1]))
-    n = sum(counts)
-    return CohortCounts(n, min(max(hist.errors, 0), n), tuple(bounds), tuple(counts))
-
-
-def _parse(signal: str) -> tuple[str, str]:
-    """Split a signal name into (variant, base name); unknown names raise ``ValueError``."""
-    if signal not in KNOWN_SIGNALS:
-        raise ValueError(f"unknown signal {signal!r} (known: {', '.join(sorted(KNOWN_SIGNALS))})")
-    if signal.startswith("baseline_"):
-        return _BASELINE, signal[len("baseline_") :]
-    return _CANARY, signal
 
 
 def _check_time(name: str, value: float) -> None:

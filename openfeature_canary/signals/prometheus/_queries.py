@@ -13,19 +13,18 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
-from openfeature_canary.signals._names import KNOWN_SIGNALS
-from openfeature_canary.signals._promql import (
+from openfeature_canary.plan._promql import Template, compile_template
+from openfeature_canary.plan._signals import (
     BASELINE,
+    BASELINE_PREFIX,
     CANARY,
-    Template,
-    compile_template,
+    KNOWN_SIGNALS,
+    QUANTILES,
     split_signal,
 )
 
 __all__ = ["PrometheusNames", "QueryBook", "SignalQueries", "default_queries"]
 
-_BASELINE_PREFIX: Final = "baseline_"
-_QUANTILES: Final = {"latency_p50_ms": 0.5, "latency_p95_ms": 0.95, "latency_p99_ms": 0.99}
 _METRIC_NAME: Final = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
@@ -119,7 +118,7 @@ def _defaults(names: PrometheusNames) -> _Defaults:
     accepted = f"sum({_increase(_selector(names.telemetry_accepted, extra))})"
     signals = {
         "requests": f"sum({_increase(count)})",
-        **{name: f"histogram_quantile({q}, {buckets}) * 1000" for name, q in _QUANTILES.items()},
+        **{name: f"histogram_quantile({q}, {buckets}) * 1000" for name, q in QUANTILES.items()},
         "error_rate": (
             f"(sum({_increase(_selector(f'{duration}_count', *cohort, five))}) or vector(0))"
             f" / sum({_increase(count)})"
@@ -217,7 +216,7 @@ class QueryBook:
         elif base == "telemetry_acceptance":
             count = self._sent
         else:
-            requests = "requests" if variant == CANARY else f"{_BASELINE_PREFIX}requests"
+            requests = "requests" if variant == CANARY else f"{BASELINE_PREFIX}requests"
             count = self._templates[requests]
         return SignalQueries(
             signal,

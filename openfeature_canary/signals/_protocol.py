@@ -10,7 +10,7 @@ from opentelemetry.sdk.metrics.export import MetricsData
 
 from openfeature_canary.signals._counts import CountsReading
 
-if TYPE_CHECKING:  # the plan imports signal names from this package: no import at run time
+if TYPE_CHECKING:
     from openfeature_canary.plan import RolloutPlan
 
 __all__ = [
@@ -22,9 +22,6 @@ __all__ = [
     "retention_for_plan",
 ]
 
-_QUANTILES: Final = {"latency_p50_ms": 0.5, "latency_p95_ms": 0.95, "latency_p99_ms": 0.99}
-_CANARY: Final = "on"
-_BASELINE: Final = "off"
 #: How far back an :class:`InProcessSignalSource` built without a plan keeps snapshots.
 DEFAULT_RETENTION_S: Final = 7200.0
 #: Ticks of slack beyond the plan's longest window (a gate window judged a tick late, a
@@ -90,7 +87,7 @@ class SignalSource(Protocol):
     """The seam the policy reads signals through (in-process, or Prometheus for fleets).
 
     Times are the caller's clock (``ManualClock`` in tests and the demo). ``signal`` is one
-    of ``openfeature_canary.signals._names.KNOWN_SIGNALS``; an unknown name raises
+    of ``openfeature_canary.plan._signals.KNOWN_SIGNALS``; an unknown name raises
     ``ValueError``. A failing backend raises ``SignalSourceError``.
     """
 

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from openfeature_canary.signals._promql import promql_duration
+from openfeature_canary.plan._promql import promql_duration
 
 __all__ = ["PrometheusApi", "QueryFailed", "Sample", "Session"]
 

@@ -20,19 +20,22 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Final, TypeVar
 
-from openfeature_canary.signals._counts import EMPTY_COHORT, CohortCounts, CountsReading
-from openfeature_canary.signals._histogram import count_above, count_at_least
-from openfeature_canary.signals._promhttp import PrometheusApi, QueryFailed, Sample, Session
-from openfeature_canary.signals._promql import (
-    BASELINE,
-    CANARY,
+from openfeature_canary._forksafe import renew_locks_after_fork
+from openfeature_canary.plan._promql import (
     promql_duration,
-    split_signal,
     validate_queries,
 )
-from openfeature_canary.signals._promqueries import PrometheusNames, QueryBook, SignalQueries
-from openfeature_canary.signals._source import SignalReading
-from openfeature_canary.stores._forksafe import renew_locks_after_fork
+from openfeature_canary.plan._signals import BASELINE, CANARY, split_signal
+from openfeature_canary.signals._counts import EMPTY_COHORT, CohortCounts, CountsReading
+from openfeature_canary.signals._histogram import count_above, count_at_least
+from openfeature_canary.signals._protocol import SignalReading
+from openfeature_canary.signals.prometheus._client import (
+    PrometheusApi,
+    QueryFailed,
+    Sample,
+    Session,
+)
+from openfeature_canary.signals.prometheus._queries import PrometheusNames, QueryBook, SignalQueries
 
 __all__ = ["DEFAULT_PROMETHEUS_TIMEOUT_S", "PrometheusSignalSource"]
 

@@ -22,38 +22,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from openfeature_canary.signals._histogram import count_above, count_at_least, histogram_quantile
 from openfeature_canary.signals._snapshots import (
     Accumulator,
     Snapshot,
 )
 
-if TYPE_CHECKING:  # the plan imports signal names from this package: no import at run time
+if TYPE_CHECKING:
     from openfeature_canary.plan import RolloutPlan
-from openfeature_canary.signals._reading import (
-    DEFAULT_RETENTION_S,
+from openfeature_canary.signals._protocol import (
     MetricsDataReader,
-    SignalReading,
-    SignalSource,
-    retention_for_plan,
 )
-from openfeature_canary.signals._reads import _SnapshotReads
+from openfeature_canary.signals._snapshot_reads import SnapshotReads
 
-__all__ = [
-    "DEFAULT_RETENTION_S",
-    "InProcessSignalSource",
-    "MetricsDataReader",
-    "SignalReading",
-    "SignalSource",
-    "_SnapshotReads",
-    "count_above",
-    "count_at_least",
-    "histogram_quantile",
-    "retention_for_plan",
-]
+__all__ = ["InProcessSignalSource"]
 
 
-class InProcessSignalSource(_SnapshotReads):
+class InProcessSignalSource(SnapshotReads):
     """Signals from this process's ``MeterProvider``, through an ``InMemoryMetricReader``.
 
     Use it for a single process (the demo, tests, one worker); for a fleet, each process

@@ -1,4 +1,4 @@
-"""PromQL for the built-in signals: names, escaping, templates and the queries the source runs.
+"""PromQL templates of the plan's ``[signals]`` table: names, escaping, placeholders, validation.
 
 Pure: no I/O. A *template* is PromQL with up to three placeholders, substituted per read:
 
@@ -9,7 +9,7 @@ Pure: no I/O. A *template* is PromQL with up to three placeholders, substituted 
 * ``{window}`` — the window as a PromQL duration (``60s``, ``1500ms``).
 
 Every other brace is PromQL's own (``metric{label="x"}``). :func:`validate_queries` checks a
-plan's ``[signals]`` table of such templates; ``_promqueries.py`` has the default ones.
+plan's ``[signals]`` table of such templates; the Prometheus source has the default ones.
 """
 
 from __future__ import annotations
@@ -21,7 +21,14 @@ from types import MappingProxyType
 from typing import Final
 
 from openfeature_canary.errors import PlanError
-from openfeature_canary.signals._names import FLAG_SIGNALS, KNOWN_SIGNALS
+from openfeature_canary.plan._signals import (
+    BASELINE,
+    BASELINE_PREFIX,
+    CANARY,
+    FLAG_SIGNALS,
+    KNOWN_SIGNALS,
+    split_signal,
+)
 
 __all__ = [
     "BASELINE",
@@ -34,25 +41,9 @@ __all__ = [
     "validate_queries",
 ]
 
-CANARY: Final = "on"
-BASELINE: Final = "off"
-_BASELINE_PREFIX: Final = "baseline_"
 _PLACEHOLDERS: Final = ("flag", "variant", "window")
 _PLACEHOLDER: Final = re.compile(r"\{\s*([A-Za-z_]\w*)\s*\}")
 _RE2_SPECIAL: Final = frozenset("\\.+*?()|[]{}^$")
-
-
-def split_signal(signal: str) -> tuple[str, str]:
-    """``(variant, base name)`` of a built-in signal; ``ValueError`` for an unknown name.
-
-    >>> split_signal("baseline_error_rate")
-    ('off', 'error_rate')
-    """
-    if signal not in KNOWN_SIGNALS:
-        raise ValueError(f"unknown signal {signal!r} (known: {', '.join(sorted(KNOWN_SIGNALS))})")
-    if signal.startswith(_BASELINE_PREFIX):
-        return BASELINE, signal[len(_BASELINE_PREFIX) :]
-    return CANARY, signal
 
 
 def promql_string(value: str) -> str:
@@ -188,7 +179,7 @@ def _required(key: str, table: Mapping[str, object]) -> tuple[set[str], set[str]
         return required, {"window", "flag"}
     required = {"window", "flag"}
     # One template serves both cohorts unless the baseline has its own.
-    if variant == CANARY and f"{_BASELINE_PREFIX}{base}" not in table:
+    if variant == CANARY and f"{BASELINE_PREFIX}{base}" not in table:
         required.add("variant")
     return required, {"window", "flag", "variant"}
 

@@ -1,0 +1,175 @@
+"""What the commands of ``openfeature-canary`` share: exit codes, the output and clock a command
+gets (:class:`Io`), the plan and store it works on, and the signal-aware wait of the long-running
+commands (``export-flagd --watch``, ``controller``).
+
+``cli/_main.py`` (the parser and the one-shot commands), ``cli/_export.py`` and
+``cli/_controller.py`` import from here and never from each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import select
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import IO, Any, Final
+
+from openfeature_canary.clock import Clock
+from openfeature_canary.engine import EngineOptions, build_engine
+from openfeature_canary.errors import StateStoreError, UsageError
+from openfeature_canary.events import TelemetrySender
+from openfeature_canary.plan import RolloutPlan, load_plan
+from openfeature_canary.policy import Rollout
+
+__all__ = [
+    "DEFAULT_PLAN",
+    "EXIT_OK",
+    "EXIT_REFUSED",
+    "EXIT_USAGE",
+    "PROG",
+    "Io",
+    "Stopper",
+    "load_plan_arg",
+    "open_rollout",
+    "store_url",
+]
+
+PROG: Final = "openfeature-canary"
+DEFAULT_PLAN: Final = "canary_plan.toml"
+
+EXIT_OK: Final = 0
+EXIT_REFUSED: Final = 1
+EXIT_USAGE: Final = 2
+
+
+class Io:
+    """Where a command writes, and the clock it acts at (every command takes one)."""
+
+    def __init__(self, out: IO[str], err: IO[str], clock: Clock) -> None:
+        self.out = out
+        self.err = err
+        self.clock = clock
+
+    def print(self, text: str = "") -> None:
+        print(text, file=self.out)
+
+    def warn(self, text: str) -> None:
+        print(f"{PROG}: warning: {text}", file=self.err)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_plan_arg(args: argparse.Namespace) -> RolloutPlan:
+    """The plan of ``--plan`` (default ``canary_plan.toml`` here); :class:`UsageError` if absent."""
+    path: str | None = getattr(args, "plan", None)
+    if path is None and not Path(DEFAULT_PLAN).exists():
+        raise UsageError(
+            f"{DEFAULT_PLAN}: plan file not found in the current folder ({Path.cwd()}); "
+            "give --plan PATH"
+        )
+    return load_plan(path or DEFAULT_PLAN)
+
+
+def store_url(args: argparse.Namespace, plan: RolloutPlan) -> str:
+    """The store URL of ``--store`` or the plan; :class:`UsageError` naming what is missing."""
+    url: str | None = getattr(args, "store", None)
+    if url == "":
+        raise UsageError("--store is empty: give --store file:///path/state.json")
+    if url is None:
+        url = plan.store
+    if not url:
+        raise UsageError(
+            f"no store: give --store file:///path/state.json (the one the service uses) or set "
+            f"`store` in {plan.source}"
+        )
+    if url.startswith("/"):
+        raise UsageError(f"--store {url!r}: a store is a URL; did you mean file://{url}?")
+    return url
+
+
+def open_rollout(
+    args: argparse.Namespace,
+    plan: RolloutPlan,
+    io: Io,
+    *,
+    with_effects: bool = False,
+) -> tuple[Rollout, TelemetrySender | None]:
+    """The rollout over the plan's shared store (``memory://`` refused), read from the store.
+
+    ``with_effects``: transitions go through the same pipeline as the service's (telemetry
+    event through the durable outbox, reports).
+    """
+    url = store_url(args, plan)
+    if url.startswith("memory:"):
+        raise UsageError(
+            "the store is memory://, which no service shares: give --store "
+            "file:///path/state.json (the one the service uses) or set `store` in the plan"
+        )
+    options = EngineOptions(store=url, clock=io.clock, effects=with_effects)
+    try:
+        engine = build_engine(plan, options)
+    except StateStoreError as exc:
+        raise UsageError(str(exc)) from exc
+    rollout, sender = engine.rollout, engine.sender
+    try:
+        rollout.load()
+    except StateStoreError as exc:
+        raise UsageError(str(exc)) from exc
+    if sender is not None:
+        # Events a killed process persisted but never queued go out with this command's.
+        rollout.reconcile_events()
+    return rollout, sender
+
+
+class Stopper:
+    """Waits between polls and wakes at once on SIGINT or SIGTERM.
+
+    The handlers only append to a list: a handler that took a lock (``threading.Event.set``)
+    could deadlock the very code it interrupted. The signal's wake-up byte on a socket ends
+    the ``select`` of :meth:`wait` early. Outside the main thread no handler can be set; the
+    wait is then a plain sleep and Ctrl-C ends the command through ``KeyboardInterrupt``.
+    """
+
+    def __init__(self) -> None:
+        self.signals: list[int] = []
+        self._previous: dict[signal.Signals, Any] = {}
+        self._wake: tuple[socket.socket, socket.socket] | None = None
+        self._old_fd = -1
+
+    def __enter__(self) -> Stopper:
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread
+            return self
+        self._wake = socket.socketpair()
+        for end in self._wake:
+            end.setblocking(False)
+        self._old_fd = signal.set_wakeup_fd(self._wake[1].fileno(), warn_on_full_buffer=False)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._wake is not None:
+            signal.set_wakeup_fd(self._old_fd)
+            for end in self._wake:
+                end.close()
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.signals.append(signum)
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` seconds; True once SIGINT or SIGTERM arrived."""
+        if not self.signals:
+            if self._wake is None:
+                time.sleep(timeout)
+            else:
+                select.select([self._wake[0]], [], [], timeout)
+                with contextlib.suppress(OSError):
+                    self._wake[0].recv(4096)
+        return bool(self.signals)

@@ -1,0 +1,78 @@
+"""Markdown for the reports: how a value reads in a table, and one escaping of a table cell.
+
+Shared by ``canary_results.md`` / ``canary_abort.md`` (``_reports.py``) and ``canary_plan.md``
+(``_render.py``); numbers go through :mod:`openfeature_canary._format` like everywhere else.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Final
+
+from openfeature_canary._format import format_number, format_percent, iso_utc
+from openfeature_canary.state import Number
+
+__all__ = [
+    "DASH",
+    "fmt_count",
+    "fmt_ms",
+    "fmt_number",
+    "fmt_percent",
+    "fmt_rate",
+    "fmt_time",
+    "md_cell",
+    "md_table",
+]
+
+#: An en dash: how the reports show "no value".
+DASH: Final = "\u2013"
+
+
+def fmt_time(at: float | None) -> str:
+    """ISO-8601 UTC to the second: ``2025-01-01T00:10:00Z``; an en dash for ``None``."""
+    if at is None:
+        return DASH
+    return iso_utc(at)
+
+
+def fmt_ms(value: float | None) -> str:
+    """Milliseconds with one decimal: ``131.2 ms``; an en dash for ``None``."""
+    return DASH if value is None or not math.isfinite(value) else f"{value:.1f} ms"
+
+
+def fmt_rate(value: float | None) -> str:
+    """A ratio as a percentage, two decimals: ``0.001`` → ``0.10 %``; an en dash for ``None``."""
+    return DASH if value is None or not math.isfinite(value) else f"{value * 100:.2f} %"
+
+
+def fmt_percent(value: float | None) -> str:
+    """A traffic share already in percent: ``25`` → ``25 %``, ``2.5`` → ``2.5 %``."""
+    return DASH if value is None else format_percent(value)
+
+
+def fmt_count(value: int | None) -> str:
+    """A count with thousands separators: ``12034`` → ``12,034``; an en dash for ``None``."""
+    return DASH if value is None else f"{value:,}"
+
+
+def fmt_number(value: Number) -> str:
+    """A decision-log number: four significant digits; text as is; an en dash for ``None``."""
+    if value is None:
+        return DASH
+    if isinstance(value, str):
+        return value
+    return format_number(value, significant=4)
+
+
+def md_cell(text: str) -> str:
+    """Text safe inside a markdown table cell: ``\\`` and ``|`` escaped, one line."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def md_table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> list[str]:
+    """A markdown table's lines: the header, a ``---`` rule, one escaped row per item."""
+    head = list(header)
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    out += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
+    return out

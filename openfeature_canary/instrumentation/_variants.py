@@ -1,0 +1,72 @@
+"""Which variant each flag gave the current request: a per-request scope the hook writes and
+the middleware reads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Final
+
+__all__ = ["SCOPE_KEY", "VARIANTS", "current_variant", "remember_variant", "variant_scope"]
+
+#: The variants the flags gave the current request. The value is a mutable dict shared by
+#: every copy of the context (a sync endpoint runs in a thread with a *copy* of the request's
+#: context): the hook writes into it, the middleware reads it after the app ran.
+VARIANTS: ContextVar[dict[str, str] | None] = ContextVar(
+    "openfeature_canary_variants", default=None
+)
+SCOPE_KEY: Final = "openfeature_canary.variants"
+
+
+def current_variant(flag_key: str) -> str | None:
+    """The variant ``flag_key`` gave the current request, or ``None`` if it was not evaluated.
+
+    Filled in by the ``MetricsHook`` (``openfeature.contrib.hook.canary``) on every evaluation;
+    the latest evaluation of the flag in this scope wins, and an evaluation that errored (the
+    caller got its default, which is neither cohort) clears it. Scopes are opened per request
+    by :class:`CanaryMiddleware` or by :func:`variant_scope`.
+
+    >>> with variant_scope():
+    ...     remember_variant("dataservice-read-canary", "on")
+    ...     current_variant("dataservice-read-canary")
+    'on'
+    """
+    box = VARIANTS.get()
+    return None if box is None else box.get(flag_key)
+
+
+def remember_variant(flag_key: str, variant: str | None) -> None:
+    """Remember the variant ``flag_key`` gave the current request (``None`` forgets it).
+
+    The ``MetricsHook`` calls this; call it yourself only for a hand-rolled hook. Outside any
+    scope it opens one in the current context, so :func:`current_variant` works in a script;
+    in a server, open a scope per request (middleware or :func:`variant_scope`) or a request
+    could see the variant of an earlier request served by the same context.
+    """
+    box = VARIANTS.get()
+    if box is None:
+        box = {}
+        VARIANTS.set(box)
+    if variant is None:
+        box.pop(flag_key, None)
+    else:
+        box[flag_key] = variant
+
+
+@contextmanager
+def variant_scope() -> Iterator[None]:
+    """Open a fresh per-request scope for :func:`current_variant`.
+
+    Use it around one request's handling where :class:`CanaryMiddleware` does not run (a WSGI
+    app, a queue consumer)::
+
+        with variant_scope():
+            handle(request)
+            record_request(FLAG, current_variant(FLAG), elapsed, status)
+    """
+    token = VARIANTS.set({})
+    try:
+        yield
+    finally:
+        VARIANTS.reset(token)
