@@ -10,16 +10,11 @@ import subprocess
 import time
 from pathlib import Path
 
+from ports import free_port
+
 __all__ = ["RedisServer", "free_port"]
 
 _START_TIMEOUT_S = 10.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (now)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:
