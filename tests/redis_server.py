@@ -76,6 +76,15 @@ class RedisServer:
         except OSError:
             return False
 
+    def subscribers(self, channel: str) -> int:
+        """How many clients are subscribed to ``channel`` now (``PUBSUB NUMSUB``): a store's
+        change listener subscribes to ``<prefix>:changes``."""
+        import redis  # the [redis] extra, as the store under test needs it anyway
+
+        with redis.Redis.from_url(self.url, socket_timeout=5) as client:
+            ((_, count),) = client.pubsub_numsub(channel)
+            return int(count)
+
     def kill(self) -> None:
         """SIGKILL, as a crash would (the data is gone)."""
         if self.process is not None:
