@@ -49,5 +49,9 @@ ln -sfn ../../../../../hooks/canary "$tc/hook/canary"
 echo "== mypy --strict"
 MYPYPATH=.ci-deps/typecheck mypy --strict -p openfeature_canary \
     -p openfeature.contrib.provider.canary -p openfeature.contrib.hook.canary
+# In parallel (pytest-xdist): most tests wait on servers, subprocesses and timers, not on a
+# core, so more workers than cores win (measured on 2 cores: see docs in the commit log).
+# --dist loadgroup keeps the modules that share a costly server fixture on one worker
+# (tests/conftest.py); --durations=25 prints the slowest tests for CI.
 echo "== pytest"
-pytest "$@"
+pytest -n "${PYTEST_WORKERS:-4}" --dist loadgroup --durations=25 "$@"

@@ -12,7 +12,20 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_PLAN = ROOT / "examples" / "canary_plan.toml"
 
+#: Modules whose module-scoped fixture runs servers for seconds (Prometheus and the example
+#: service, the DataService stub): under ``pytest -n N --dist loadgroup`` each goes whole to
+#: one worker, so that fixture runs once per run instead of once per worker.
+ONE_WORKER_MODULES = frozenset(
+    {"test_example_monitoring.py", "test_signals_prometheus.py", "test_example_dataservice.py"}
+)
+
 _skipped: list[str] = []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in ONE_WORKER_MODULES:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
