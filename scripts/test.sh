@@ -52,6 +52,7 @@ MYPYPATH=.ci-deps/typecheck mypy --strict -p openfeature_canary \
 # In parallel (pytest-xdist): most tests wait on servers, subprocesses and timers, not on a
 # core, so more workers than cores win (measured on 2 cores: see docs in the commit log).
 # --dist loadgroup keeps the modules that share a costly server fixture on one worker
-# (tests/conftest.py); --durations=25 prints the slowest tests for CI.
+# (tests/conftest.py), which also puts the longest tests first (--no-loadscope-reorder keeps
+# that order); --durations=25 prints the slowest tests for CI.
 echo "== pytest"
-pytest -n "${PYTEST_WORKERS:-4}" --dist loadgroup --durations=25 "$@"
+pytest -n "${PYTEST_WORKERS:-4}" --dist loadgroup --no-loadscope-reorder --durations=25 "$@"
