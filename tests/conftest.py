@@ -50,11 +50,14 @@ def _slow_rank(item: pytest.Item) -> int:
     return next((i for i, p in enumerate(SLOW_FIRST) if nodeid.startswith(p)), len(SLOW_FIRST))
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+def pytest_itemcollected(item: pytest.Item) -> None:
+    # Marked as each item is collected: xdist reads the marks in its own
+    # pytest_collection_modifyitems, which runs before a conftest's.
+    if item.path.name in ONE_WORKER_MODULES:
+        item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.path.name in ONE_WORKER_MODULES:
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
     items.sort(key=_slow_rank)  # stable: the rest keep their order
 
 
