@@ -4,7 +4,8 @@
 ``examples/prometheus.yml`` and ``examples/prometheus-rules.yml``:
 
 * one scenario on 127.0.0.1 (module fixture): the DataService stub, the example service
-  (``examples/dataservice``) with the short plan, a second instance of it whose operator
+  (``examples/dataservice``) with the short plan (its latency and event-loop-lag triggers out
+  of reach of a loaded machine), a second instance of it whose operator
   override is a typo (so that evaluation errors exist), and Debian's Prometheus scraping both
   with the shipped config and rules. The rollout is started with the CLI, traffic goes
   through both read paths, then the stub answers wrong data: the shadow compare counts
@@ -270,6 +271,26 @@ def _seen(prometheus_url: str, expr: str) -> bool:
     return bool(_get_json(f"{prometheus_url}/api/v1/query", query=expr)["data"]["result"])
 
 
+#: The short plan's triggers that a loaded machine fires by itself (a 2-core machine at load
+#: 14 lagged the service's event loop past 300 ms twice and rolled it back before the
+#: scenario's own fault): out of reach here, still in the plan, its scrape and the dashboard.
+_LOAD_SENSITIVE = (
+    ('above = 150\nfor = "5s"', 'above = 60000\nfor = "5s"'),  # p95_breach
+    ("at_least = 300\noccurrences = 2", "at_least = 60000\noccurrences = 2"),  # event_loop_lag
+)
+
+
+def _scenario_plan(folder: Path) -> Path:
+    """The short plan, in which only the scenario's wrong data rolls the flag back."""
+    text = SHORT_PLAN.read_text(encoding="utf-8")
+    for old, new in _LOAD_SENSITIVE:
+        assert text.count(old) == 2, f"{SHORT_PLAN}: expected {old!r} once per flag"
+        text = text.replace(old, new)
+    path = folder / "canary_plan.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 @dataclass(frozen=True)
 class Scenario:
     scrape: str  # the service's /metrics after the rollback
@@ -288,12 +309,13 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
         f"http://127.0.0.1:{port}" for port in (stub_port, app_port, bad_port, prom_port)
     )
     store = f"file://{tmp / 'state.json'}"
+    plan = _scenario_plan(tmp)
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         "DATASERVICE_URL": stub_url,
         "A8_URL": stub_url,  # the stub stands in for the telemetry ingest
-        "DATASERVICE_EXAMPLE_PLAN": str(SHORT_PLAN),  # ticks every second
+        "DATASERVICE_EXAMPLE_PLAN": str(plan),  # ticks every second
         "DATASERVICE_EXAMPLE_STORE": store,
         "DATASERVICE_EXAMPLE_REPORTS": str(tmp / "reports"),
         "DATASERVICE_EXAMPLE_SHADOW_RATE": "1",
@@ -354,7 +376,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
         wait_seen('count(up{job="dataservice-example"} == 1) == 2')
         started_at = time.time()
 
-        start = ["--plan", str(SHORT_PLAN), "--store", store, "start", FLAG, "--force"]
+        start = ["--plan", str(plan), "--store", store, "start", FLAG, "--force"]
         subprocess.run(
             [python, "-m", "openfeature_canary", *start],
             cwd=tmp,
