@@ -26,7 +26,7 @@ FLAG = "dataservice-read-canary"
 PHASE2 = "dataservice-user-read-canary"
 
 
-@dataclass
+@dataclass(repr=False)
 class World:
     plan: RolloutPlan
     clock: ManualClock
@@ -39,6 +39,12 @@ class World:
     events: list[EventDetails] = field(default_factory=list)
     #: Every decision of every flag: (flag, action, reason, virtual seconds since START).
     decisions: list[tuple[str, str, str, float]] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        # Short on purpose: the rollout formats its observers' repr (our bound _record) on
+        # every commit, and the generated repr (plan, every event and decision so far) grows
+        # with the run: quadratic, minutes of CPU for a two-day run on a loaded machine.
+        return f"World(at=+{self.clock.now() - START:.0f}s, decisions={len(self.decisions)})"
 
     def _record(self, old: Any, new: Any) -> None:
         fresh = new.entries_after(old)

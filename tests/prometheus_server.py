@@ -26,18 +26,19 @@ from typing import Any
 
 import httpx
 import yaml
+from ports import free_port
+
+__all__ = [
+    "CannedPrometheus",
+    "DrippingServer",
+    "PrometheusServer",
+    "free_port",
+    "prometheus_server",
+]
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 SCRAPE_INTERVAL_S = 1.0
 START_TIMEOUT_S = 20.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (closed again: connecting is refused)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)

@@ -10,16 +10,11 @@ import subprocess
 import time
 from pathlib import Path
 
+from ports import free_port
+
 __all__ = ["RedisServer", "free_port"]
 
 _START_TIMEOUT_S = 10.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (now)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:
@@ -80,6 +75,15 @@ class RedisServer:
                 return sock.recv(16).startswith(b"+PONG")
         except OSError:
             return False
+
+    def subscribers(self, channel: str) -> int:
+        """How many clients are subscribed to ``channel`` now (``PUBSUB NUMSUB``): a store's
+        change listener subscribes to ``<prefix>:changes``."""
+        import redis  # the [redis] extra, as the store under test needs it anyway
+
+        with redis.Redis.from_url(self.url, socket_timeout=5) as client:
+            ((_, count),) = client.pubsub_numsub(channel)
+            return int(count)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would (the data is gone)."""

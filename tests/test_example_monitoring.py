@@ -4,7 +4,8 @@
 ``examples/prometheus.yml`` and ``examples/prometheus-rules.yml``:
 
 * one scenario on 127.0.0.1 (module fixture): the DataService stub, the example service
-  (``examples/dataservice``) with the short plan, a second instance of it whose operator
+  (``examples/dataservice``) with the short plan (its latency and event-loop-lag triggers out
+  of reach of a loaded machine), a second instance of it whose operator
   override is a typo (so that evaluation errors exist), and Debian's Prometheus scraping both
   with the shipped config and rules. The rollout is started with the CLI, traffic goes
   through both read paths, then the stub answers wrong data: the shadow compare counts
@@ -21,10 +22,10 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ import httpx
 import promql_parser
 import pytest
 import yaml
+from ports import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -240,13 +242,6 @@ def _exposed(*scrapes: str) -> dict[str, set[str]]:
 # --------------------------------------------------------------------------- the scenario
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _wait(what: str, ready: Callable[[], bool], procs: list[subprocess.Popen[bytes]]) -> None:
     deadline = time.monotonic() + DEADLINE_S
     while time.monotonic() < deadline:
@@ -276,6 +271,26 @@ def _seen(prometheus_url: str, expr: str) -> bool:
     return bool(_get_json(f"{prometheus_url}/api/v1/query", query=expr)["data"]["result"])
 
 
+#: The short plan's triggers that a loaded machine fires by itself (a 2-core machine at load
+#: 14 lagged the service's event loop past 300 ms twice and rolled it back before the
+#: scenario's own fault): out of reach here, still in the plan, its scrape and the dashboard.
+_LOAD_SENSITIVE = (
+    ('above = 150\nfor = "5s"', 'above = 60000\nfor = "5s"'),  # p95_breach
+    ("at_least = 300\noccurrences = 2", "at_least = 60000\noccurrences = 2"),  # event_loop_lag
+)
+
+
+def _scenario_plan(folder: Path) -> Path:
+    """The short plan, in which only the scenario's wrong data rolls the flag back."""
+    text = SHORT_PLAN.read_text(encoding="utf-8")
+    for old, new in _LOAD_SENSITIVE:
+        assert text.count(old) == 2, f"{SHORT_PLAN}: expected {old!r} once per flag"
+        text = text.replace(old, new)
+    path = folder / "canary_plan.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 @dataclass(frozen=True)
 class Scenario:
     scrape: str  # the service's /metrics after the rollback
@@ -289,17 +304,18 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     """The example service rolled back under Prometheus' eyes (module docstring)."""
     prometheus_bin = _tool("prometheus")
     tmp = tmp_path_factory.mktemp("monitoring")
-    stub_port, app_port, bad_port, prom_port = (_free_port() for _ in range(4))
+    stub_port, app_port, bad_port, prom_port = (free_port() for _ in range(4))
     stub_url, app_url, bad_url, prom_url = (
         f"http://127.0.0.1:{port}" for port in (stub_port, app_port, bad_port, prom_port)
     )
     store = f"file://{tmp / 'state.json'}"
+    plan = _scenario_plan(tmp)
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         "DATASERVICE_URL": stub_url,
         "A8_URL": stub_url,  # the stub stands in for the telemetry ingest
-        "DATASERVICE_EXAMPLE_PLAN": str(SHORT_PLAN),  # ticks every second
+        "DATASERVICE_EXAMPLE_PLAN": str(plan),  # ticks every second
         "DATASERVICE_EXAMPLE_STORE": store,
         "DATASERVICE_EXAMPLE_REPORTS": str(tmp / "reports"),
         "DATASERVICE_EXAMPLE_SHADOW_RATE": "1",
@@ -360,7 +376,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
         wait_seen('count(up{job="dataservice-example"} == 1) == 2')
         started_at = time.time()
 
-        start = ["--plan", str(SHORT_PLAN), "--store", store, "start", FLAG, "--force"]
+        start = ["--plan", str(plan), "--store", store, "start", FLAG, "--force"]
         subprocess.run(
             [python, "-m", "openfeature_canary", *start],
             cwd=tmp,
@@ -400,8 +416,11 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
             return any(e["event_name"] == "canary_rollback" for e in events)
 
         _wait("the rollback event at the ingest", event_delivered, procs)
-        # Every series a rate() or changes() reads needs two samples after its last change.
+        # Every series a rate() or increase() reads needs two samples in its window. The
+        # telemetry counters are born with the rollback event (the service's first), so
+        # they may have only these two samples when the tests run: see _grid_start.
         wait_seen(f'canary_rollout_status{{feature_flag_key="{FLAG}",{ROLLED_BACK}}} == 1')
+        wait_seen("count_over_time(canary_telemetry_sent_total[1m]) >= 2")
         wait_seen("count_over_time(canary_telemetry_accepted_total[1m]) >= 2")
         wait_seen("count_over_time(feature_flag_evaluation_error_total[1m]) >= 2")
         scrape = httpx.get(f"{app_url}/metrics").text
@@ -503,14 +522,35 @@ def test_name_check_unknown_metric_or_label_is_reported() -> None:
         assert _problems(query, exposed), query.where
 
 
+def _grid_start(start: float, end: float) -> float:
+    """The first step of a 1 s query_range grid covering ``start``..``end`` whose LAST step
+    is ``end``.
+
+    Prometheus evaluates at ``start + k * step`` up to ``end``: with a grid anchored at
+    ``start``, the last step falls up to a step before ``end``. A series with only two
+    samples (the telemetry counters, born with the rollback a few seconds earlier) can then
+    have its newest sample after every step: no step sees two samples in its window, and an
+    ``increase()`` over it is empty. That was the "no data" flake of panel 19 on a loaded
+    machine. Anchored at ``end``, the last step sees every sample the fixture waited for.
+    """
+    return end - math.ceil(end - start)
+
+
+@pytest.mark.parametrize(("start", "end"), [(100.0, 110.4), (100.7, 110.0), (100.0, 110.0)])
+def test_query_grid_covers_start_and_ends_on_end(start: float, end: float) -> None:
+    first = _grid_start(start, end)
+    assert start - 1 < first <= start
+    assert end - first == pytest.approx(round(end - first))  # whole steps up to end
+
+
 def test_prometheus_evaluates_every_dashboard_query_with_data(scenario: Scenario) -> None:
-    end = time.time()
+    end = time.time()  # after every sample the fixture waited for
     empty: list[str] = []
     for query in _dashboard_queries():
         body = _get_json(
             f"{scenario.prometheus_url}/api/v1/query_range",
             query=query.expr,
-            start=f"{scenario.started_at - 5:.3f}",
+            start=f"{_grid_start(scenario.started_at - 5, end):.3f}",
             end=f"{end:.3f}",
             step="1s",
         )

@@ -47,11 +47,11 @@ CONSOLE_SCRIPT = Path(sys.executable).parent / "openfeature-canary"
 #: What the drip server sends between pauses, and how long it pauses (issue 8, item 5).
 DRIP_INTERVAL_S = 0.5
 #: Scheduling slack allowed on top of a deadline.
-SLACK_S = 0.5
+SLACK_S = 1.5  # 0.5 missed at load 20 on 2 cores (pytest -n 4 beside other suites)
 #: The CLI's documented flush limit (docs/cli.md: "flushes it for up to 5 s").
 CLI_FLUSH_S = 5.0
 #: Starting the CLI's interpreter and imports, on top of the flush limit.
-CLI_START_SLACK_S = 3.0
+CLI_START_SLACK_S = 6.0  # 3 s missed at load 20: a CLI's start-up is CPU-bound
 
 USER = "canary-user"
 PASSWORD = 'pa<ss>"w0rd!'
@@ -385,7 +385,7 @@ def test_send_consecutive_missed_deadlines_leave_no_worker_behind(drip: DripServ
             client.send([rollback_event()])
     client.close()
 
-    assert len(drip.wait_closed(3, timeout_s=2.0)) == 3
+    assert len(drip.wait_closed(3, timeout_s=10.0)) == 3
     end = time.monotonic() + 2.0
     while ingest_workers() and time.monotonic() < end:
         time.sleep(0.01)

@@ -17,6 +17,7 @@ from openfeature.evaluation_context import EvaluationContext
 from openfeature.flag_evaluation import Reason
 from openfeature.provider import ProviderStatus
 from redis_server import RedisServer
+from waiting import wait_until
 
 from openfeature_canary import (
     LogEntry,
@@ -40,6 +41,11 @@ def server(tmp_path: Path) -> Iterator[RedisServer]:
     srv = RedisServer(tmp_path).start()
     yield srv
     srv.stop()
+
+
+def _changes(url: str) -> str:
+    """The channel a store's change listener subscribes to (module doc of stores/_redis.py)."""
+    return f"{RedisStateStore(url).prefix}:changes"
 
 
 def _at_full_rollout(url: str) -> RolloutState:
@@ -108,7 +114,8 @@ def test_fleet_rollback_by_a_fifth_process_reaches_four_providers_within_a_secon
         p.start()
     try:
         assert sorted(ready.get(timeout=60) for _ in names) == [(n, True) for n in names]
-        time.sleep(1.0)  # every provider has polled once: its listener is subscribed
+        channel = _changes(server.url)  # a write from now on reaches every provider
+        wait_until(lambda: server.subscribers(channel) >= len(names), "4 listeners", 30)
         go.set()
         written_at, status = done.get(timeout=30)
         assert status == "rolled_back"
@@ -257,7 +264,7 @@ def test_fleet_redis_killed_and_restarted_providers_go_stale_then_safe_then_read
 
     assert all_are(ProviderStatus.READY)
     assert [c.get_boolean_value(F1, False, UNIT) for c in clients] == [True, True]
-    time.sleep(0.3)  # the listeners are subscribed
+    wait_until(lambda: server.subscribers(_changes(server.url)) >= 2, "both listeners subscribed")
 
     server.kill()
     to_stale = _wait(lambda: all_are(ProviderStatus.STALE), 3.0, "PROVIDER_STALE")

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import redis
 from redis_server import RedisServer, free_port
+from waiting import wait_until
 
 from openfeature_canary import (
     FileStateStore,
@@ -215,13 +216,13 @@ def test_redis_store_prefixes_keep_two_rollouts_apart(
     assert two.load_all() == {}
     two.save(_bumped(_bumped(RolloutState(flag_key=F1))), expected_version=0)
     assert one.load(F1) == _bumped(RolloutState(flag_key=F1))
-    time.sleep(0.2)  # a write to "one" must not move "two"'s token
+    # "two" listens on its own channel: a write to "one" must not move "two"'s token.
+    wait_until(lambda: server.subscribers(f"{two.prefix}:changes") >= 1, "two's listener")
     one.save(_bumped(_bumped(RolloutState(flag_key=F1))), expected_version=1)
-    time.sleep(0.2)
-    assert two.change_token() != token  # its own write
+    assert _eventually(lambda: two.change_token() != token, 1.0)  # its own write
     token = two.change_token()
     one.save(_bumped(_bumped(_bumped(RolloutState(flag_key=F1)))), expected_version=2)
-    time.sleep(0.2)
+    time.sleep(0.2)  # the scenario: a window for a notification that must NOT come
     assert two.change_token() == token
 
 
@@ -485,8 +486,12 @@ def _gets(raw: redis.Redis) -> int:
 def test_redis_store_change_token_costs_no_command_while_subscribed_and_polls_when_not(
     store: RedisStateStore, raw: redis.Redis, opener: Callable[[str], RedisStateStore]
 ) -> None:
-    store.change_token()  # starts the listening thread
-    time.sleep(0.3)
+    def quiet() -> bool:  # the listener is subscribed and has read the counter
+        raw.config_resetstat()
+        store.change_token()  # the first call starts the listening thread
+        return _gets(raw) == 0
+
+    wait_until(quiet, "the listener subscribed: a poll costs no command", 5.0)
     raw.config_resetstat()
     for _ in range(200):
         store.change_token()
@@ -500,11 +505,6 @@ def test_redis_store_change_token_costs_no_command_while_subscribed_and_polls_wh
     assert _eventually(lambda: store.change_token() != token, 1.0)
 
     # The listener comes back by itself, and polling stops again.
-    def quiet() -> bool:
-        raw.config_resetstat()
-        store.change_token()
-        return _gets(raw) == 0
-
     assert _eventually(quiet, 5.0)
     token = store.change_token()
     writer.save(_bumped(_bumped(RolloutState(flag_key=F1))), expected_version=1)
@@ -545,7 +545,8 @@ def test_redis_store_forked_child_opens_its_own_connections(
 ) -> None:
     store.save(_bumped(RolloutState(flag_key=F1)), expected_version=0)
     token = store.change_token()  # the parent's listener and pooled connection are up
-    time.sleep(0.2)
+    channel = f"{store.prefix}:changes"
+    wait_until(lambda: raw.pubsub_numsub(channel)[0][1] >= 1, "the parent's listener")
     parent_clients = {c["id"] for c in raw.client_list()}
     read_fd, write_fd = os.pipe()
     pid = os.fork()
