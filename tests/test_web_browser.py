@@ -113,6 +113,26 @@ def test_page_follows_a_rollout_without_a_reload(world: World, tmp_path: Path) -
             _shows(page, "stage", f"stage 2 of {len(stages)}")
             assert _field(page, "percent") == f"{stages[1].percent:g} %"
             _shows(page, "last-decision", "advance")
+
+            # Three gate windows into stage 2: the evidence and its charts are drawn.
+            world.run_for(3 * stages[1].window_s + 5)
+            windows = len(world.state().windows)
+            assert windows >= 3 and world.state().evidence is not None
+            section = f'section[data-flag="{FLAG}"]'
+            page.wait_for_function(
+                """([section, windows]) => document.querySelectorAll(
+                     `${section} [data-chart="p95_ms"] circle`).length >= 2 * windows""",
+                arg=[section, windows],
+                timeout=SHOWN_S * 1000,
+            )
+            evidence = world.state().evidence
+            page.wait_for_function(  # the stage's requests (5xx), as the gates count them
+                """([section, text]) => (document.querySelector(`${section} table.evidence`)
+                     || {textContent: ""}).textContent.includes(text)""",
+                arg=[section, f"{evidence.canary.n} ({evidence.canary.errors})"],
+                timeout=SHOWN_S * 1000,
+            )
+            assert page.locator(f'{section} [data-chart="error_rate"] polyline').count() == 2
             shot = tmp_path / "status-page-stage2.png"
             page.screenshot(path=str(shot), full_page=True)
 

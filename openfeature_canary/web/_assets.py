@@ -69,6 +69,9 @@ td, th { border-bottom: 1px solid #eee; padding: .2em .6em; text-align: left;
 .bar .line { position: absolute; top: -3px; bottom: -3px; width: 2px; background: #b00020; }
 .breached { color: #b00020; font-weight: bold; }
 code { font-size: .92em; }
+.charts { display: flex; gap: 1.5em; flex-wrap: wrap; }
+figure.chart { margin: .5em 0; } figure.chart figcaption { font-size: .85em; color: #555; }
+figure.chart svg { background: #fcfcfc; border: 1px solid #eee; }
 """
 
 
@@ -174,6 +177,51 @@ function evidence(f) {
   t.append(n);
   return t;
 }
+const SVG = "http://www.w3.org/2000/svg";
+function svg(tag, attrs, text) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+  if (text !== undefined) node.textContent = String(text);
+  return node;
+}
+// Canary and baseline per gate window of this stage, against the stage's line.
+function chart(f, title, key, unit) {
+  const W = 360, H = 120, L = 56, B = 18;
+  const rows = f.windows.filter(w => w[key] !== null || w["baseline_" + key] !== null);
+  const line = f.stage >= 1 ? f.timeline[f.stage - 1].lines[key] : null;
+  const box = el("figure", "chart");
+  box.dataset.chart = key;
+  box.append(el("figcaption", null, title + " per window: canary (blue), baseline (grey)" +
+    (line !== null ? ", line (red) " + num(line, unit) : "")));
+  const s = svg("svg", {width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img"});
+  const values = rows.flatMap(w => [w[key], w["baseline_" + key]]).filter(v => v !== null);
+  const top = Math.max(...values, line || 0, 0) * 1.15 || 1;
+  const x = i => L + (rows.length > 1 ? i * (W - L - 8) / (rows.length - 1) : (W - L) / 2);
+  const y = v => H - B - (v / top) * (H - B - 8);
+  s.append(svg("line", {x1: L, y1: H - B, x2: W, y2: H - B, stroke: "#999"}));
+  s.append(svg("text", {x: 2, y: 12, "font-size": 10}, num(top, unit)));
+  s.append(svg("text", {x: 2, y: H - B, "font-size": 10}, num(0, unit)));
+  s.append(svg("text", {x: L, y: H - 4, "font-size": 10},
+    rows.length ? rows.length + " window(s)" : "no window judged yet"));
+  if (line !== null) {
+    s.append(svg("line", {x1: L, y1: y(line), x2: W, y2: y(line), stroke: "#b00020",
+      "stroke-dasharray": "4 3"}));
+  }
+  for (const [k, color] of [["baseline_" + key, "#9ca3af"], [key, "#2563eb"]]) {
+    const pts = rows.map((w, i) => [i, w[k]]).filter(([, v]) => v !== null);
+    if (!pts.length) continue;
+    s.append(svg("polyline", {points: pts.map(([i, v]) => x(i) + "," + y(v)).join(" "),
+      fill: "none", stroke: color, "stroke-width": 2}));
+    for (const [i, v] of pts) s.append(svg("circle", {cx: x(i), cy: y(v), r: 2.5, fill: color}));
+  }
+  box.append(s);
+  return box;
+}
+function charts(f) {
+  const div = el("div", "charts");
+  div.append(chart(f, "error rate", "error_rate", "ratio"), chart(f, "p95", "p95_ms", "ms"));
+  return div;
+}
 function triggers(f) {
   if (!f.triggers.length) return el("p", "muted", "no triggers");
   const t = el("table", "triggers");
@@ -211,6 +259,7 @@ function flagSection(f) {
   s.append(el("h2", null, f.key), ...summary(f));
   s.append(el("h3", null, "Stages"), timeline(f));
   s.append(el("h3", null, "Canary vs baseline (this stage)"), evidence(f));
+  if (f.stage >= 1) s.append(charts(f));
   s.append(el("h3", null, "Triggers"), triggers(f));
   s.append(el("h3", null, "Decision log (newest first)"), decisions(f));
   return s;

@@ -68,6 +68,7 @@ def _flag(ctl: Controller, rollout: Rollout, now: float) -> dict[str, Any]:
         "reason": state.reason,
         "timeline": _timeline(flag, state, now),
         "evidence": _evidence(flag, state),
+        "windows": [w.to_dict() for w in state.windows],
         "triggers": _triggers(flag, rollout),
         "last_decision": last.to_dict() if last is not None else None,
         "log": [e.to_dict() for e in reversed(state.log[-LOG_SHOWN:])],
