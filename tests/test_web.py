@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -293,3 +295,32 @@ def test_controller_rejects_a_bad_status_port(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert "status page port" in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_forked_worker_leaves_the_parents_page_serving_and_can_stop_its_own(
+    rollout: Rollout,
+) -> None:
+    watch = DecidingStatusPage(rollout, port=_free_port(), poll_s=0.05).start()
+    try:
+        assert watch.serving
+        pid = os.fork()
+        if pid == 0:  # the child: its copy of the page is unbound, and stops at once
+            code = 1
+            try:
+                stopped = threading.Thread(target=watch.stop, daemon=True)
+                stopped.start()
+                stopped.join(10)
+                code = 0 if not stopped.is_alive() else 3
+            finally:
+                os._exit(code)
+        end = time.monotonic() + 30
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < end:
+            time.sleep(0.05)
+        if done[0] == 0:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("the child's stop() hung on the parent's server")
+        assert os.waitstatus_to_exitcode(done[1]) == 0
+        assert watch.serving and status_json(watch.page.port)["flags"]  # the parent serves on
+    finally:
+        watch.stop()

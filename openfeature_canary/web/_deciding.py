@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from openfeature_canary._forksafe import THREADS, on_fork
 from openfeature_canary.policy import Rollout
 from openfeature_canary.web._server import DEFAULT_HOST, StatusPage
 
@@ -38,6 +39,8 @@ class DecidingStatusPage:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._bind_failed = False
+        # A pre-fork server's worker restarts the watcher (the page forgot the parent's socket).
+        on_fork(self, level=THREADS, after_in_child=_restart_in_child)
 
     @property
     def serving(self) -> bool:
@@ -95,3 +98,11 @@ class DecidingStatusPage:
                 self.sync()
             except Exception as exc:  # the watcher must outlive one bad step
                 log.error("openfeature-canary: status page watcher: %s", exc)
+
+
+def _restart_in_child(watch: DecidingStatusPage) -> None:
+    if watch._thread is None:  # it was not running
+        return
+    watch._thread = None
+    watch._stop = threading.Event()
+    watch.start()

@@ -19,6 +19,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
+from openfeature_canary._forksafe import RENEW, on_fork, renew_locks_after_fork
 from openfeature_canary.policy import Rollout
 from openfeature_canary.web._assets import APP_CSS, APP_JS, page_html
 from openfeature_canary.web._snapshot import snapshot
@@ -143,6 +144,8 @@ class StatusPage:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        renew_locks_after_fork(self, "_lock")
+        on_fork(self, level=RENEW, after_in_child=_forget_in_child)
 
     @property
     def port(self) -> int:
@@ -201,6 +204,15 @@ class StatusPage:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+def _forget_in_child(page: StatusPage) -> None:
+    """A forked child has the parent's listening socket but not its serving thread: close the
+    child's copy (the parent keeps serving) and start over unbound; ``stop()`` would otherwise
+    wait forever for a thread that is not there."""
+    server, page._server, page._thread = page._server, None, None
+    if server is not None:
+        server.server_close()
 
 
 class _V6Server(ThreadingHTTPServer):
