@@ -23,6 +23,7 @@ from openfeature.contrib.provider.canary import CanaryProvider
 from openfeature_canary import ManualClock, RolloutPlan, load_plan
 from openfeature_canary.engine import Engine, EngineOptions, build_engine
 from openfeature_canary.policy import Rollout
+from openfeature_canary.telemetry import setup_telemetry
 from openfeature_canary.web import DecidingStatusPage, StatusPage, snapshot
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "canary_plan.toml"
@@ -324,3 +325,50 @@ def test_a_forked_worker_leaves_the_parents_page_serving_and_can_stop_its_own(
         assert watch.serving and status_json(watch.page.port)["flags"]  # the parent serves on
     finally:
         watch.stop()
+
+
+def test_providers_of_a_fleet_share_one_port_that_follows_the_lease(
+    plan: RolloutPlan, tmp_path: Path
+) -> None:
+    url = f"file://{tmp_path / 'state.json'}"
+    port = _free_port()
+    telemetries = [setup_telemetry(plan) for _ in range(2)]
+    providers = [
+        CanaryProvider(
+            plan,
+            store=url,
+            telemetry=t,
+            reports_dir=tmp_path / "reports",
+            refresh_interval=0.1,
+            lease_ttl=2.0,
+            status_page_port=port,
+        )
+        for t in telemetries
+    ]
+    try:
+        providers[0].initialize(None)  # type: ignore[arg-type]
+        first = providers[0].fleet
+        assert first is not None
+        wait_for(lambda: first.leader, 20, "the first provider to decide")
+        providers[1].initialize(None)  # type: ignore[arg-type]
+        shown = wait_for(lambda: _shown_by(port), 20, "the decider's page")
+        assert shown == first.process_id
+        second = providers[1].fleet
+        assert second is not None and not second.leader
+        assert providers[1].status_page is not None and not providers[1].status_page.serving
+
+        providers[0].shutdown()  # gives the lease up: the other takes it, and the port
+        wait_for(lambda: _shown_by(port) == second.process_id, 20, "the new decider's page")
+    finally:
+        for provider in providers:
+            provider.shutdown()
+        for t in telemetries:
+            t.shutdown()
+
+
+def _shown_by(port: int) -> str | None:
+    try:
+        shown: str = status_json(port)["decider"]["process"]
+    except OSError:  # nobody binds the port between two deciders
+        return None
+    return shown
