@@ -114,6 +114,7 @@ def test_everything_shown_is_escaped(rollout: Rollout, page: StatusPage) -> None
     assert b"<" not in body and b">" not in body and b"&" not in body
     flag = next(f for f in json.loads(body)["flags"] if f["key"] == FLAG)
     assert flag["last_decision"]["reason"] == NASTY  # the same text, made inert
+    assert [s["where"] for s in flag["timeline"]][:2] == ["rolled_back", "next"]
     assert dict(headers)["Content-Type"] == "application/json"
     assert dict(headers)["X-Content-Type-Options"] == "nosniff"
 

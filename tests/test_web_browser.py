@@ -139,6 +139,10 @@ def test_page_follows_a_rollout_without_a_reload(world: World, tmp_path: Path) -
             ctl.rollback(NASTY)  # an operator's reason that is markup, shown as text
             _shows(page, "status", "rolled back")
             assert _field(page, "percent") == "0 %"
+            classes = page.locator(f"{section} ol.timeline li").evaluate_all(
+                "items => items.map(li => li.className)"
+            )
+            assert classes[:3] == ["done", "rolled_back", "next"]  # rolled back from stage 2
             _shows(page, "last-decision", NASTY)
             assert page.evaluate("window.__sameDocument") is True  # never reloaded
             assert loads == ["load"]

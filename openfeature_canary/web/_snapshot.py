@@ -9,6 +9,7 @@ returns it as is; the browser renders it.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from openfeature_canary.evidence import StageEvidence, Tally
@@ -46,7 +47,7 @@ def _decider(rollout: Rollout, now: float) -> dict[str, Any]:
         except Exception as exc:  # a store that cannot be read must not break the page
             return {"process": fleet.process_id, "deciding": fleet.leader, "error": str(exc)}
     return {
-        "process": fleet.process_id if fleet is not None else "this process",
+        "process": fleet.process_id if fleet is not None else f"pid {os.getpid()}",
         "deciding": fleet.leader if fleet is not None else rollout.policy is not None,
         "lease_holder": holder,
         "fleet": fleet is not None,
@@ -76,12 +77,14 @@ def _flag(ctl: Controller, rollout: Rollout, now: float) -> dict[str, Any]:
 
 
 def _timeline(flag: FlagPlan, state: RolloutState, now: float) -> list[dict[str, Any]]:
-    """Every stage with its share, hold and lines; where the flag is among them."""
+    """Every stage with its share, hold and lines; where the flag is among them (a rolled-back
+    flag is at stage 0: the stage it rolled back from is marked, as the log recorded it)."""
+    reached = _rolled_back_from(state) if state.status is Status.ROLLED_BACK else state.stage
     out: list[dict[str, Any]] = []
     for index, stage in enumerate(flag.stages, start=1):
-        if state.status is Status.COMPLETED or index < state.stage:
+        if state.status is Status.COMPLETED or index < reached:
             where = "done"
-        elif index == state.stage:
+        elif index == reached:
             where = state.status.value  # running, paused, rolled back at this stage
         else:
             where = "next"
@@ -96,6 +99,15 @@ def _timeline(flag: FlagPlan, state: RolloutState, now: float) -> list[dict[str,
             entry["left_s"] = max(0.0, stage.duration_s - (now - state.since))
         out.append(entry)
     return out
+
+
+def _rolled_back_from(state: RolloutState) -> int:
+    """The stage of the last rollback's ``from_stage`` (0 when the log does not say)."""
+    for entry in reversed(state.log):
+        if entry.action == "rollback":
+            stage = entry.numbers.get("from_stage")
+            return stage if isinstance(stage, int) else 0
+    return 0
 
 
 def _lines(flag: FlagPlan, index: int) -> dict[str, float | None]:
