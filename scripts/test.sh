@@ -39,6 +39,17 @@ if ! command -v redis-server >/dev/null 2>&1; then
         redis-server >/dev/null
 fi
 
+# Debian's chromium: tests/test_web_browser.py drives it headless through Playwright (from the
+# test extra) with executable_path=/usr/bin/chromium: no browser download. Installed once.
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "== installing Debian's chromium"
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        chromium >/dev/null
+fi
+
 echo "== ruff check"; ruff check .
 echo "== ruff format --check"; ruff format --check .
 # mypy sees the contrib folders under their import names through a symlinked tree.

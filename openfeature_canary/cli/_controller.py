@@ -17,8 +17,9 @@ from typing import Any
 from openfeature_canary.cli._common import EXIT_OK, Io, Stopper, load_plan_arg, store_url
 from openfeature_canary.engine import EngineOptions, build_engine
 from openfeature_canary.errors import StateStoreError, UsageError
-from openfeature_canary.policy import DEFAULT_LEASE_TTL_S, BackgroundRunner
+from openfeature_canary.policy import DEFAULT_LEASE_TTL_S, BackgroundRunner, Rollout
 from openfeature_canary.signals import PrometheusSignalSource, SignalSource
+from openfeature_canary.web import DEFAULT_HOST, StatusPage, check_address
 
 __all__ = ["add_controller_parser"]
 
@@ -48,6 +49,18 @@ def add_controller_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="S",
         help="how long the decider lease lasts without renewal",
     )
+    p.add_argument(
+        "--status-port",
+        type=int,
+        metavar="N",
+        help="serve the read-only live status page on this port (0: a free one)",
+    )
+    p.add_argument(
+        "--status-host",
+        default=DEFAULT_HOST,
+        metavar="IP",
+        help=f"the status page's address (default {DEFAULT_HOST})",
+    )
     p.set_defaults(handler=_cmd_controller)
 
 
@@ -58,6 +71,11 @@ def _cmd_controller(args: argparse.Namespace, io: Io) -> int:
             f"--interval must be positive and below --lease-ttl, got {args.interval} and "
             f"{args.lease_ttl}"
         )
+    if args.status_port is not None:
+        try:
+            check_address(args.status_host, args.status_port)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
     url = store_url(args, plan)
     source: SignalSource | None = None
     if args.prometheus:
@@ -91,14 +109,33 @@ def _cmd_controller(args: argparse.Namespace, io: Io) -> int:
         f"when it holds the lease (ttl {args.lease_ttl:g} s); signals from "
         + (args.prometheus if args.prometheus else "the services' published records")
     )
+    page: StatusPage | None = None
     try:
+        page = _status_page(engine.rollout, args, io)  # stops the engine if it cannot bind
         with Stopper() as stopper:
             while not stopper.wait(args.interval):
                 _round(runner)
     finally:
+        if page is not None:
+            page.stop()
         engine.stop()
     io.print(f"controller {fleet.process_id}: stopped")
     return EXIT_OK
+
+
+def _status_page(rollout: Rollout, args: argparse.Namespace, io: Io) -> StatusPage | None:
+    """The controller's page, served whether or not it holds the lease yet (it says which):
+    an operator who started a controller wants to see it waiting, too."""
+    if args.status_port is None:
+        return None
+    try:
+        page = StatusPage(rollout, port=args.status_port, host=args.status_host).start()
+    except OSError as exc:
+        raise UsageError(
+            f"--status-port {args.status_port}: cannot bind {args.status_host}: {exc}"
+        ) from exc
+    io.print(f"controller: status page on {page.url}")
+    return page
 
 
 def _round(runner: BackgroundRunner) -> None:

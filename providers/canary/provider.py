@@ -50,6 +50,7 @@ from openfeature_canary.policy import FlagView
 from openfeature_canary.signals import SignalSource
 from openfeature_canary.stores import FileStateStore
 from openfeature_canary.telemetry import Telemetry
+from openfeature_canary.web import DEFAULT_HOST, DecidingStatusPage
 
 __all__ = ["CanaryProvider"]
 
@@ -102,6 +103,10 @@ class CanaryProvider(AbstractProvider):
     old path; ``PROVIDER_READY`` when it is readable again. :meth:`flush_events` and
     :meth:`shutdown` are the ways to drain and stop.
 
+    **Status page.** ``status_page_port`` (``0``: a free port) serves the read-only live page
+    (:mod:`openfeature_canary.web`) on ``status_page_host`` (``127.0.0.1``) while this process
+    decides: in a fleet, the lease holder binds it and a new decider takes it over.
+
     The evaluation path reads an immutable snapshot: no I/O, no lock.
     """
 
@@ -124,6 +129,8 @@ class CanaryProvider(AbstractProvider):
         fleet: bool | None = None,
         decide: bool = True,
         lease_ttl: float | None = None,
+        status_page_port: int | None = None,
+        status_page_host: str = DEFAULT_HOST,
     ) -> None:
         super().__init__()
         check_arguments(telemetry, signals, meter_provider, max_staleness, refresh_interval)
@@ -176,6 +183,12 @@ class CanaryProvider(AbstractProvider):
                 description="1 for how the state store reads now: ready, stale (the last "
                 "known state is served) or error (every flag serves the old path)",
             )
+        #: The live status page, served while this process decides (docs/status-page.md).
+        self.status_page = (
+            None
+            if status_page_port is None
+            else DecidingStatusPage(self.rollout, port=status_page_port, host=status_page_host)
+        )
         self._hooks: list[Hook] = []
         if telemetry is not None:
             from openfeature.contrib.hook.canary import MetricsHook
@@ -202,6 +215,8 @@ class CanaryProvider(AbstractProvider):
                 f"{store.url}: folder {store.path.parent} does not exist; create it or fix "
                 "the store URL"
             )
+        if self.status_page is not None:
+            self.status_page.start()
         try:
             self.rollout.load()
         except StateStoreError as exc:
@@ -222,6 +237,8 @@ class CanaryProvider(AbstractProvider):
     def shutdown(self) -> None:
         """Stop background work (undelivered telemetry events stay in the outbox) and give
         the decider lease up, so that another process takes over at once."""
+        if self.status_page is not None:
+            self.status_page.stop()
         self.engine.stop()
 
     def flush_events(self, timeout_s: float = 5.0) -> bool:
