@@ -11,6 +11,7 @@ from typing import Any
 
 from openfeature_canary._format import format_number, format_percent, format_span, iso_utc
 from openfeature_canary.bucketing import bucket, in_rollout
+from openfeature_canary.cli._views import left_text, next_decision, short_decision, stage_clock
 from openfeature_canary.plan import FlagPlan
 from openfeature_canary.state import LogEntry, RolloutState, Status
 from openfeature_canary.stores import Lease
@@ -28,7 +29,16 @@ __all__ = [
 ]
 
 _NONE = "-"
-STATUS_COLUMNS = ("FLAG", "STATUS", "STAGE", "PERCENT", "SINCE", "REASON", "LAST DECISION")
+STATUS_COLUMNS = (
+    "FLAG",
+    "STATUS",
+    "STAGE",
+    "PERCENT",
+    "SINCE",
+    "LEFT",
+    "REASON",
+    "LAST DECISION",
+)
 
 
 def format_pct(percent: float) -> str:
@@ -82,8 +92,9 @@ def _status_text(state: RolloutState) -> str:
     return state.status.value
 
 
-def status_table(flags: Sequence[FlagPlan], states: Mapping[str, RolloutState]) -> str:
-    """An aligned text table, one row per flag (columns :data:`STATUS_COLUMNS`)."""
+def status_table(flags: Sequence[FlagPlan], states: Mapping[str, RolloutState], now: float) -> str:
+    """An aligned text table, one row per flag (columns :data:`STATUS_COLUMNS`): LEFT is the
+    time left in the stage at ``now``, LAST DECISION at most ~60 characters."""
     rows = [STATUS_COLUMNS]
     for flag in flags:
         s = states[flag.key]
@@ -94,8 +105,9 @@ def status_table(flags: Sequence[FlagPlan], states: Mapping[str, RolloutState]) 
                 f"{s.stage}/{len(flag.stages)}",
                 format_pct(s.percent),
                 _since(s) or _NONE,
+                left_text(flag, s, now),
                 s.reason or _NONE,
-                format_decision(s.last_decision),
+                short_decision(s.last_decision),
             )
         )
     return _align(rows)
@@ -107,12 +119,15 @@ def status_json(
     *,
     plan_source: str,
     store_url: str,
+    now: float,
 ) -> dict[str, Any]:
-    """Machine-readable status: ``{"plan", "store", "flags": [{...}, ...]}``."""
+    """Machine-readable status: ``{"plan", "store", "flags": [{...}, ...]}``; ``left_s`` and
+    ``next_tick_epoch`` are ``null`` outside a running stage."""
     out: list[dict[str, Any]] = []
     for flag in flags:
         s = states[flag.key]
         last = s.last_decision
+        clock = stage_clock(flag, s, now)
         out.append(
             {
                 "flag": flag.key,
@@ -125,6 +140,9 @@ def status_json(
                 "reason": s.reason,
                 "requested": s.requested or None,
                 "version": s.version,
+                "left_s": None if clock is None else round(clock.left_s, 3),
+                "next_tick_epoch": None if clock is None else clock.next_tick_at,
+                "next": next_decision(flag, s, now),
                 "last_decision": None
                 if last is None
                 else {
