@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import IO
 
 import pytest
-from redis_server import free_port
+from redis_server import RedisServer, free_port
 
 from openfeature_canary import ManualClock
 from openfeature_canary.cli import run
@@ -333,11 +334,140 @@ def test_status_watch_redraws_and_stops_cleanly_on_sigint(cli):
 
 def test_unreachable_redis_store_exits_3_with_one_line(cli):
     url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    for argv in (("status",), ("history", READ), ("promote", READ)):
+    argv_list = (
+        ("status",),
+        ("history", READ),
+        ("promote", READ),
+        ("wait", READ, "--until", "completed", "--timeout", "10s"),
+        ("outbox", "list"),
+    )
+    for argv in argv_list:
         code = run([*argv, "--plan", str(cli.plan), "--store", url], clock=cli.clock)
         captured = cli.capsys.readouterr()
         assert (code, captured.out) == (3, ""), (argv, captured.err)
         _one_error_line(captured.err, "store unreachable", url)
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+def _hget_calls(server: RedisServer) -> int:
+    """How many HGETs (a state read) the server has answered, from INFO commandstats."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"INFO commandstats\r\n")
+        data = b""
+        while not data.endswith(b"\r\n") or data.count(b"\r\n") < 2:
+            data += sock.recv(65536)
+    for line in data.decode().splitlines():
+        if line.startswith("cmdstat_hget:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+def _until_polling(proc: subprocess.Popen[str], server: RedisServer) -> None:
+    """Return once ``proc`` reads the store in its loop (a few more HGETs than before it)."""
+    before = _hget_calls(server)
+    deadline = time.monotonic() + PROCESS_TIMEOUT_S
+    while _hget_calls(server) < before + 3:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the waiting process never read the store"
+        time.sleep(0.02)
+
+
+def _read_stderr_until(proc: subprocess.Popen[str], needle: str) -> str:
+    assert proc.stderr is not None
+    seen = ""
+    while needle not in seen:
+        line = proc.stderr.readline()
+        assert line, f"{needle!r} never came; stderr so far: {seen!r}"
+        seen += line
+    return seen
+
+
+def test_wait_rides_out_a_redis_restart_and_sees_the_completion(cli, redis):
+    cli.store = redis.url
+    _ok(cli, "start", READ, "--force")
+    proc = _spawn(
+        cli.plan,
+        redis.url,
+        "wait",
+        READ,
+        "--until",
+        "completed",
+        "--timeout",
+        "60s",
+        "--interval",
+        "0.05s",
+    )
+    try:
+        _until_polling(proc, redis)
+        redis.kill()  # a crash: Redis without persistence comes back empty
+        warned = _read_stderr_until(proc, "store unreachable")
+        assert f"openfeature-canary: warning: store unreachable: {redis.url}" in warned
+        redis.start()
+        for argv in (("start", READ, "--force"), ("promote", READ, "--to", "4")):
+            _ok(cli, *argv)
+        _ok(cli, "promote", READ, "--skip-soak")
+        out, err = proc.communicate(timeout=PROCESS_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert out.startswith(f"{READ}: completed, stage 4/4")
+    assert f"{redis.url}: reachable again" in err
+
+
+def test_wait_exits_3_when_the_store_is_still_down_at_the_timeout(cli, redis):
+    cli.store = redis.url
+    _ok(cli, "start", READ, "--force")
+    proc = _spawn(
+        cli.plan,
+        redis.url,
+        "wait",
+        READ,
+        "--until",
+        "completed",
+        "--timeout",
+        "2s",
+        "--interval",
+        "0.05s",
+    )
+    try:
+        _until_polling(proc, redis)
+        redis.kill()
+        _, err = proc.communicate(timeout=PROCESS_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    warning, error = err.splitlines()
+    assert "warning: store unreachable" in warning
+    assert proc.returncode == 3, err
+    assert error.startswith("openfeature-canary: error: ") and redis.url in error
+
+
+def test_status_watch_shows_a_store_outage_and_goes_on(cli, redis):
+    cli.store = redis.url
+    _ok(cli, "start", READ, "--force")
+    proc = _spawn(cli.plan, redis.url, "status", "--watch", "--interval", "0.1s")
+    try:
+        assert proc.stdout is not None
+        assert _read_until(proc.stdout, "openfeature-canary status", 1)
+        redis.kill()
+        lines = _read_until(proc.stdout, "store unreachable", 2)
+        assert sum(f"store unreachable: {redis.url}" in x for x in lines) == 2, lines
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=PROCESS_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert (proc.returncode, err) == (0, "")
 
 
 def test_corrupt_file_store_is_bad_input_not_unreachable(cli):

@@ -23,6 +23,7 @@ from openfeature_canary.cli._common import (
     Stopper,
     load_plan_arg,
     open_rollout,
+    unreachable,
 )
 from openfeature_canary.cli._format import (
     decider_json,
@@ -107,15 +108,34 @@ def _cmd_status(args: argparse.Namespace, io: Io) -> int:
     clear = _CLEAR if io.out.isatty() else ""
     with Stopper() as stopper:
         while True:
-            states = {f.key: _read(rollout.store, f.key) for f in flags}
             now = io.clock.now()
             header = f"Every {format_span(interval)}: {PROG} status  {iso_utc(now)}"
-            frame = [header, "", _status_text(args, rollout, flags, states, io)]
-            frame += ["", *watch_lines(flags, states, now)]
-            io.out.write(clear + "\n".join(frame) + "\n\n")
+            frame = _frame(args, rollout, flags, io, interval)
+            io.out.write(clear + "\n".join([header, "", *frame]))
+            io.out.write("\n\n")
             io.out.flush()
             if stopper.wait(interval):
                 return EXIT_OK
+
+
+def _frame(
+    args: argparse.Namespace,
+    rollout: Rollout,
+    flags: Sequence[FlagPlan],
+    io: Io,
+    interval: float,
+) -> list[str]:
+    """One ``--watch`` frame; a store that went away is shown (and read again next time)
+    rather than ending the view an operator is watching an outage through."""
+    try:
+        states = {f.key: _read(rollout.store, f.key) for f in flags}
+    except StateStoreError as exc:
+        if not unreachable(exc):
+            raise
+        return [f"store unreachable: {exc}; reading it again in {format_span(interval)}"]
+    now = io.clock.now()
+    text = _status_text(args, rollout, flags, states, io)
+    return [text, "", *watch_lines(flags, states, now)]
 
 
 def _status_text(
@@ -187,9 +207,14 @@ def _cmd_wait(args: argparse.Namespace, io: Io) -> int:
     rollout, _ = open_rollout(args, plan, io)
     started = time.monotonic()
     deadline = started + timeout
+    outage = _Outage(io)
     with Stopper() as stopper:
         while True:
-            state = _read(rollout.store, flag.key)
+            state = outage.read(rollout.store, flag.key, deadline)
+            if state is None:
+                if stopper.wait(min(interval, max(0.0, deadline - time.monotonic()))):
+                    raise KeyboardInterrupt
+                continue
             waited = format_span(round(time.monotonic() - started))
             if state.status is target:
                 io.print(f"{flag.key}: {_where(flag, state)} (after {waited})")
@@ -211,6 +236,32 @@ def _cmd_wait(args: argparse.Namespace, io: Io) -> int:
                 )
             if stopper.wait(min(interval, left)):
                 raise KeyboardInterrupt
+
+
+class _Outage:
+    """``wait``'s reads of the store, riding out an outage until the deadline (a Redis
+    failover must not fail a CI job that waits for hours); past the deadline the outage is
+    the answer (exit 3). One warning when the store goes away, one when it is back."""
+
+    def __init__(self, io: Io) -> None:
+        self.io = io
+        self.down = False
+
+    def read(self, store: StateStore, key: str, deadline: float) -> RolloutState | None:
+        """The flag's stored state, or ``None`` while the store cannot be reached."""
+        try:
+            state = _read(store, key)
+        except StateStoreError as exc:
+            if not unreachable(exc) or time.monotonic() >= deadline:
+                raise
+            if not self.down:
+                self.io.warn(f"store unreachable: {exc}; reading it again until the timeout")
+                self.down = True
+            return None
+        if self.down:
+            self.io.warn(f"{store.url}: reachable again")
+            self.down = False
+        return state
 
 
 def _where(flag: FlagPlan, state: RolloutState) -> str:
