@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from openfeature_canary._format import format_number, format_percent, format_span, iso_utc
+from openfeature_canary._format import format_percent, format_span, iso_utc
 from openfeature_canary.bucketing import bucket, in_rollout
 from openfeature_canary.cli._views import left_text, next_decision, short_decision, stage_clock
 from openfeature_canary.plan import FlagPlan
-from openfeature_canary.state import LogEntry, RolloutState, Status
+from openfeature_canary.state import RolloutState, Status
 from openfeature_canary.stores import Lease
 
 __all__ = [
@@ -21,7 +21,6 @@ __all__ = [
     "decider_json",
     "decider_line",
     "flag_summary",
-    "format_decision",
     "format_pct",
     "state_line",
     "status_json",
@@ -74,15 +73,6 @@ def state_line(flag: FlagPlan, state: RolloutState) -> str:
     if state.requested:
         line += f" ({state.requested} requested)"
     return line
-
-
-def format_decision(entry: LogEntry | None) -> str:
-    """A log entry as ``"advance (operator) from_stage=1 to_stage=2 to_pct=25"``."""
-    if entry is None:
-        return _NONE
-    numbers = " ".join(f"{k}={_value(v)}" for k, v in entry.numbers.items())
-    text = f"{entry.action} ({entry.reason})" if entry.reason else entry.action
-    return f"{text} {numbers}".rstrip()
 
 
 def _status_text(state: RolloutState) -> str:
@@ -240,9 +230,3 @@ def _align(rows: Iterable[Sequence[str]]) -> str:
         cells = [c.ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True)]
         lines.append("  ".join([*cells, row[-1]]).rstrip())
     return "\n".join(lines)
-
-
-def _value(v: object) -> str:
-    if isinstance(v, float):
-        return format_number(v)
-    return str(v)

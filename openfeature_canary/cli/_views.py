@@ -22,9 +22,11 @@ __all__ = [
     "StageClock",
     "history_json",
     "history_lines",
+    "left_text",
     "next_decision",
     "short_decision",
     "stage_clock",
+    "watch_lines",
 ]
 
 #: The longest ``status`` LAST DECISION cell (longer reasons are cut with an ellipsis).
