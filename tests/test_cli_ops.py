@@ -544,6 +544,10 @@ def test_report_regenerates_results_and_abort_from_the_state(cli, tmp_path):
     abort = (out_dir / "canary_abort.md").read_text()
     assert "stale" not in abort and "p95_breach" in abort and READ in abort
     assert (out_dir / "canary_plan.md").exists()
+    # the rows are those the commands' own pipeline wrote as it went (the current folder's
+    # canary-reports/, the plan's [reports].dir)
+    written = json.loads((tmp_path / "canary-reports" / "canary_results.json").read_text())
+    assert json.loads((out_dir / "canary_results.json").read_text()) == written
     # the same again gives the same files (rows are replaced, not appended)
     _ok(cli, "report", "--out", str(out_dir))
     assert (out_dir / "canary_results.md").read_text() == results
