@@ -149,13 +149,14 @@ def test_status_fresh_store_lists_every_flag_pending(cli, store):
         "STAGE",
         "PERCENT",
         "SINCE",
+        "LEFT",
         "REASON",
         "LAST",
         "DECISION",
     ]
-    assert [r.split()[:6] for r in rows] == [
-        [READ, "pending", "0/4", "0%", "-", "-"],
-        [USER, "pending", "0/4", "0%", "-", "-"],
+    assert [r.split()[:7] for r in rows] == [
+        [READ, "pending", "0/4", "0%", "-", "-", "-"],
+        [USER, "pending", "0/4", "0%", "-", "-", "-"],
     ]
     # aligned: every column starts at the same offset in every row
     assert len({line.index("pending") for line in rows}) == 1
@@ -181,6 +182,9 @@ def test_status_json_parses_with_fields(cli, store):
         "reason": "started",
         "requested": None,
         "version": 1,
+        "left_s": 600.0,  # the whole 10m stage: no time has passed
+        "next_tick_epoch": None,  # no tick has folded data in yet
+        "next": "next tick within 10s; gate may advance in 10m (10m stage)",
         "last_decision": {
             "at": "2026-01-01T00:00:00Z",
             "at_epoch": T0,
@@ -216,11 +220,15 @@ def test_commands_full_sequence_over_file_store_persist_between_runs(cli, store)
             f"{READ}: running, stage 1/4, 5%",
             ("running", 1, 5.0, "started"),
         ),
-        (("promote", READ), f"{READ}: running, stage 2/4, 25%", ("running", 2, 25.0, "operator")),
         (
-            ("pause", READ),
-            f"{READ}: paused, stage 2/4, 25% (reason: operator)",
-            ("paused", 2, 25.0, "operator"),
+            ("promote", READ, "--by", "alice"),
+            f"{READ}: running, stage 2/4, 25%",
+            ("running", 2, 25.0, "operator:alice"),
+        ),
+        (
+            ("pause", READ, "--by", "bob"),
+            f"{READ}: paused, stage 2/4, 25% (reason: operator:bob)",
+            ("paused", 2, 25.0, "operator:bob"),
         ),
         (("resume", READ), f"{READ}: running, stage 2/4, 25%", ("running", 2, 25.0, "resumed")),
         (
@@ -244,12 +252,12 @@ def test_commands_full_sequence_over_file_store_persist_between_runs(cli, store)
         assert shown["version"] == version
         assert shown["since_epoch"] == T0 + 60 * version
         assert shown["last_decision"]["action"] == ("advance" if argv[0] == "promote" else argv[0])
-    # the text status shows the last decision with its numbers
+    # the text status shows the last decision short: action and reason (no stage left)
     code, out, _ = cli("status", READ, "--store", store)
     assert code == 0
     row = out.splitlines()[1]
-    assert row.split()[:6] == [READ, "pending", "0/4", "0%", "2026-01-01T00:06:00Z", "reset"]
-    assert row.endswith("reset (operator) from_pct=0 from_status=rolled_back")
+    assert row.split()[:7] == [READ, "pending", "0/4", "0%", "2026-01-01T00:06:00Z", "-", "reset"]
+    assert row.endswith("reset operator")
 
 
 def test_promote_after_rollback_refused_exit_1_state_kept(cli, store):
@@ -270,9 +278,10 @@ def test_start_after_flag_not_completed_refused_exit_1(cli, store, force):
     assert _status_json(cli, store, USER)[USER]["version"] == 0
 
 
-def test_promote_past_last_stage_completes(cli, store):
+def test_promote_past_last_stage_completes_with_skip_soak(cli, store):
     cli("start", READ, "--force", "--store", store)
-    lines = [cli("promote", READ, "--store", store)[1].strip() for _ in range(4)]
+    lines = [cli("promote", READ, "--store", store)[1].strip() for _ in range(3)]
+    lines.append(cli("promote", READ, "--skip-soak", "--store", store)[1].strip())
     assert lines == [
         f"{READ}: running, stage 2/4, 25%",
         f"{READ}: running, stage 3/4, 50%",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import select
 import signal
 import socket
@@ -28,13 +29,19 @@ __all__ = [
     "DEFAULT_PLAN",
     "EXIT_OK",
     "EXIT_REFUSED",
+    "EXIT_STORE",
     "EXIT_USAGE",
+    "EXIT_WAIT_OTHER",
+    "EXIT_WAIT_TIMEOUT",
     "PROG",
     "Io",
     "Stopper",
+    "StoreUnreachableError",
     "load_plan_arg",
+    "login_name",
     "open_rollout",
     "store_url",
+    "unreachable",
 ]
 
 PROG: Final = "openfeature-canary"
@@ -43,6 +50,18 @@ DEFAULT_PLAN: Final = "canary_plan.toml"
 EXIT_OK: Final = 0
 EXIT_REFUSED: Final = 1
 EXIT_USAGE: Final = 2
+#: The store could not be reached or read (redis down, a file store's folder unreadable).
+EXIT_STORE: Final = 3
+#: ``wait``: the timeout ran out before the flag reached the awaited status.
+EXIT_WAIT_TIMEOUT: Final = 4
+#: ``wait``: the flag ended in another final status (e.g. rolled back while waiting for
+#: ``completed``), so the awaited one cannot come without an operator.
+EXIT_WAIT_OTHER: Final = 5
+
+
+class StoreUnreachableError(StateStoreError):
+    """The state store named by the URL could not be reached or read: not bad input (exit 2)
+    but an outage (exit 3), which an operator or a CI job retries."""
 
 
 class Io:
@@ -112,17 +131,40 @@ def open_rollout(
     options = EngineOptions(store=url, clock=io.clock, effects=with_effects)
     try:
         engine = build_engine(plan, options)
-    except StateStoreError as exc:
-        raise UsageError(str(exc)) from exc
-    rollout, sender = engine.rollout, engine.sender
-    try:
+        rollout, sender = engine.rollout, engine.sender
         rollout.load()
     except StateStoreError as exc:
-        raise UsageError(str(exc)) from exc
+        if unreachable(exc):
+            raise StoreUnreachableError(f"store unreachable: {exc}") from exc
+        raise UsageError(str(exc)) from exc  # a bad URL, a missing folder, a corrupt state
     if sender is not None:
         # Events a killed process persisted but never queued go out with this command's.
         rollout.reconcile_events()
     return rollout, sender
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether a store error is an outage (connection refused, timeout, I/O error) rather
+    than bad input (a bad URL, a corrupt state): the exit code tells a retry from a fix.
+
+    The stores keep the library's error as the cause; redis-py's connection errors are not
+    :class:`OSError`, so they are recognised by their class names.
+    """
+    seen: BaseException | None = exc.__cause__
+    while seen is not None:
+        names = {c.__name__ for c in type(seen).__mro__}
+        if isinstance(seen, OSError) or names & {"ConnectionError", "TimeoutError"}:
+            return not isinstance(seen, FileNotFoundError)
+        seen = seen.__cause__
+    return isinstance(exc, StoreUnreachableError)
+
+
+def login_name() -> str:
+    """Who runs the command, for ``--by``'s default: the login name, else ``"operator"``."""
+    try:
+        return getpass.getuser() or "operator"
+    except (OSError, KeyError):  # no USER/LOGNAME and no passwd entry (a bare container)
+        return "operator"
 
 
 class Stopper:

@@ -7,7 +7,9 @@
 
 Without ``--watch`` it writes once (``--out -``, the default, prints it). With ``--watch`` it
 keeps ``--out FILE`` current for a flagd fleet: it polls the store's ``change_token()`` every
-``--interval`` seconds and rewrites the file (atomically) only when the definition changed. A
+``--interval`` seconds and rewrites the file (atomically) only when what flagd would serve
+changed: a tick that only brings a stage's evidence up to date bumps the state's version but
+serves the same, and flagd reloads every write (issue 16 measured 282 writes in 8 minutes). A
 store that cannot be read is one line on stderr, and the file keeps the last good definition;
 SIGINT or SIGTERM stops it with exit code 0.
 """
@@ -15,6 +17,7 @@ SIGINT or SIGTERM stops it with exit code 0.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
 from typing import Any, Final
@@ -90,7 +93,7 @@ def _cmd_export_flagd(args: argparse.Namespace, io: Io) -> int:
         atomic_write_text(target, text)
     except OSError as exc:
         raise UsageError(f"export-flagd: cannot write {target}: {exc.strerror or exc}") from exc
-    watcher.written = text
+    watcher.written = served(definition)
     watcher.report(definition)
     if not args.watch:
         return EXIT_OK
@@ -139,10 +142,10 @@ class _Watcher:
     """Keeps ``target`` equal to the definition of the store's current states.
 
     :meth:`poll` reads the store's change token first and the states after, so a change that
-    lands in between is seen at the next poll; it rewrites the file only when the definition's
-    text changed. A failure (store unreadable or not fitting the plan, file not writable) is
-    one line per distinct error, the file keeps the last good definition, and the next poll
-    tries again.
+    lands in between is seen at the next poll; it rewrites the file only when what flagd serves
+    changed (:func:`served`). A failure (store unreadable or not fitting the plan, file not
+    writable) is one line per distinct error, the file keeps the last good definition, and the
+    next poll tries again.
     """
 
     def __init__(
@@ -181,9 +184,9 @@ class _Watcher:
             if token != self.token:
                 self.rollout.refresh()
                 definition, text = self.render()
-                if text != self.written:
+                if served(definition) != self.written:
                     atomic_write_text(self.target, text)
-                    self.written = text
+                    self.written = served(definition)
                     self.report(definition)
                 self.token = token
         except (StateStoreError, OSError) as exc:
@@ -200,3 +203,21 @@ class _Watcher:
 
 
 _UNSEEN: Final = object()
+
+#: Flag metadata that changes with every persisted state (each tick's evidence) while what
+#: flagd serves stays the same: not a reason to rewrite the file (and make flagd reload).
+_VOLATILE: Final = frozenset({"state_version"})
+
+
+def served(definition: dict[str, Any]) -> str:
+    """The part of a flagd definition that decides what flagd serves and reports, as text:
+    everything but each flag's :data:`_VOLATILE` metadata. The file written carries the state
+    version of the last change that mattered."""
+    flags = {
+        key: {
+            **flag,
+            "metadata": {k: v for k, v in flag.get("metadata", {}).items() if k not in _VOLATILE},
+        }
+        for key, flag in definition["flags"].items()
+    }
+    return json.dumps({**definition, "flags": flags}, sort_keys=True)

@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from openfeature_canary._format import format_number, format_percent, format_span, iso_utc
+from openfeature_canary._format import format_percent, format_span, iso_utc
 from openfeature_canary.bucketing import bucket, in_rollout
+from openfeature_canary.cli._views import left_text, next_decision, short_decision, stage_clock
 from openfeature_canary.plan import FlagPlan
-from openfeature_canary.state import LogEntry, RolloutState, Status
+from openfeature_canary.state import RolloutState, Status
 from openfeature_canary.stores import Lease
 
 __all__ = [
@@ -20,7 +21,6 @@ __all__ = [
     "decider_json",
     "decider_line",
     "flag_summary",
-    "format_decision",
     "format_pct",
     "state_line",
     "status_json",
@@ -28,7 +28,16 @@ __all__ = [
 ]
 
 _NONE = "-"
-STATUS_COLUMNS = ("FLAG", "STATUS", "STAGE", "PERCENT", "SINCE", "REASON", "LAST DECISION")
+STATUS_COLUMNS = (
+    "FLAG",
+    "STATUS",
+    "STAGE",
+    "PERCENT",
+    "SINCE",
+    "LEFT",
+    "REASON",
+    "LAST DECISION",
+)
 
 
 def format_pct(percent: float) -> str:
@@ -66,15 +75,6 @@ def state_line(flag: FlagPlan, state: RolloutState) -> str:
     return line
 
 
-def format_decision(entry: LogEntry | None) -> str:
-    """A log entry as ``"advance (operator) from_stage=1 to_stage=2 to_pct=25"``."""
-    if entry is None:
-        return _NONE
-    numbers = " ".join(f"{k}={_value(v)}" for k, v in entry.numbers.items())
-    text = f"{entry.action} ({entry.reason})" if entry.reason else entry.action
-    return f"{text} {numbers}".rstrip()
-
-
 def _status_text(state: RolloutState) -> str:
     """``pending``, or ``pending (start requested)`` while the policy has not carried it out."""
     if state.requested:
@@ -82,8 +82,9 @@ def _status_text(state: RolloutState) -> str:
     return state.status.value
 
 
-def status_table(flags: Sequence[FlagPlan], states: Mapping[str, RolloutState]) -> str:
-    """An aligned text table, one row per flag (columns :data:`STATUS_COLUMNS`)."""
+def status_table(flags: Sequence[FlagPlan], states: Mapping[str, RolloutState], now: float) -> str:
+    """An aligned text table, one row per flag (columns :data:`STATUS_COLUMNS`): LEFT is the
+    time left in the stage at ``now``, LAST DECISION at most ~60 characters."""
     rows = [STATUS_COLUMNS]
     for flag in flags:
         s = states[flag.key]
@@ -94,8 +95,9 @@ def status_table(flags: Sequence[FlagPlan], states: Mapping[str, RolloutState]) 
                 f"{s.stage}/{len(flag.stages)}",
                 format_pct(s.percent),
                 _since(s) or _NONE,
+                left_text(flag, s, now),
                 s.reason or _NONE,
-                format_decision(s.last_decision),
+                short_decision(s.last_decision),
             )
         )
     return _align(rows)
@@ -107,12 +109,15 @@ def status_json(
     *,
     plan_source: str,
     store_url: str,
+    now: float,
 ) -> dict[str, Any]:
-    """Machine-readable status: ``{"plan", "store", "flags": [{...}, ...]}``."""
+    """Machine-readable status: ``{"plan", "store", "flags": [{...}, ...]}``; ``left_s`` and
+    ``next_tick_epoch`` are ``null`` outside a running stage."""
     out: list[dict[str, Any]] = []
     for flag in flags:
         s = states[flag.key]
         last = s.last_decision
+        clock = stage_clock(flag, s, now)
         out.append(
             {
                 "flag": flag.key,
@@ -125,6 +130,9 @@ def status_json(
                 "reason": s.reason,
                 "requested": s.requested or None,
                 "version": s.version,
+                "left_s": None if clock is None else round(clock.left_s, 3),
+                "next_tick_epoch": None if clock is None else clock.next_tick_at,
+                "next": next_decision(flag, s, now),
                 "last_decision": None
                 if last is None
                 else {
@@ -222,9 +230,3 @@ def _align(rows: Iterable[Sequence[str]]) -> str:
         cells = [c.ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True)]
         lines.append("  ".join([*cells, row[-1]]).rstrip())
     return "\n".join(lines)
-
-
-def _value(v: object) -> str:
-    if isinstance(v, float):
-        return format_number(v)
-    return str(v)

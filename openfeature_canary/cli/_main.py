@@ -14,18 +14,19 @@ policy carries out once the baseline is quiet (stage 0's gate); ``start --force`
 without that check.
 
 Exit codes: 0 done; 1 refused (the command is not valid in the flag's current status, or the
-store could not be written); 2 bad input (missing or invalid plan, unknown flag, bad store
-URL, bad arguments). Expected errors print one line on stderr, never a traceback.
+store refused a write); 2 bad input (missing or invalid plan, unknown flag, bad store URL, a
+corrupt state, bad arguments); 3 the store cannot be reached (connection refused, timeout,
+I/O error); ``wait`` only: 4 timed out, 5 the flag ended in another final status; 130
+interrupted. Expected errors print one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Final, NoReturn
+from typing import IO, NoReturn
 
 from openfeature_canary._atomicfile import atomic_write_text
 from openfeature_canary.bucketing import UnitEncodingError
@@ -33,23 +34,20 @@ from openfeature_canary.cli._common import (
     DEFAULT_PLAN,
     EXIT_OK,
     EXIT_REFUSED,
+    EXIT_STORE,
     EXIT_USAGE,
     PROG,
     Io,
     load_plan_arg,
     open_rollout,
+    unreachable,
 )
 from openfeature_canary.cli._controller import add_controller_parser
 from openfeature_canary.cli._export import add_export_parser
-from openfeature_canary.cli._format import (
-    bucket_lines,
-    decider_json,
-    decider_line,
-    flag_summary,
-    state_line,
-    status_json,
-    status_table,
-)
+from openfeature_canary.cli._format import bucket_lines, flag_summary
+from openfeature_canary.cli._ops import add_ops_parsers
+from openfeature_canary.cli._outbox import add_outbox_parsers
+from openfeature_canary.cli._transition import add_transition_parsers
 from openfeature_canary.clock import Clock, SystemClock
 from openfeature_canary.errors import (
     CanaryError,
@@ -60,9 +58,7 @@ from openfeature_canary.errors import (
     UsageError,
 )
 from openfeature_canary.events import render_plan_markdown
-from openfeature_canary.policy import Controller
 from openfeature_canary.state import RolloutState
-from openfeature_canary.stores import FleetStore, Lease, StateStore
 
 __all__ = ["EXIT_OK", "EXIT_REFUSED", "EXIT_USAGE", "UsageError", "main", "run"]
 
@@ -115,8 +111,9 @@ def run(
     except TransitionError as exc:
         return _fail(io, exc, EXIT_REFUSED)
     except StateStoreError as exc:
-        # Opening/reading a store is mapped to UsageError in _open; this is a failed write.
-        return _fail(io, exc, EXIT_REFUSED)
+        # An outage (exit 3) is retried, a refused write (exit 1) is looked at; opening a
+        # store with a bad URL or a corrupt state is mapped to UsageError in open_rollout.
+        return _fail(io, exc, EXIT_STORE if unreachable(exc) else EXIT_REFUSED)
     except CanaryError as exc:  # every other error of ours is about the input: one line
         return _fail(io, exc, EXIT_USAGE)
     except KeyboardInterrupt:
@@ -154,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         description="Progressive canary rollouts for OpenFeature flags: check and render the "
         "plan, inspect and drive each flag's rollout.",
-        epilog="Exit codes: 0 done, 1 refused in the current status, 2 bad input.",
+        epilog="Exit codes: 0 done, 1 refused in the current status, 2 bad input, 3 store "
+        "unreachable; wait: 4 timed out, 5 ended in another final status.",
     )
     from openfeature_canary import __version__
 
@@ -177,26 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     render.set_defaults(handler=_cmd_plan_render)
 
-    status = sub.add_parser(
-        "status", parents=[common], help="show each flag's status, stage and last decision"
-    )
-    status.add_argument("flag", metavar="FLAG", nargs="?", help="only this flag (default: all)")
-    status.add_argument("--json", action="store_true", help="machine-readable JSON")
-    status.set_defaults(handler=_cmd_status)
-
-    for name, summary in _COMMANDS.items():
-        p = sub.add_parser(name, parents=[common], help=summary)
-        p.add_argument("flag", metavar="FLAG", help="a flag key of the plan")
-        if name == "rollback":
-            p.add_argument("--reason", required=True, help="why (kept in the state and logs)")
-        if name == "start":
-            p.add_argument(
-                "--force",
-                action="store_true",
-                help="start now, without waiting for the baseline check of the process "
-                "that runs the policy",
-            )
-        p.set_defaults(handler=_cmd_transition)
+    add_ops_parsers(sub, common)
+    add_transition_parsers(sub, common)
+    add_outbox_parsers(sub, common)
 
     bucket = sub.add_parser(
         "bucket", parents=[common], help="show a unit's bucket and the stages it is in"
@@ -213,16 +194,6 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", parents=[common], add_help=False, help="run the reference scenario end to end"
     )
     return parser
-
-
-_COMMANDS: Final = {
-    "start": "ask the policy to start the rollout at stage 1 (from pending)",
-    "promote": "advance to the next stage now (completed after the last)",
-    "pause": "hold the current stage (triggers still roll back)",
-    "resume": "continue a paused stage",
-    "rollback": "force the flag to 0 %% until reset (needs --reason)",
-    "reset": "return to pending (0 %%), e.g. after a rollback was investigated",
-}
 
 
 # --------------------------------------------------------------------------- commands
@@ -252,71 +223,6 @@ def _write_atomically(target: Path, text: str) -> None:
         atomic_write_text(target, text)
     except OSError as exc:
         raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from exc
-
-
-def _cmd_status(args: argparse.Namespace, io: Io) -> int:
-    plan = load_plan_arg(args)
-    flags = [plan.flag(args.flag)] if args.flag else list(plan.flags.values())
-    rollout, _ = open_rollout(args, plan, io)
-    states = {f.key: rollout.controller(f.key).state for f in flags}
-    lease, error = _read_lease(rollout.store)
-    if args.json:
-        data = status_json(flags, states, plan_source=plan.source, store_url=rollout.store.url)
-        data["decider"] = decider_json(lease, io.clock.now(), error=error)
-        io.print(json.dumps(data, indent=2, ensure_ascii=False))
-    else:
-        io.print(status_table(flags, states))
-        decider = decider_line(lease, io.clock.now(), error=error)
-        if decider is not None:
-            io.print(decider)
-    return EXIT_OK
-
-
-def _read_lease(store: StateStore) -> tuple[Lease | None, str | None]:
-    """The store's decider lease for ``status``, or the error reading it (shown, not fatal)."""
-    if not isinstance(store, FleetStore):
-        return None, None
-    try:
-        return store.lease(), None
-    except StateStoreError as exc:
-        return None, str(exc)
-
-
-def _cmd_transition(args: argparse.Namespace, io: Io) -> int:
-    plan = load_plan_arg(args)
-    flag = plan.flag(args.flag)
-    command: str = args.command
-    reason: str | None = getattr(args, "reason", None)
-    if command == "rollback" and (reason is None or not reason.strip()):
-        raise UsageError("rollback: --reason must not be empty")
-    # The same pipeline as an automatic decision: persisted, then a telemetry event through
-    # the durable outbox and the reports (an operator's rollback lands in canary_abort.md too).
-    rollout, sender = open_rollout(args, plan, io, with_effects=True)
-    ctl = rollout.controller(flag.key)
-    if command == "start":
-        state = ctl.start(force=True) if args.force else ctl.request_start()
-    else:
-        state = _ACTIONS[command](ctl, reason)
-    io.print(state_line(flag, state))
-    if state.requested == "start":
-        io.print(
-            "  the process that runs the policy starts it once every trigger is quiet on the "
-            "baseline (start --force starts it now, without that check)"
-        )
-    if sender is not None and sender.client is not None and not sender.flush(_FLUSH_S):
-        io.warn("the telemetry event is queued in the outbox; it will be sent later")
-    return EXIT_OK
-
-
-_FLUSH_S: Final = 5.0
-
-_ACTIONS: Final[dict[str, Callable[[Controller, str | None], RolloutState]]] = {
-    "promote": lambda ctl, _: ctl.promote(),
-    "pause": lambda ctl, _: ctl.pause(),
-    "resume": lambda ctl, _: ctl.resume(),
-    "rollback": lambda ctl, reason: ctl.rollback(reason or ""),
-    "reset": lambda ctl, _: ctl.reset(),
-}
 
 
 def _cmd_bucket(args: argparse.Namespace, io: Io) -> int:

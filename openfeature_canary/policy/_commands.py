@@ -8,10 +8,13 @@ builds its state with the same transition functions as the autopilot
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Final
 
+from openfeature_canary._format import format_span
 from openfeature_canary.errors import TransitionError
 from openfeature_canary.plan import FlagPlan
 from openfeature_canary.policy import transitions
@@ -96,13 +99,43 @@ def resumed(cur: RolloutState, now: float) -> RolloutState:
     return transitions.resume(cur, now)
 
 
-def promoted(flag: FlagPlan, cur: RolloutState, now: float, reason: str) -> RolloutState:
-    """The next stage now (``completed`` after the last), the ended stage's evidence logged."""
+def promoted(
+    flag: FlagPlan,
+    cur: RolloutState,
+    now: float,
+    reason: str,
+    *,
+    to: int | None = None,
+    skip_soak: bool = True,
+) -> RolloutState:
+    """The next stage now (``completed`` after the last), the ended stage's evidence logged.
+
+    ``to``: straight into that later stage (one transition, from the current stage).
+    ``skip_soak=False`` refuses to complete from the last stage before its planned duration
+    (the soak) is over.
+    """
     evidence = transitions.stage_numbers(flag, cur)
-    if cur.stage >= len(flag.stages):
+    last = len(flag.stages)
+    if to is not None and not cur.stage < to <= last:
+        raise TransitionError(
+            f"cannot promote {flag.key} to stage {to}: it is at stage {cur.stage} of {last}; "
+            f"give a later stage ({cur.stage + 1}..{last})"
+            if cur.stage < last
+            else f"cannot promote {flag.key} to stage {to}: it is at the last stage ({last})"
+        )
+    if cur.stage >= last:
+        soak_left = cur.since + flag.stages[-1].duration_s - now
+        if not skip_soak and soak_left > 0:
+            raise TransitionError(
+                f"cannot promote {flag.key}: it is at the last stage ({last}) and completing "
+                f"now would skip {format_span(math.ceil(soak_left))} of its "
+                f"{format_span(flag.stages[-1].duration_s)} soak; give --skip-soak to do so"
+            )
         numbers = {"stage": cur.stage, "pct": cur.percent, **evidence}
         return transitions.complete(flag, cur, now, reason, numbers)
-    return transitions.advance(flag, cur, now, reason, {"from_stage": cur.stage, **evidence})
+    # Into stage ``to`` in one step: ``advance`` goes to the stage after the one it is given.
+    base = cur if to is None else replace(cur, stage=to - 1)
+    return transitions.advance(flag, base, now, reason, {"from_stage": cur.stage, **evidence})
 
 
 def rolled_back(

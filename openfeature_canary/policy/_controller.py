@@ -189,10 +189,16 @@ class Controller:
         now = self.rollout.clock.now()
         return self._change("resume", lambda cur: commands.resumed(cur, now))
 
-    def promote(self, reason: str = "operator") -> RolloutState:
-        """Advance to the next stage now (``completed`` after the last one)."""
+    def promote(
+        self, reason: str = "operator", *, to: int | None = None, skip_soak: bool = True
+    ) -> RolloutState:
+        """Advance to the next stage now (``completed`` after the last one); ``to``: straight
+        to that later stage; ``skip_soak=False``: refuse to complete from the last stage."""
         now = self.rollout.clock.now()
-        return self._change("promote", lambda cur: commands.promoted(self.flag, cur, now, reason))
+        return self._change(
+            "promote",
+            lambda cur: commands.promoted(self.flag, cur, now, reason, to=to, skip_soak=skip_soak),
+        )
 
     def rollback(self, reason: str, numbers: Mapping[str, Number] | None = None) -> RolloutState:
         """Force the flag to 0 % and keep it there until an operator resets it.
