@@ -15,6 +15,7 @@ from typing import Final
 
 from openfeature_canary._format import format_duration
 from openfeature_canary.events._charts import CHARTS_DIR, MISSING_NOTE, Chart, draw_run
+from openfeature_canary.events._history import with_history
 from openfeature_canary.events._markdown import (
     DASH,
     fmt_count,
@@ -76,8 +77,9 @@ def write_reports(
     one cannot be written.
     """
     writer = ReportWriter(folder)
+    recorded = writer.results()  # the stages the states' logs may no longer hold
     by_key = {s.flag_key: s for s in states}
-    runs = {key: runs_of(state) for key, state in by_key.items()}
+    runs = {key: runs_of(state, with_history(state, recorded)) for key, state in by_key.items()}
     charts: dict[tuple[str, int], list[Chart] | None] = {
         (key, run.index): draw_run(run, plan.flags.get(key))
         for key, flag_runs in runs.items()
@@ -187,9 +189,12 @@ def _stage_row(s: StageRun, flag: FlagPlan | None) -> tuple[str, ...]:
             last.error_rate,
             last.baseline_error_rate,
         )
+    percent = s.percent
+    if percent is None and plan_stage is not None:
+        percent = plan_stage.percent
     return (
         str(s.stage),
-        fmt_percent(s.percent),
+        fmt_percent(percent),
         fmt_time(s.started_at),
         fmt_time(s.ended_at),
         f"{_count(n_c)} / {_count(n_b)}",
@@ -212,6 +217,9 @@ def power_text(entry: LogEntry | None) -> str:
     """What a stage could detect, from its ending entry: ``5xx 5.00 %: 97 %; ...``."""
     if entry is None:
         return ""
+    recorded = entry_field(entry, "power")
+    if isinstance(recorded, str):  # a stage taken back from canary_results.json
+        return recorded
     parts = []
     for name, what in (("error_line", "5xx"), ("p95_line", "over P95"), ("p99_line", "over P99")):
         power = entry_number(entry, f"power_{name}")

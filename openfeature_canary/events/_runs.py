@@ -16,6 +16,7 @@ first and then its numbers, so entries with or without them render.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -174,10 +175,11 @@ def bad_window(w: WindowPoint, rollback: LogEntry) -> bool:
     return False
 
 
-def runs_of(state: RolloutState) -> list[Run]:
-    """The runs the decision log of ``state`` shows, oldest first."""
+def runs_of(state: RolloutState, log: Sequence[LogEntry] | None = None) -> list[Run]:
+    """The runs the decision log of ``state`` (or ``log``, e.g. with the history the
+    state's log no longer holds) shows, oldest first."""
     builder = _Builder(state.flag_key)
-    for entry in state.log:
+    for entry in state.log if log is None else log:
         builder.feed(entry)
     return builder.finish(state.status.value)
 
