@@ -377,3 +377,40 @@ def test_reports_and_rendered_plan_follow_the_umask(tmp_path: Path, umask: int, 
         os.umask(old)
     for path in (writer.results_path, writer.results_data_path, writer.plan_path, out):
         assert path.stat().st_mode & 0o777 == mode, path
+
+
+def test_abort_says_rule_who_what_users_got_and_the_next_step(tmp_path: Path) -> None:
+    writer = ReportWriter(tmp_path)
+    rollback = LogEntry(
+        T0 + 900,
+        "rollback",
+        "gate_no_go",
+        MappingProxyType(
+            {"test": "error_ratio", "value": 3.2, "threshold": 1.25, "n": 5000, "samples": 5000}
+            | {"observed_error_rate": 0.012, "by": "pid 4242"}
+        ),
+    )
+
+    writer.append_abort(abort(trigger="gate_no_go", signal=None, last_decisions=(rollback,)))
+
+    lines = writer.abort_path.read_text("utf-8").splitlines()
+    assert "| Rule | gate:error_ratio |" in lines
+    assert "| Decided by | pid 4242 |" in lines
+    assert (
+        "| What users got | 5,000 canary requests (25 % of traffic), about 60 of them 5xx "
+        "(1.20 %) |"
+    ) in lines
+    step = next(line for line in lines if line.startswith("| Next step | "))
+    assert f"`openfeature-canary reset {FLAG}`" in step
+    assert f"`openfeature-canary start {FLAG}`" in step
+    # The summary line keeps its shape.
+    assert lines[2] == f"## 2023-11-14T22:28:20Z — `{FLAG}` rolled back from 25 % (stage 2)"
+
+
+def test_abort_operator_rollback_has_no_rule_nor_users_numbers(tmp_path: Path) -> None:
+    writer = ReportWriter(tmp_path)
+
+    writer.append_abort(abort(trigger="operator", last_decisions=()))
+
+    lines = writer.abort_path.read_text("utf-8").splitlines()
+    assert f"| Rule | {DASH} |" in lines and f"| What users got | {DASH} |" in lines
