@@ -2,7 +2,8 @@
 
 Two charts a run: the P95 latency (ms) and the 5xx share (%), one point per judged gate window
 (its end), the stage's line from the plan as a step per stage, a vertical mark at each stage's
-start and one at the rollback. The x axis is minutes since the run started.
+start and one at the rollback. The x axis is minutes since the run started (hours for a run
+longer than three).
 
 pygal is an optional dependency (the ``reports`` extra): without it :func:`draw_run` returns
 ``None`` and the markdown says the charts were not drawn and how to get them.
@@ -106,45 +107,72 @@ def draw_run(run: Run, flag: FlagPlan | None) -> list[Chart] | None:
     return charts
 
 
+#: Series colours, by role: the canary red, the baseline blue, the lines grey, the
+#: rollback black (pygal otherwise colours series by their order).
+_COLOURS: Final = {
+    "canary": "#d62728",
+    "baseline": "#1f77b4",
+    "line (plan)": "#7f7f7f",
+    "stage start": "#c7c7c7",
+    "rollback": "#000000",
+}
+
+
 def _draw(
     pygal: ModuleType, run: Run, flag: FlagPlan | None, sig: _Signal, t0: float
 ) -> Chart | None:
-    def minutes(at: float) -> float:
-        return round((at - t0) / 60.0, 3)
+    windows = [w for s in run.stages for w in s.windows]
+    last = max(
+        [w.end for w in windows] + [s.ended_at or s.started_at for s in run.stages], default=t0
+    )
+    # Minutes for a short run; hours once it spans more than three (a day-long soak).
+    per, x_unit = (3600.0, "hours") if last - t0 > 3 * 3600 else (60.0, "minutes")
+
+    def x_of(at: float) -> float:
+        return round((at - t0) / per, 3)
 
     def scaled(value: float | None) -> float | None:
         return None if value is None else value * sig.scale
 
-    windows = [w for s in run.stages for w in s.windows]
-    canary = [(minutes(w.end), scaled(sig.canary(w))) for w in windows]
-    baseline = [(minutes(w.end), scaled(sig.baseline(w))) for w in windows]
-    lines = _line_steps(run.stages, flag, sig, minutes, scaled)
-    values = [y for _, y in (*canary, *baseline, *lines) if y is not None]
+    series: dict[str, list[Point]] = {
+        "canary": [(x_of(w.end), scaled(sig.canary(w))) for w in windows],
+        "baseline": [(x_of(w.end), scaled(sig.baseline(w))) for w in windows],
+        "line (plan)": _line_steps(run.stages, flag, sig, x_of, scaled),
+    }
+    values = [y for points in series.values() for _, y in points if y is not None]
     if not values:
         return None
     top = max(values) * 1.15 or 1.0
+    series["stage start"] = _verticals([x_of(s.started_at) for s in run.stages], top)
+    if run.end is not None and run.end.action == "rollback":
+        series["rollback"] = _verticals([x_of(run.end.at)], top)
+    shown = {name: points for name, points in series.items() if points}
     title = f"{run.flag_key} run {run.index}: {sig.title}, canary vs baseline ({sig.unit})"
     chart = pygal.XY(
         title=title,
-        x_title="minutes since the run started",
+        x_title=f"{x_unit} since the run started",
         y_title=f"{sig.title} ({sig.unit})",
         allow_interruptions=True,
         js=[],  # no script from a CDN: the file is opened from disk and must stay inert
         range=(0, top),
-        show_dots=True,
         dots_size=2,
         legend_at_bottom=True,
         truncate_legend=-1,
+        style=pygal.style.Style(
+            colors=tuple(_COLOURS[name] for name in shown),
+            # Light solid guides: the plan's dashed lines must not drown in a dashed grid.
+            guide_stroke_color="#e6e6e6",
+            major_guide_stroke_color="#d0d0d0",
+            guide_stroke_dasharray="0",
+            major_guide_stroke_dasharray="0",
+        ),
     )
-    chart.add("canary", canary)
-    chart.add("baseline", baseline)
-    if lines:
-        chart.add("line (plan)", lines, show_dots=False, stroke_style={"dasharray": "6,3"})
-    bounds = _verticals([minutes(s.started_at) for s in run.stages], top)
-    if bounds:
-        chart.add("stage start", bounds, show_dots=False, stroke_style={"dasharray": "2,4"})
-    if run.end is not None and run.end.action == "rollback":
-        chart.add("rollback", _verticals([minutes(run.end.at)], top), show_dots=False)
+    for name, points in shown.items():
+        if name in ("canary", "baseline"):
+            chart.add(name, points)
+        else:
+            dashed = {"dasharray": "6,3"} if name != "rollback" else {"width": 2}
+            chart.add(name, points, show_dots=False, stroke_style=dashed)
     svg = chart.render(is_unicode=True)
     return Chart(name=chart_name(run.flag_key, run.index, sig.key), title=title, svg=str(svg))
 
@@ -153,7 +181,7 @@ def _line_steps(
     stages: Sequence[StageRun],
     flag: FlagPlan | None,
     sig: _Signal,
-    minutes: Callable[[float], float],
+    x_of: Callable[[float], float],
     scaled: Callable[[float | None], float | None],
 ) -> list[Point]:
     """The plan's line of each stage as a horizontal segment over the stage's time."""
@@ -167,7 +195,7 @@ def _line_steps(
         end = s.ended_at if s.ended_at is not None else (s.windows[-1].end if s.windows else None)
         if line is None or end is None:
             continue
-        out += [(minutes(s.started_at), line), (minutes(end), line), (minutes(end), None)]
+        out += [(x_of(s.started_at), line), (x_of(end), line), (x_of(end), None)]
     return out
 
 

@@ -115,10 +115,11 @@ def users_got(samples: float | None, error_rate: float | None, percent: float | 
     got = f"{fmt_count(int(samples))} canary requests"
     if percent is not None:
         got += f" ({fmt_percent(percent)} of traffic)"
-    if error_rate is not None:
-        got += (
-            f", about {fmt_count(round(samples * error_rate))} of them 5xx ({fmt_rate(error_rate)})"
-        )
+    if error_rate == 0:
+        got += ", none of them 5xx"
+    elif error_rate is not None:
+        failed = fmt_count(round(samples * error_rate))
+        got += f", about {failed} of them 5xx ({fmt_rate(error_rate)})"
     return got
 
 
