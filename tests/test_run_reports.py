@@ -308,3 +308,21 @@ def _two_runs() -> RolloutState:
         window(t + 760, 121.0),
     )
     return RolloutState(flag_key=FLAG, status=Status.RUNNING, stage=1, percent=5.0, log=log)
+
+
+def test_a_chart_library_failure_leaves_the_markdown_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plan: RolloutPlan
+) -> None:
+    # A fault pygal cannot be made to produce on demand: its XY chart raising while drawing.
+    import pygal
+
+    def broken(**_: object) -> None:
+        raise ValueError("no room for the legend")
+
+    monkeypatch.setattr(pygal, "XY", broken)
+
+    written = write_reports(plan, [_two_runs()], tmp_path)
+
+    text = (tmp_path / "canary_results.md").read_text("utf-8")
+    assert text.count("Charts not drawn: ValueError: no room for the legend") == 2
+    assert "### Run 2" in text and not any(p.suffix == ".svg" for p in written)

@@ -9,6 +9,7 @@ link to (when pygal is installed).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Final
@@ -43,6 +44,8 @@ from openfeature_canary.plan import FlagPlan, RolloutPlan
 from openfeature_canary.state import LogEntry, RolloutState
 
 __all__ = ["render_run", "write_reports"]
+
+log = logging.getLogger("openfeature_canary.reports")
 
 _STAGE_COLUMNS: Final = (
     "Stage",
@@ -80,8 +83,8 @@ def write_reports(
     recorded = writer.results()  # the stages the states' logs may no longer hold
     by_key = {s.flag_key: s for s in states}
     runs = {key: runs_of(state, with_history(state, recorded)) for key, state in by_key.items()}
-    charts: dict[tuple[str, int], list[Chart] | None] = {
-        (key, run.index): draw_run(run, plan.flags.get(key))
+    charts: dict[tuple[str, int], list[Chart] | str] = {
+        (key, run.index): _draw_safely(run, plan.flags.get(key))
         for key, flag_runs in runs.items()
         for run in flag_runs
     }
@@ -91,15 +94,26 @@ def write_reports(
         ABORT_FILE: render_aborts_from_runs(plan, runs),
     }
     for drawn in charts.values():
-        for chart in drawn or ():
+        for chart in drawn if isinstance(drawn, list) else ():
             files[f"{CHARTS_DIR}/{chart.name}"] = chart.svg
     return writer.write_files(files)
+
+
+def _draw_safely(run: Run, flag: FlagPlan | None) -> list[Chart] | str:
+    """The run's charts, or the note the report shows instead: charts are an extra, and a
+    failure to draw them must not cost the reports."""
+    try:
+        drawn = draw_run(run, flag)
+    except Exception as exc:  # pygal's own errors are not ours to list; the markdown goes on
+        log.warning("%s run %d: charts not drawn: %r", run.flag_key, run.index, exc)
+        return f"Charts not drawn: {type(exc).__name__}: {exc}".replace("\n", " ")
+    return MISSING_NOTE if drawn is None else drawn
 
 
 def render_results_from_runs(
     plan: RolloutPlan,
     runs: Mapping[str, list[Run]],
-    charts: Mapping[tuple[str, int], list[Chart] | None],
+    charts: Mapping[tuple[str, int], list[Chart] | str],
 ) -> str:
     """``canary_results.md``: per flag, one section per run, oldest first."""
     out = [
@@ -120,8 +134,9 @@ def render_results_from_runs(
     return "\n".join(out).rstrip("\n") + "\n"
 
 
-def render_run(run: Run, flag: FlagPlan | None, charts: list[Chart] | None) -> list[str]:
-    """The lines of one run's section."""
+def render_run(run: Run, flag: FlagPlan | None, charts: list[Chart] | str | None) -> list[str]:
+    """The lines of one run's section; ``charts`` are the run's drawn charts, or the note
+    saying why there are none."""
     started = fmt_time(run.started_at) if run.started_at is not None else "before the log"
     how = _OUTCOME.get(run.outcome, run.outcome)
     head = f"### Run {run.index} — started {started}, {how}"
@@ -138,9 +153,9 @@ def render_run(run: Run, flag: FlagPlan | None, charts: list[Chart] | None) -> l
     rows = [_stage_row(s, flag) for s in run.stages]
     out += md_table(_STAGE_COLUMNS, rows) if rows else ["No stage ran."]
     out.append("")
-    if charts is None:
-        out += [MISSING_NOTE, ""]
-    for chart in charts or ():
+    if isinstance(charts, str):
+        out += [charts, ""]
+    for chart in charts if isinstance(charts, list) else ():
         out += [f"![{md_cell(chart.title)}]({CHARTS_DIR}/{chart.name})", ""]
     return out
 
