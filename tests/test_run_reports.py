@@ -247,6 +247,8 @@ def test_without_pygal_the_markdown_renders_and_says_so(
 
     text = (tmp_path / "canary_results.md").read_text("utf-8")
     assert text.count(MISSING_NOTE) == 2 and "### Run 2" in text
+    assert "| 400 / 8,000 | 121.0 ms / 120.0 ms (line 150.0 ms) |" in text
+    assert text.rstrip().endswith("| running (numbers: its newest window) |\n\n" + MISSING_NOTE)
     assert not (tmp_path / "charts").exists()
 
 

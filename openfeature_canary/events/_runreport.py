@@ -216,7 +216,7 @@ def _stage_row(s: StageRun, flag: FlagPlan | None) -> tuple[str, ...]:
         f"{fmt_ms(p95_c)} / {fmt_ms(p95_b)} ({_line(fmt_ms(p95_line))})",
         f"{fmt_rate(err_c)} / {fmt_rate(err_b)} ({_line(fmt_rate(err_line))})",
         power_text(e) or DASH,
-        DASH if e is None else _decision(e),
+        _decision(e) if e is not None else "running (numbers: its newest window)",
     )
 
 
