@@ -3,7 +3,8 @@ the stages a trimmed log lost, taken back from canary_results.json."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -230,3 +231,35 @@ def test_stages_the_log_lost_come_back_from_the_results_sidecar(
     assert [r.split(" | ")[0] for r in rows] == ["| 1", "| 2", "| 3"]
     assert "| 3,000 / 57,000 |" in rows[0] and "5xx 5.00 %: 99 % power" in rows[0]
     assert rows[2].split(" | ")[1] == "50 %"  # the plan's percent of stage 3
+
+
+def test_a_dry_run_rollback_taken_back_from_the_sidecar_does_not_end_its_run(
+    tmp_path: Path, plan: RolloutPlan
+) -> None:
+    base = StageResult(
+        flag_key=FLAG,
+        stage=1,
+        percent=5.0,
+        started_at=T,
+        ended_at=T + 300,
+        planned_p95_ms=150.0,
+        observed_p95_ms=171.0,
+        planned_error_rate=0.001,
+        observed_error_rate=0.0,
+        samples=1500,
+        windows_passed=0,
+        windows_failed=0,
+        windows_inconclusive=0,
+        decision="rollback",
+        reason="p95_breach (dry run)",
+    )
+    live = ReportWriter(tmp_path)
+    live.record_stage(base)
+    live.record_stage(replace(base, started_at=T + 300, ended_at=T + 900, decision="advance"))
+
+    write_reports(plan, [state(window(960))], tmp_path)
+
+    text = (tmp_path / "canary_results.md").read_text("utf-8")
+    assert text.count("### Run ") == 1
+    assert re.search(r"### Run 1 — started \S+, still running\n", text)
+    assert "- Ended" not in text

@@ -414,3 +414,14 @@ def test_abort_operator_rollback_has_no_rule_nor_users_numbers(tmp_path: Path) -
 
     lines = writer.abort_path.read_text("utf-8").splitlines()
     assert f"| Rule | {DASH} |" in lines and f"| What users got | {DASH} |" in lines
+
+
+def test_results_a_dry_run_rollback_continues_its_run(tmp_path: Path) -> None:
+    writer = ReportWriter(tmp_path)
+    writer.record_stage(stage(1, decision="rollback", reason="p95_breach (dry run)"))
+    writer.record_stage(stage(1, started_at=T0 + 700, ended_at=T0 + 1300))
+    writer.record_stage(stage(2, started_at=T0 + 1300, ended_at=T0 + 1900))
+
+    text = writer.results_path.read_text("utf-8")
+
+    assert text.count("### Run ") == 1

@@ -13,21 +13,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from types import MappingProxyType
 
-from openfeature_canary.events._records import StageResult, split_runs
+from openfeature_canary.events._records import DRY_RUN_SUFFIX, StageResult, split_runs
 from openfeature_canary.state import LogEntry, Number, RolloutState
 
 __all__ = ["with_history"]
 
-#: The results row's fields that the stage-ending entry carried, by their log names.
+#: The results row's fields that the stage-ending entry carried (same names in the log).
 _EVIDENCE = (
-    ("samples", "samples"),
-    ("baseline_samples", "baseline_samples"),
-    ("observed_p95_ms", "observed_p95_ms"),
-    ("baseline_p95_ms", "baseline_p95_ms"),
-    ("observed_error_rate", "observed_error_rate"),
-    ("baseline_error_rate", "baseline_error_rate"),
-    ("planned_p95_ms", "planned_p95_ms"),
-    ("planned_error_rate", "planned_error_rate"),
+    "samples",
+    "baseline_samples",
+    "observed_p95_ms",
+    "baseline_p95_ms",
+    "observed_error_rate",
+    "baseline_error_rate",
+    "planned_p95_ms",
+    "planned_error_rate",
 )
 
 
@@ -52,9 +52,11 @@ def _run_entries(rows: list[StageResult]) -> list[LogEntry]:
     head = rows[0]
     out = [_entry(head.started_at, "start", "", {"to_stage": head.stage, "to_pct": head.percent})]
     for i, r in enumerate(rows):
-        numbers: dict[str, Number] = {log_name: getattr(r, field) for field, log_name in _EVIDENCE}
+        numbers: dict[str, Number] = {name: getattr(r, name) for name in _EVIDENCE}
         numbers["power"] = r.power or None
         numbers["from_stage"], numbers["from_pct"] = r.stage, r.percent
+        if r.reason.endswith(DRY_RUN_SUFFIX):
+            numbers["dry_run"] = 1
         nxt = rows[i + 1] if i + 1 < len(rows) else None
         if r.decision == "advance":  # into the next row's stage, or the log's first one
             numbers["to_stage"] = r.stage + 1 if nxt is None else nxt.stage

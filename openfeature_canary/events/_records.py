@@ -27,6 +27,7 @@ from openfeature_canary.events._markdown import (
 from openfeature_canary.state import LogEntry
 
 __all__ = [
+    "DRY_RUN_SUFFIX",
     "RESULTS_DATA_FILE",
     "AbortRecord",
     "StageResult",
@@ -51,6 +52,9 @@ _RESULTS_COLUMNS: Final = (
 
 #: A stage's decisions after which the next recorded stage belongs to a new run.
 _ENDS_RUN: Final = frozenset({"rollback", "complete"})
+
+#: How the reason of a dry-run flag's row ends (policy/_announce.py).
+DRY_RUN_SUFFIX: Final = "(dry run)"
 
 
 @dataclass(frozen=True)
@@ -166,15 +170,19 @@ def render_results(results: list[StageResult]) -> str:
 def split_runs(rows: list[StageResult]) -> list[list[StageResult]]:
     """A flag's rows grouped by run, in recording order: a run ends with a rollback or a
     completion, and a stage that does not go forward (stage 1 again after a reset) starts
-    a new one; a stage recorded again after a pause continues its run."""
+    a new one; a stage recorded again after a pause, or after a dry-run flag's would-be
+    rollback (which only restarts the stage's observation), continues its run."""
     runs: list[list[StageResult]] = []
     for r in rows:
         prev = runs[-1][-1] if runs else None
+        stays = prev is not None and (
+            prev.decision == "pause" or prev.reason.endswith(DRY_RUN_SUFFIX)
+        )
         new = (
             prev is None
-            or prev.decision in _ENDS_RUN
+            or (prev.decision in _ENDS_RUN and not stays)
             or r.stage < prev.stage
-            or (r.stage == prev.stage and prev.decision != "pause")
+            or (r.stage == prev.stage and not stays)
         )
         if new:
             runs.append([r])
