@@ -21,9 +21,8 @@ T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 DASH = "\u2013"  # en dash: how the reports show "no value"
 
 HEADER = (
-    "| Stage | Traffic | Started | Ended | Planned P95 | Observed P95 "
-    "| Planned 5xx | Observed 5xx | Samples | Windows pass/fail/inconclusive "
-    "| Would have caught | Decision |"
+    "| Stage | Traffic | Started | Ended | n canary / baseline | P95 canary / baseline (line) "
+    "| 5xx canary / baseline (line) | Could detect | Decision |"
 )
 
 
@@ -101,21 +100,60 @@ def test_results_several_stages_rendered_as_table_per_flag(tmp_path: Path) -> No
     lines = writer.results_path.read_text("utf-8").splitlines()
     assert lines[0] == "# Canary results"
     assert lines.count(HEADER) == 2
+    assert not any("inconclusive" in line for line in lines)  # no windows cells any more
     flag_at, phase2_at = lines.index(f"## `{FLAG}`"), lines.index(f"## `{PHASE2}`")
     assert flag_at < phase2_at
-    assert lines[flag_at + 4 : flag_at + 6] == [
-        "| 1 | 5 % | 2023-11-14T22:13:20Z | 2023-11-14T22:23:20Z | 150.0 ms | 131.2 ms "
-        "| 0.10 % | 0.02 % | 12,034 | 10 / 0 / 0 | 5xx 5 %: 100 %; 5xx 3x line: 1 % "
-        "| **advance** — all gate windows passed |",
-        "| 2 | 25 % | 2023-11-14T22:23:20Z | 2023-11-14T22:33:20Z | 140.0 ms | 131.2 ms "
-        f"| 0.10 % | {DASH} | 12,034 | 10 / 0 / 0 | {DASH} "
+    assert lines[flag_at + 2] == "### Run 1 — started 2023-11-14T22:13:20Z"
+    assert lines[flag_at + 6 : flag_at + 8] == [
+        f"| 1 | 5 % | 2023-11-14T22:13:20Z | 2023-11-14T22:23:20Z | 12,034 / {DASH} "
+        f"| 131.2 ms / {DASH} (line 150.0 ms) | 0.02 % / {DASH} (line 0.10 %) "
+        "| 5xx 5 %: 100 %; 5xx 3x line: 1 % | **advance** — all gate windows passed |",
+        f"| 2 | 25 % | 2023-11-14T22:23:20Z | 2023-11-14T22:33:20Z | 12,034 / {DASH} "
+        f"| 131.2 ms / {DASH} (line 140.0 ms) | {DASH} / {DASH} (line 0.10 %) | {DASH} "
         "| **advance** — all gate windows passed |",
     ]
-    assert lines[phase2_at + 4] == (
-        "| 1 | 5 % | 2023-11-14T22:13:20Z | 2023-11-14T22:23:20Z | 150.0 ms | 171.0 ms "
-        f"| 0.10 % | 0.02 % | 12,034 | 7 / 3 / 0 | {DASH} "
+    assert lines[phase2_at + 2] == (
+        "### Run 1 — started 2023-11-14T22:13:20Z, rolled back at 2023-11-14T22:23:20Z"
+    )
+    assert lines[phase2_at + 6] == (
+        f"| 1 | 5 % | 2023-11-14T22:13:20Z | 2023-11-14T22:23:20Z | 12,034 / {DASH} "
+        f"| 171.0 ms / {DASH} (line 150.0 ms) | 0.02 % / {DASH} (line 0.10 %) | {DASH} "
         "| **rollback** — 3 gate windows failed (max 0) |"
     )
+
+
+def test_results_baseline_numbers_shown_beside_the_canary(tmp_path: Path) -> None:
+    writer = ReportWriter(tmp_path)
+
+    writer.record_stage(
+        stage(1, baseline_samples=240_500, baseline_p95_ms=120.0, baseline_error_rate=0.0001)
+    )
+
+    text = writer.results_path.read_text("utf-8")
+    assert "| 12,034 / 240,500 | 131.2 ms / 120.0 ms (line 150.0 ms) |" in text
+    assert "| 0.02 % / 0.01 % (line 0.10 %) |" in text
+    assert writer.results()[0].baseline_samples == 240_500  # kept in the JSON sidecar
+
+
+def test_results_each_run_its_own_section(tmp_path: Path) -> None:
+    writer = ReportWriter(tmp_path)
+    writer.record_stage(stage(1))
+    writer.record_stage(stage(2, decision="pause", reason="gate_no_go"))
+    writer.record_stage(stage(2, started_at=T0 + 1300, ended_at=T0 + 1500))  # resumed
+    writer.record_stage(stage(3, decision="rollback", reason="p95_breach"))
+    writer.record_stage(stage(1, started_at=T0 + 7200, ended_at=T0 + 7800))  # after a reset
+    writer.record_stage(stage(1, started_at=T0 + 9000, ended_at=T0 + 9600))  # reset at stage 2
+
+    lines = writer.results_path.read_text("utf-8").splitlines()
+
+    runs = [line for line in lines if line.startswith("### Run ")]
+    assert runs == [
+        "### Run 1 — started 2023-11-14T22:13:20Z, rolled back at 2023-11-14T22:43:20Z",
+        "### Run 2 — started 2023-11-15T00:13:20Z",
+        "### Run 3 — started 2023-11-15T00:43:20Z",
+    ]
+    first = lines[lines.index(runs[0]) : lines.index(runs[1])]
+    assert sum(line.startswith("| ") and "Stage" not in line for line in first) == 4
 
 
 def test_results_reopened_writer_keeps_earlier_stages(tmp_path: Path) -> None:
@@ -162,7 +200,7 @@ def test_results_pipe_and_newline_in_reason_stay_in_cell(tmp_path: Path) -> None
         line for line in writer.results_path.read_text("utf-8").splitlines() if "pause" in line
     )
     assert row.endswith("| **pause** — operator: a\\|b second line |")
-    assert row.count(" | ") == 11  # twelve cells, one table row
+    assert row.count(" | ") == 8  # nine cells, one table row
 
 
 def test_results_corrupt_sidecar_moved_aside_and_writing_continues(
@@ -339,3 +377,51 @@ def test_reports_and_rendered_plan_follow_the_umask(tmp_path: Path, umask: int, 
         os.umask(old)
     for path in (writer.results_path, writer.results_data_path, writer.plan_path, out):
         assert path.stat().st_mode & 0o777 == mode, path
+
+
+def test_abort_says_rule_who_what_users_got_and_the_next_step(tmp_path: Path) -> None:
+    writer = ReportWriter(tmp_path)
+    rollback = LogEntry(
+        T0 + 900,
+        "rollback",
+        "gate_no_go",
+        MappingProxyType(
+            {"test": "error_ratio", "value": 3.2, "threshold": 1.25, "n": 5000, "samples": 5000}
+            | {"observed_error_rate": 0.012, "by": "pid 4242"}
+        ),
+    )
+
+    writer.append_abort(abort(trigger="gate_no_go", signal=None, last_decisions=(rollback,)))
+
+    lines = writer.abort_path.read_text("utf-8").splitlines()
+    assert "| Rule | gate:error_ratio |" in lines
+    assert "| Decided by | pid 4242 |" in lines
+    assert (
+        "| What users got | 5,000 canary requests (25 % of traffic), about 60 of them 5xx "
+        "(1.20 %) |"
+    ) in lines
+    step = next(line for line in lines if line.startswith("| Next step | "))
+    assert f"`openfeature-canary reset {FLAG}`" in step
+    assert f"`openfeature-canary start {FLAG}`" in step
+    # The summary line keeps its shape.
+    assert lines[2] == f"## 2023-11-14T22:28:20Z — `{FLAG}` rolled back from 25 % (stage 2)"
+
+
+def test_abort_operator_rollback_has_no_rule_nor_users_numbers(tmp_path: Path) -> None:
+    writer = ReportWriter(tmp_path)
+
+    writer.append_abort(abort(trigger="operator", last_decisions=()))
+
+    lines = writer.abort_path.read_text("utf-8").splitlines()
+    assert f"| Rule | {DASH} |" in lines and f"| What users got | {DASH} |" in lines
+
+
+def test_results_a_dry_run_rollback_continues_its_run(tmp_path: Path) -> None:
+    writer = ReportWriter(tmp_path)
+    writer.record_stage(stage(1, decision="rollback", reason="p95_breach (dry run)"))
+    writer.record_stage(stage(1, started_at=T0 + 700, ended_at=T0 + 1300))
+    writer.record_stage(stage(2, started_at=T0 + 1300, ended_at=T0 + 1900))
+
+    text = writer.results_path.read_text("utf-8")
+
+    assert text.count("### Run ") == 1

@@ -5,12 +5,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from openfeature_canary._format import format_span, iso_utc, parse_duration
 from openfeature_canary.cli._common import (
@@ -25,18 +24,15 @@ from openfeature_canary.errors import CanaryError, OutboxError, UsageError
 from openfeature_canary.events import (
     EventQueue,
     OutboxEvent,
-    ReportWriter,
     outbox_for,
-    render_plan_markdown,
+    write_reports,
 )
 from openfeature_canary.plan import RolloutPlan
-from openfeature_canary.policy import replay_reports
 from openfeature_canary.state import RolloutState
 
 __all__ = ["add_outbox_parsers", "regenerate_reports"]
 
 #: The files ``report`` rebuilds whole (``canary_plan.md`` is rewritten in place).
-_REBUILT: Final = ("canary_results.md", "canary_results.json", "canary_abort.md")
 
 
 def add_outbox_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -141,37 +137,24 @@ def _cmd_report(args: argparse.Namespace, io: Io) -> int:
     rollout, _ = open_rollout(args, plan, io)
     states = {key: rollout.controller(key).state for key in plan.flags}
     target = Path(args.out) if args.out else Path(plan.reports.dir)
-    rows, aborts = regenerate_reports(plan, states, target)
-    io.print(
-        f"{target}: canary_plan.md, canary_results.md ({rows} stage row{'s' if rows != 1 else ''}),"
-        f" canary_abort.md ({aborts} rollback{'s' if aborts != 1 else ''})"
-    )
+    written = regenerate_reports(plan, states, target)
+    names = ", ".join(sorted(str(path.relative_to(target)) for path in written))
+    io.print(f"{target}: {names}")
     return EXIT_OK
 
 
 def regenerate_reports(
     plan: RolloutPlan, states: dict[str, RolloutState], target: Path
-) -> tuple[int, int]:
-    """The reports of ``plan`` rebuilt in ``target`` from ``states`` alone (the one place the
-    command calls the report writer): ``(results rows, abort sections)``.
-
-    The results and abort files are replaced whole; the store keeps each flag's newest
-    decisions only, so rows whose entries have left the log are not in the new files.
+) -> list[Path]:
+    """The reports of ``plan`` rebuilt in ``target`` from ``states`` (the one place the command
+    calls the report writer, :func:`~openfeature_canary.events.write_reports`): the files
+    written. The results and abort files are replaced whole; stages whose entries have left
+    the store's log come back from the folder's ``canary_results.json`` when it has them.
     """
     try:
         target.mkdir(parents=True, exist_ok=True)
-        for name in _REBUILT:
-            with contextlib.suppress(FileNotFoundError):
-                (target / name).unlink()
+        return write_reports(plan, states.values(), target)
     except OSError as exc:
         raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from exc
-    writer = ReportWriter(target)
-    rows = aborts = 0
-    try:
-        writer.write_plan(render_plan_markdown(plan))
-        for key, flag in plan.flags.items():
-            r, a = replay_reports(flag, states[key], writer)
-            rows, aborts = rows + r, aborts + a
     except CanaryError as exc:  # ReportError: a file could not be written
         raise UsageError(str(exc)) from exc
-    return rows, aborts

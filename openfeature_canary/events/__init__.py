@@ -5,7 +5,8 @@
   ``redis://`` fleet), delivered by a :class:`TelemetrySender` through an
   :class:`IngestClient` (``POST {url}/telemetry/ingest``), at least once;
 - the markdown reports (:class:`ReportWriter`): ``canary_plan.md``, ``canary_results.md``,
-  ``canary_abort.md``.
+  ``canary_abort.md``; :func:`write_reports` regenerates them all from the rollout state,
+  with SVG charts (``charts/``, drawn with pygal when the ``reports`` extra is installed).
 
 "Telemetry" elsewhere in this package means OpenTelemetry metrics; here it is only the name
 of the ingest the events go to.
@@ -37,6 +38,7 @@ from openfeature_canary.events._reports import (
     ReportWriter,
     StageResult,
 )
+from openfeature_canary.events._runreport import write_reports
 from openfeature_canary.events._sender import (
     EventSink,
     TelemetrySender,
@@ -69,4 +71,5 @@ __all__ = [
     "redact_url",
     "render_plan_markdown",
     "sender_for_plan",
+    "write_reports",
 ]

@@ -34,7 +34,6 @@ from openfeature_canary.policy._decide import (
 from openfeature_canary.policy._fleet import DEFAULT_LEASE_TTL_S, Fleet
 from openfeature_canary.policy._gates import GateTest, Information, Judgement, judge
 from openfeature_canary.policy._metrics import RolloutMetrics
-from openfeature_canary.policy._replay import replay_reports
 from openfeature_canary.policy._rollout import Rollout
 from openfeature_canary.policy._schedule import BackgroundRunner, StoreHealth
 from openfeature_canary.policy._view import OFF, ON, FlagView, Resolution, build_view
@@ -86,7 +85,6 @@ __all__ = [
     "holds_lease",
     "implied_events",
     "judge",
-    "replay_reports",
     "run_round",
     "transitions",
 ]
