@@ -620,12 +620,18 @@ def test_rollback_by_operator_sends_event_and_appends_abort_report(
     with IngestServer() as server:
         monkeypatch.setenv("A8_URL", server.url)
         assert main(["start", flag, "--force", *common]) == 0
-        assert main(["rollback", flag, "--reason", "manual_check", *common]) == 0
+        rollback = ["rollback", flag, "--reason", "manual_check", "--by", "dana"]
+        assert main([*rollback, *common]) == 0
         rollbacks = server.named("canary_rollback")
     assert len(rollbacks) == 1
     assert rollbacks[0]["app"] == "scholarship_api"
     props = rollbacks[0]["properties"]
-    assert (props["from_pct"], props["reason"], props["flag"]) == (5, "manual_check", flag)
+    assert (props["from_pct"], props["reason"], props["flag"]) == (5, "operator", flag)
+    assert (props["note"], props["by"], props["rule"]) == (
+        "manual_check",
+        "operator:dana",
+        "command:rollback",
+    )
     abort = (tmp_path / "canary-reports" / "canary_abort.md").read_text()
     assert "manual_check" in abort and flag in abort
 

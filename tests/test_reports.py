@@ -234,13 +234,14 @@ def test_abort_two_rollbacks_appended_as_sections(tmp_path: Path) -> None:
     assert text.count("# Canary aborts") == 1
     first, second = text.split("\n## ")[1:]
     assert first.splitlines()[0] == (
-        f"2023-11-14T22:28:20Z — `{FLAG}` rolled back from 25 % (stage 2)"
+        f"2023-11-14T22:28:20Z — `{FLAG}` rolled back from 25 % (stage 2): p95_breach, "
+        "162.0 ms vs 150.0 ms"
     )
     for line in (
         "| Time | 2023-11-14T22:28:20Z |",
         f"| Flag | `{FLAG}` |",
         "| From | 25 % (stage 2) |",
-        "| Trigger | `p95_breach` |",
+        "| Reason | `p95_breach` |",
         "| Value vs threshold | 162.0 ms vs 150.0 ms |",
         "| Window | 5m |",
         "| Samples (n) | 1,204 |",

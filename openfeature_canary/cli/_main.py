@@ -36,7 +36,9 @@ from openfeature_canary.cli._common import (
     EXIT_USAGE,
     PROG,
     Io,
+    add_log_format,
     load_plan_arg,
+    logging_for,
     open_rollout,
 )
 from openfeature_canary.cli._controller import add_controller_parser
@@ -107,7 +109,8 @@ def run(
         if extras:
             parser.error(f"unrecognized arguments: {' '.join(extras)}")
         handler: Handler = args.handler
-        return handler(args, io)
+        with logging_for(args, io):
+            return handler(args, io)
     except SystemExit as exc:  # --help and --version exit through argparse
         return exc.code if isinstance(exc.code, int) else EXIT_OK
     except (UsageError, PlanError, UnknownFlagError) as exc:
@@ -149,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="state store, e.g. file:///path/state.json (default: the plan's `store`)",
     )
+    add_log_format(common)
     parser = _Parser(
         prog=PROG,
         parents=[common],
@@ -189,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("flag", metavar="FLAG", help="a flag key of the plan")
         if name == "rollback":
             p.add_argument("--reason", required=True, help="why (kept in the state and logs)")
+        p.add_argument(
+            "--by",
+            metavar="NAME",
+            help="who asks, logged as operator:NAME (default: your login name)",
+        )
         if name == "start":
             p.add_argument(
                 "--force",
@@ -293,10 +302,11 @@ def _cmd_transition(args: argparse.Namespace, io: Io) -> int:
     # the durable outbox and the reports (an operator's rollback lands in canary_abort.md too).
     rollout, sender = open_rollout(args, plan, io, with_effects=True)
     ctl = rollout.controller(flag.key)
+    by: str | None = getattr(args, "by", None)
     if command == "start":
-        state = ctl.start(force=True) if args.force else ctl.request_start()
+        state = ctl.start(force=True, by=by) if args.force else ctl.request_start(by=by)
     else:
-        state = _ACTIONS[command](ctl, reason)
+        state = _ACTIONS[command](ctl, reason, by)
     io.print(state_line(flag, state))
     if state.requested == "start":
         io.print(
@@ -310,12 +320,12 @@ def _cmd_transition(args: argparse.Namespace, io: Io) -> int:
 
 _FLUSH_S: Final = 5.0
 
-_ACTIONS: Final[dict[str, Callable[[Controller, str | None], RolloutState]]] = {
-    "promote": lambda ctl, _: ctl.promote(),
-    "pause": lambda ctl, _: ctl.pause(),
-    "resume": lambda ctl, _: ctl.resume(),
-    "rollback": lambda ctl, reason: ctl.rollback(reason or ""),
-    "reset": lambda ctl, _: ctl.reset(),
+_ACTIONS: Final[dict[str, Callable[[Controller, str | None, str | None], RolloutState]]] = {
+    "promote": lambda ctl, _, by: ctl.promote(by=by),
+    "pause": lambda ctl, _, by: ctl.pause(by=by),
+    "resume": lambda ctl, _, by: ctl.resume(by=by),
+    "rollback": lambda ctl, reason, by: ctl.rollback(reason or "", by=by),
+    "reset": lambda ctl, _, by: ctl.reset(by=by),
 }
 
 

@@ -159,6 +159,12 @@ class AbortRecord:
     n: int | None
     last_decisions: tuple[LogEntry, ...] = ()
     signal: str | None = None
+    #: The rule that acted (``gate:error_ratio``, ``trigger:p95_breach``, ``command:rollback``).
+    rule: str = ""
+    #: Who decided: a process id, or ``operator:<name>``.
+    by: str = ""
+    #: An operator's own words, when the rollback was an operator's.
+    note: str = ""
 
 
 class ReportSink(Protocol):
@@ -337,16 +343,21 @@ def render_abort(record: AbortRecord) -> str:
     when = fmt_time(record.at)
     value = _fmt_in(unit, record.value)
     threshold = _fmt_in(unit, record.threshold)
+    said = f" ({record.note})" if record.note else ""
+    judged = record.value is not None or record.threshold is not None
+    numbers = f", {value} vs {threshold}" if judged else ""
     out = [
         f"## {when} — `{record.flag_key}` rolled back from {fmt_percent(record.from_pct)}"
-        f" (stage {record.from_stage})",
+        f" (stage {record.from_stage}): {record.trigger}{said}{numbers}",
         "",
         "| Field | Value |",
         "|---|---|",
         f"| Time | {when} |",
         f"| Flag | `{md_cell(record.flag_key)}` |",
         f"| From | {fmt_percent(record.from_pct)} (stage {record.from_stage}) |",
-        f"| Trigger | `{md_cell(record.trigger)}` |",
+        f"| Reason | `{md_cell(record.trigger)}`{md_cell(said)} |",
+        f"| Rule | {f'`{md_cell(record.rule)}`' if record.rule else DASH} |",
+        f"| Decided by | {md_cell(record.by) if record.by else DASH} |",
         f"| Value vs threshold | {value} vs {threshold} |",
         f"| Window | {DASH if record.window_s is None else format_duration(record.window_s)} |",
         f"| Samples (n) | {fmt_count(record.n)} |",
