@@ -318,7 +318,7 @@ def _line(fields: dict[str, Any]) -> tuple[str, list[Any]]:
     args = [fields[k] for k in ("flag", "action", "from", "to", "reason", "rule")]
     if fields["value"] is not None or fields["threshold"] is not None:
         line += " value=%s threshold=%s"
-        args += [fields["value"], fields["threshold"]]
+        args += [_short(fields["value"]), _short(fields["threshold"])]
         if fields["unit"] != "-":
             line += " %s"
             args.append(fields["unit"])
@@ -350,6 +350,11 @@ def transition_fields(old: RolloutState, new: RolloutState, entry: LogEntry) -> 
         "note": n.get("note") or "",
         "version": new.version,
     }
+
+
+def _short(value: object) -> object:
+    """A float as people read it in a log line (4 significant digits); the rest unchanged."""
+    return f"{value:.4g}" if isinstance(value, float) else value
 
 
 def _where(state: RolloutState) -> str:
