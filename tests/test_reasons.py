@@ -278,3 +278,25 @@ def test_json_log_lines_parse_and_carry_the_transitions_fields(
     )
     assert (start["from"], start["to"]) == ("pending stage 0 (0%)", "running stage 1 (5%)")
     assert start["level"] == "INFO" and start["time"].endswith("Z")
+
+
+def test_the_cli_logs_json_lines_with_log_format_json(tmp_path: Path) -> None:
+    import io
+
+    from openfeature_canary.cli._main import run
+
+    common = ["--plan", str(EXAMPLE), "--store", f"file://{tmp_path}/state.json"]
+    out, err = io.StringIO(), io.StringIO()
+    assert run(["start", FLAG, "--force", "--by", "dana", *common], out=out, err=err) == 0
+    argv = ["rollback", FLAG, "--reason", "smoke test", "--by", "dana", "--log-format", "json"]
+    out, err = io.StringIO(), io.StringIO()
+    assert run([*argv, *common], out=out, err=err) == 0
+    parsed = [json.loads(line) for line in err.getvalue().splitlines() if line.strip()]
+    (rollback,) = [p for p in parsed if p.get("action") == "rollback"]
+    assert (rollback["reason"], rollback["rule"], rollback["by"], rollback["note"]) == (
+        "operator",
+        "command:rollback",
+        "operator:dana",
+        "smoke test",
+    )
+    assert logging.getLogger("openfeature_canary").handlers == []  # removed after the command
