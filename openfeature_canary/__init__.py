@@ -42,6 +42,7 @@ from openfeature_canary.errors import (
     UsageError,
 )
 from openfeature_canary.events import EventSink, ReportSink
+from openfeature_canary.events._logging import JsonLogFormatter, configure_logging
 from openfeature_canary.evidence import StageEvidence, Tally
 from openfeature_canary.instrumentation import (
     CanaryMiddleware,
@@ -104,6 +105,7 @@ __all__ = [
     "FleetStore",
     "InProcessSignalSource",
     "IngestError",
+    "JsonLogFormatter",
     "LogEntry",
     "ManualClock",
     "MemoryStateStore",
@@ -136,6 +138,7 @@ __all__ = [
     "UnknownFlagError",
     "UsageError",
     "bucket",
+    "configure_logging",
     "in_rollout",
     "load_plan",
     "open_store",

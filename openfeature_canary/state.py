@@ -68,23 +68,72 @@ class Status(StrEnum):
 
 @dataclass(frozen=True)
 class LogEntry:
-    """One decision: when, what was done, why, and the numbers behind it.
+    """One decision: when, what was done, why, who decided, and the numbers behind it.
 
-    ``numbers`` carries e.g. ``{"value": 162.0, "threshold": 150, "window_s": 60, "n": 1204}``.
+    ``reason`` speaks the cutover plan's words (``p95_breach``, ``error_rate_breach``,
+    ``operator`` …); ``rule`` names the rule that acted (``gate:error_ratio``,
+    ``trigger:p95_breach``, ``command:rollback``); ``by`` who decided (a process id such as
+    ``host:pid:ab12cd34``, or ``operator:alice``). ``numbers`` carries e.g.
+    ``{"value": 162.0, "threshold": 150, "unit": "ms", "window_s": 60, "n": 1204}``. An entry
+    persisted before ``rule`` and ``by`` existed loads with both empty.
     """
 
     at: float
     action: str
     reason: str
     numbers: Mapping[str, Number] = field(default_factory=lambda: MappingProxyType({}))
+    rule: str = ""
+    by: str = ""
+
+    @property
+    def value(self) -> Number:
+        """The number the rule judged (``numbers["value"]``; ``None`` when not logged)."""
+        return self.numbers.get("value")
+
+    @property
+    def threshold(self) -> Number:
+        """What ``value`` was judged against (``numbers["threshold"]``), in the same unit."""
+        return self.numbers.get("threshold")
+
+    @property
+    def unit(self) -> str:
+        """The unit of ``value`` and ``threshold`` (``ms``, ``fraction``, ``s`` …; ``""``)."""
+        unit = self.numbers.get("unit")
+        return unit if isinstance(unit, str) else ""
+
+    def summary(self) -> str:
+        """One line for people: action, reason, rule, value vs threshold, n, by.
+
+        >>> LogEntry(1.0, "rollback", "p95_breach", {"value": 162.0, "threshold": 150,
+        ...     "unit": "ms", "n": 1204}, rule="trigger:p95_breach", by="h:1").summary()
+        'rollback: p95_breach (trigger:p95_breach) 162 ms vs 150 ms, n=1204, by h:1'
+        """
+        out = f"{self.action}: {self.reason or '-'}"
+        if self.rule:
+            out += f" ({self.rule})"
+        value, threshold = self.value, self.threshold
+        if value is not None or threshold is not None:
+            unit = f" {self.unit}" if self.unit else ""
+            out += f" {_short(value)}{unit} vs {_short(threshold)}{unit}"
+        n = self.numbers.get("n")
+        if n is not None:
+            out += f", n={_short(n)}"
+        note = self.numbers.get("note")
+        if note:
+            out += f", {note}"
+        if self.by:
+            out += f", by {self.by}"
+        return out
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data for JSON."""
+        """Plain data for JSON (``rule`` and ``by`` only when set)."""
         return {
             "at": self.at,
             "action": self.action,
             "reason": self.reason,
-            **{"numbers": dict(self.numbers)},
+            **({"rule": self.rule} if self.rule else {}),
+            **({"by": self.by} if self.by else {}),
+            "numbers": dict(self.numbers),
         }
 
     @classmethod
@@ -107,7 +156,28 @@ class LogEntry:
             action = _text(t, path, "action")
         if type(reason) is not str:
             reason = _text(t, path, "reason", "")
-        return cls(at=at, action=action, reason=reason, numbers=MappingProxyType(dict(numbers)))
+        rule, by = t.get("rule", ""), t.get("by", "")
+        if type(rule) is not str:
+            rule = _text(t, path, "rule", "")
+        if type(by) is not str:
+            by = _text(t, path, "by", "")
+        return cls(
+            at=at,
+            action=action,
+            reason=reason,
+            numbers=MappingProxyType(dict(numbers)),
+            rule=rule,
+            by=by,
+        )
+
+
+def _short(value: Number) -> str:
+    """A number as people read it in a log line (``162``, ``0.0081``, ``-``)."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 class Verdict(StrEnum):

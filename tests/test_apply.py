@@ -196,11 +196,14 @@ def test_operator_rollback_steps_run_in_the_written_order_from_one_apply(
     world.sink.events.clear()
     logger.addHandler(world.log)
     try:
-        ctl.rollback("p95_breach")
+        ctl.rollback("p95_breach", by="tester")
     finally:
         logger.removeHandler(world.log)
     _assert_one_apply_in_order(world)
-    assert world.log.lines == [f"{FLAG}: rollback (p95_breach): rolled_back, stage 0, 0.0%"]
+    assert world.log.lines == [
+        f"{FLAG}: rollback running stage 1 (5%) -> rolled_back stage 0 (0%): reason=operator "
+        "rule=command:rollback n=0 note='p95_breach' by=operator:tester"
+    ]
 
 
 class ScriptedRollback:

@@ -413,7 +413,8 @@ def test_provider_rollback_on_a_store_with_a_bad_entry_serves_0_and_queues_its_e
         provider.controller(FLAG).rollback("bad state file")
     assert provider.controller(FLAG).state.status is Status.ROLLED_BACK
     assert [name for name, _ in sink.events] == ["canary_rollback"]
-    assert sink.events[0][1]["reason"] == "bad state file"
+    assert sink.events[0][1]["reason"] == "operator"
+    assert sink.events[0][1]["note"] == "bad state file"
     assert api.get_client().get_boolean_value(FLAG, True, CTX) is False
     assert path.read_bytes() == before
 

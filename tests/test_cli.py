@@ -223,12 +223,12 @@ def test_commands_full_sequence_over_file_store_persist_between_runs(cli, store)
         (
             ("promote", READ, "--by", "alice"),
             f"{READ}: running, stage 2/4, 25%",
-            ("running", 2, 25.0, "operator:alice"),
+            ("running", 2, 25.0, "operator"),
         ),
         (
             ("pause", READ, "--by", "bob"),
-            f"{READ}: paused, stage 2/4, 25% (reason: operator:bob)",
-            ("paused", 2, 25.0, "operator:bob"),
+            f"{READ}: paused, stage 2/4, 25% (reason: operator)",
+            ("paused", 2, 25.0, "operator"),
         ),
         (("resume", READ), f"{READ}: running, stage 2/4, 25%", ("running", 2, 25.0, "resumed")),
         (
@@ -629,12 +629,18 @@ def test_rollback_by_operator_sends_event_and_appends_abort_report(
     with IngestServer() as server:
         monkeypatch.setenv("A8_URL", server.url)
         assert main(["start", flag, "--force", *common]) == 0
-        assert main(["rollback", flag, "--reason", "manual_check", *common]) == 0
+        rollback = ["rollback", flag, "--reason", "manual_check", "--by", "dana"]
+        assert main([*rollback, *common]) == 0
         rollbacks = server.named("canary_rollback")
     assert len(rollbacks) == 1
     assert rollbacks[0]["app"] == "scholarship_api"
     props = rollbacks[0]["properties"]
-    assert (props["from_pct"], props["reason"], props["flag"]) == (5, "manual_check", flag)
+    assert (props["from_pct"], props["reason"], props["flag"]) == (5, "operator", flag)
+    assert (props["note"], props["by"], props["rule"]) == (
+        "manual_check",
+        "operator:dana",
+        "command:rollback",
+    )
     abort = (tmp_path / "canary-reports" / "canary_abort.md").read_text()
     assert "manual_check" in abort and flag in abort
 

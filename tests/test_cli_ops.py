@@ -218,10 +218,14 @@ def test_history_lists_each_transition_with_its_numbers_oldest_first(cli):
         f"2026-01-01T00:0{i}:00Z" for i in range(1, 8)
     ]  # oldest first, at the commands' times
     assert "to_pct=5 to_stage=1" in rows[0]
-    assert "(operator:alice)" in rows[1] and "from_stage=1" in rows[1] and "to_stage=2" in rows[1]
-    assert "(operator:bob)" in rows[2] and "pct=25" in rows[2]
+    assert "by operator:alice" in rows[1] and "from_stage=1" in rows[1] and "to_stage=2" in rows[1]
+    assert "by operator:bob" in rows[2] and "pct=25" in rows[2]
     assert "from_stage=2" in rows[4] and "to_stage=4" in rows[4] and "to_pct=100" in rows[4]
-    assert "(p95_breach)" in rows[5] and "by=carol" in rows[5] and "from_pct=100" in rows[5]
+    assert (
+        "operator: p95_breach" in rows[5]
+        and "by operator:carol" in rows[5]
+        and "from_pct=100" in rows[5]
+    )
     assert "from_status=rolled_back" in rows[6]
 
     data = json.loads(_ok(cli, "history", READ, "--json"))
@@ -296,7 +300,7 @@ def test_status_shows_time_left_and_a_short_last_decision(cli):
     _ok(cli, "rollback", READ, "--reason", "y" * 300)
     row = _ok(cli, "status", READ).splitlines()[1]
     cell = row.split("  ")[-1].strip()
-    assert cell.startswith("rollback yyy") and cell.endswith("…")
+    assert cell.startswith("rollback operator: yyy") and cell.endswith("…")
     assert len(cell) <= 60
 
 

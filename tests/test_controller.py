@@ -227,8 +227,9 @@ def test_controller_advance_log_entry_carries_stage_numbers(
 ) -> None:
     ctl = rollout.controller(F1)
     ctl.start()
-    entry = ctl.promote("gate passed").log[-1]
-    assert entry.reason == "gate passed"
+    entry = ctl.promote("gate passed", by="erin").log[-1]
+    # A command's reason is "operator"; the operator's words are its note.
+    assert (entry.reason, entry.rule, entry.by) == ("operator", "command:promote", "operator:erin")
     # The stage numbers, and the evidence of the stage it ended (its results row is built
     # from these): stage 1 plans P95 <= 150 ms and 5xx <= 0.1 %, and saw no window here.
     assert dict(entry.numbers) == {
@@ -236,6 +237,7 @@ def test_controller_advance_log_entry_carries_stage_numbers(
         "to_stage": 2,
         "to_pct": 25.0,
         **_no_evidence(150.0, 0.001),
+        "note": "gate passed",
     }
 
 
@@ -245,11 +247,14 @@ def test_controller_rollback_records_from_stage_and_numbers(
     ctl = rollout.controller(F1)
     _bring_to(ctl, clock, Status.RUNNING)
     entry = ctl.rollback("p95_breach", {"value": 162.0, "threshold": 150}).log[-1]
-    assert (entry.action, entry.reason) == ("rollback", "p95_breach")
+    assert (entry.action, entry.reason, entry.rule) == ("rollback", "operator", "command:rollback")
+    assert entry.by.startswith("operator:")  # the login name by default
+    assert ctl.state.reason == "p95_breach"  # the state shows the operator's words
     assert dict(entry.numbers) == {
         "from_stage": 2,
         "from_pct": 25.0,
         **_no_evidence(140.0, 0.002),
+        "note": "p95_breach",
         "value": 162.0,
         "threshold": 150,
     }

@@ -214,7 +214,8 @@ def _run_trial(
 
 
 def _delivered(server: IngestServer, reason: str) -> int:
-    return sum(1 for e in server.named("canary_rollback") if e["properties"]["reason"] == reason)
+    # An operator's rollback says reason "operator"; their own words are its note.
+    return sum(1 for e in server.named("canary_rollback") if e["properties"].get("note") == reason)
 
 
 def test_rollback_killed_at_random_points_serves_off_and_is_announced_after_restart(
@@ -397,11 +398,15 @@ def test_pipeline_reconcile_queues_a_persisted_rollback_missing_from_the_outbox_
         "at": "2023-11-14T22:14:20Z",
         "from_pct": 5,
         "stage": 1,
-        "reason": "p95_breach",
+        "reason": "operator",
+        "note": "p95_breach",
+        "rule": "command:rollback",
+        "by": entry.by,
         "value": 180.0,
         "threshold": 150,
         "recovered": True,
     }
+    assert entry.by.startswith("operator:")
     # Again, and after delivery in a later process: nothing is queued twice.
     assert rollout.pipeline.reconcile([state], now=clock.now()) == 0
     sender.outbox.mark_delivered(e.id for e in sender.outbox.pending())
@@ -449,7 +454,9 @@ def test_provider_initialize_after_a_kill_announces_the_rollback_once_and_not_on
         assert first.flush_events(10.0)
         first.shutdown()
         (event,) = server.named("canary_rollback")
-        assert (event["properties"]["reason"], event["properties"]["recovered"]) == (
+        props = event["properties"]
+        assert (props["reason"], props["note"], props["recovered"]) == (
+            "operator",
             "p95_breach",
             True,
         )

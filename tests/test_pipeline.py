@@ -129,7 +129,7 @@ def test_rollback_effects_run_in_the_spec_order_after_the_state_is_persisted(
         "serve rolled_back",
         "event canary_rollback",
         "row rollback",
-        "abort p95_breach",
+        "abort operator",
         "observer rolled_back",
     ]
 
@@ -166,7 +166,7 @@ def test_tick_losing_its_compare_and_set_leaves_no_row_and_a_later_rollback_writ
         1,
         5.0,
         "rollback",
-        "bad dashboards",
+        "operator: bad dashboards (command:rollback)",
     )
     assert row.ended_at == 1630.0
     assert "gate_passed" not in writer.results_path.read_text()

@@ -373,7 +373,8 @@ def test_provider_flush_events_delivers_an_operator_rollback(
         provider.controller(FLAG).rollback("operator saw errors")
         assert provider.flush_events(10.0)
         (event,) = server.named("canary_rollback")
-        assert event["properties"]["reason"] == "operator saw errors"
+        assert event["properties"]["reason"] == "operator"
+        assert event["properties"]["note"] == "operator saw errors"
         assert "operator saw errors" in (tmp_path / "reports" / "canary_abort.md").read_text()
         assert [e["event_name"] for e in server.events] == [
             "canary_stage_advanced",

@@ -272,13 +272,14 @@ def test_abort_two_rollbacks_appended_as_sections(tmp_path: Path) -> None:
     assert text.count("# Canary aborts") == 1
     first, second = text.split("\n## ")[1:]
     assert first.splitlines()[0] == (
-        f"2023-11-14T22:28:20Z — `{FLAG}` rolled back from 25 % (stage 2)"
+        f"2023-11-14T22:28:20Z — `{FLAG}` rolled back from 25 % (stage 2): p95_breach, "
+        "162.0 ms vs 150.0 ms"
     )
     for line in (
         "| Time | 2023-11-14T22:28:20Z |",
         f"| Flag | `{FLAG}` |",
         "| From | 25 % (stage 2) |",
-        "| Trigger | `p95_breach` |",
+        "| Reason | `p95_breach` |",
         "| Value vs threshold | 162.0 ms vs 150.0 ms |",
         "| Window | 5m |",
         "| Samples (n) | 1,204 |",
@@ -394,7 +395,7 @@ def test_abort_says_rule_who_what_users_got_and_the_next_step(tmp_path: Path) ->
     writer.append_abort(abort(trigger="gate_no_go", signal=None, last_decisions=(rollback,)))
 
     lines = writer.abort_path.read_text("utf-8").splitlines()
-    assert "| Rule | gate:error_ratio |" in lines
+    assert "| Rule | `gate:error_ratio` |" in lines
     assert "| Decided by | pid 4242 |" in lines
     assert (
         "| What users got | 5,000 canary requests (25 % of traffic), about 60 of them 5xx "
@@ -403,8 +404,10 @@ def test_abort_says_rule_who_what_users_got_and_the_next_step(tmp_path: Path) ->
     step = next(line for line in lines if line.startswith("| Next step | "))
     assert f"`openfeature-canary reset {FLAG}`" in step
     assert f"`openfeature-canary start {FLAG}`" in step
-    # The summary line keeps its shape.
-    assert lines[2] == f"## 2023-11-14T22:28:20Z — `{FLAG}` rolled back from 25 % (stage 2)"
+    # The summary line says what broke: the reason and its value against the threshold.
+    assert lines[2] == (
+        f"## 2023-11-14T22:28:20Z — `{FLAG}` rolled back from 25 % (stage 2): gate_no_go, 162 vs 150"
+    )
 
 
 def test_abort_operator_rollback_has_no_rule_nor_users_numbers(tmp_path: Path) -> None:

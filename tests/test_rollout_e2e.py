@@ -121,11 +121,15 @@ def test_each_trigger_at_each_stage_rolls_back_within_its_rule(
     state = world.state()
     assert (state.percent, state.stage) == (0.0, 0)
     # The stage's sequential gate may see the regression before the hard trigger's rule has
-    # run its course: then the gate test that saw it is named, and it acted sooner.
-    if state.reason == "gate_no_go":
+    # run its course: then the gate test that saw it is the rule, and it acted sooner; the
+    # reason names the signal either way.
+    rule = state.log[-1].rule
+    assert state.reason == trigger
+    if rule.startswith("gate:"):
         assert state.log[-1].numbers["test"] in GATE_TESTS[kind], state.log[-1].numbers
+        assert rule == f"gate:{state.log[-1].numbers['test']}"
     else:
-        assert state.reason == trigger
+        assert rule == f"trigger:{trigger}"
     onset = world.service.onset_at
     assert onset is not None
     if trigger == "ledger_mismatch":
@@ -134,7 +138,7 @@ def test_each_trigger_at_each_stage_rolls_back_within_its_rule(
         assert at == world.service.first_mismatch_at + world.sim.tick_s
     else:
         earliest, latest = TRIGGERS[trigger][1:]
-        if state.reason == trigger:
+        if rule == f"trigger:{trigger}":
             assert earliest <= at - onset <= latest, (trigger, stage, at - onset)
         else:
             assert at - onset <= latest, (trigger, stage, at - onset)
@@ -154,8 +158,7 @@ def test_p95_breach_that_recovers_before_its_for_does_not_roll_back(
     assert world.service.onset_at is not None
     # The trigger's ``for`` is respected: a 4-minute breach never fires it. (The gate may
     # still judge the canary's slowdown a regression on its evidence: that is its job.)
-    assert world.state().reason != "p95_breach"
-    assert all(e.reason != "p95_breach" for e in world.state().log)
+    assert all(e.rule != "trigger:p95_breach" for e in world.state().log)
 
 
 def test_event_loop_lag_fires_on_the_second_stall_not_the_first(
@@ -200,12 +203,12 @@ def test_gate_breach_below_hard_trigger_is_no_go_within_the_stage(
     at = world.run_until_status(Status.ROLLED_BACK, 3 * 3600)
     # Decided at the tick the evidence crossed its boundary, not at the stage's end.
     assert at is not None and START + 600 < at < START + 600 + 1800
-    assert world.state().reason == "gate_no_go"
+    assert world.state().reason == "p95_breach"
     numbers = world.state().log[-1].numbers
     assert numbers["test"] in ("p95_line", "latency_rank")
     assert numbers["e_value"] >= numbers["e_boundary"]
     results = (world.reports / "canary_results.md").read_text()
-    assert "gate_no_go" in results
+    assert "p95_breach (gate:" in results and "gate_no_go" not in results
 
 
 def test_gate_breach_pauses_when_on_no_go_is_pause(
@@ -220,7 +223,8 @@ def test_gate_breach_pauses_when_on_no_go_is_pause(
     world.provider.controller(FLAG).start()
     at = world.run_until_status(Status.PAUSED, 3 * 3600)
     assert at is not None and START + 600 < at < START + 600 + 1800
-    assert (world.state().reason, world.state().percent) == ("gate_no_go", 25.0)
+    assert (world.state().reason, world.state().percent) == ("p95_breach", 25.0)
+    assert world.state().log[-1].rule.startswith("gate:")
 
 
 def test_dry_run_logs_the_same_decisions_and_keeps_its_percentage(
@@ -300,8 +304,8 @@ def test_ingest_receives_exactly_one_rollback_with_the_spec_body(
     props = event["properties"]
     assert (props["from_pct"], props["flag"], props["stage"]) == (25, FLAG, 2)
     # The hard trigger (P95 > 150 ms for 5 min) or, sooner, the stage's P95 line (140 ms).
-    assert props["reason"] in ("p95_breach", "gate_no_go")
-    threshold = 150 if props["reason"] == "p95_breach" else 140
+    assert props["reason"] == "p95_breach"
+    threshold = 150 if props["rule"] == "trigger:p95_breach" else 140
     assert props["threshold"] == threshold and props["value"] > threshold
     assert props["at"].endswith("Z")
 
@@ -318,7 +322,7 @@ def test_ingest_down_then_back_delivers_the_rollback_also_after_a_restart(
     # The ingest refusing our own events is itself a trigger (telemetry_acceptance); either
     # that or the injected 5xx rolls the flag back first.
     reason = world.state().reason
-    assert reason in ("error_rate_breach", "telemetry_acceptance", "gate_no_go")
+    assert reason in ("error_rate_breach", "telemetry_acceptance")
     assert not world.provider.flush_events(1.0)  # the ingest answers 500: the event stays queued
     assert world.server.named("canary_rollback") == []
     assert world.server.requests >= 1

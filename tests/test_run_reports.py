@@ -204,12 +204,12 @@ def test_operator_rollback_then_reset_and_second_run_each_get_a_section(
     ((head, lines),) = runs.items()
     assert re.fullmatch(rf"Run 1 — started {TIME}, rolled back at {TIME}", head), head
     rows = table(lines)
-    assert rows[-1]["Decision"].startswith("**rollback** — dashboards look wrong")
+    assert rows[-1]["Decision"].startswith("**rollback** — operator: dashboards look wrong")
     check_stage_row(rows[-1])
     assert f"- Onset: {DASH} (an operator's decision); detected" in "\n".join(lines)
     abort = (first / "canary_abort.md").read_text("utf-8")
     fields = {r["Field"]: r["Value"] for r in table(next(iter(sections(abort, "##").values())))}
-    assert fields["Reason"] == "`dashboards look wrong`"
+    assert fields["Reason"] == "`operator` (dashboards look wrong)"
     assert fields["Onset"] == DASH and fields["Value vs threshold"] == f"{DASH} vs {DASH}"
     assert re.match(r"[1-9][\d,]* canary requests \(25 % of traffic\)", fields["What users got"])
     assert svg_series(first / "charts" / f"{FLAG}-run1-p95.svg")["canary"] > 0

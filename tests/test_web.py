@@ -113,7 +113,8 @@ def test_everything_shown_is_escaped(rollout: Rollout, page: StatusPage) -> None
     assert code == 200
     assert b"<" not in body and b">" not in body and b"&" not in body
     flag = next(f for f in json.loads(body)["flags"] if f["key"] == FLAG)
-    assert flag["last_decision"]["reason"] == NASTY  # the same text, made inert
+    # the operator's own words (the reason is ``operator``), the same text, made inert
+    assert flag["last_decision"]["numbers"]["note"] == NASTY
     assert [s["where"] for s in flag["timeline"]][:2] == ["rolled_back", "next"]
     assert dict(headers)["Content-Type"] == "application/json"
     assert dict(headers)["X-Content-Type-Options"] == "nosniff"

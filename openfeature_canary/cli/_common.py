@@ -11,10 +11,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
+import logging
+import os
 import select
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -22,6 +25,12 @@ from openfeature_canary.clock import Clock
 from openfeature_canary.engine import EngineOptions, build_engine
 from openfeature_canary.errors import StateStoreError, UsageError
 from openfeature_canary.events import TelemetrySender
+from openfeature_canary.events._logging import (
+    LOG_FORMAT_ENV,
+    LOG_FORMATS,
+    configure_logging,
+    log_format,
+)
 from openfeature_canary.plan import RolloutPlan, load_plan
 from openfeature_canary.policy import Rollout
 
@@ -37,7 +46,9 @@ __all__ = [
     "Io",
     "Stopper",
     "StoreUnreachableError",
+    "add_log_format",
     "load_plan_arg",
+    "logging_for",
     "login_name",
     "open_rollout",
     "store_url",
@@ -215,3 +226,39 @@ class Stopper:
                 with contextlib.suppress(OSError):
                     self._wake[0].recv(4096)
         return bool(self.signals)
+
+
+# --------------------------------------------------------------------------- logging
+
+
+def add_log_format(parser: argparse.ArgumentParser) -> None:
+    """``--log-format text|json`` (every command; default :data:`LOG_FORMAT_ENV`, else text)."""
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=argparse.SUPPRESS,
+        help=f"log lines as text or one JSON object each (default: ${LOG_FORMAT_ENV}, or text)",
+    )
+
+
+@contextlib.contextmanager
+def logging_for(args: argparse.Namespace, io: Io) -> Iterator[None]:
+    """The package's log lines on ``io.err`` while a command runs, in ``--log-format`` (or
+    :data:`LOG_FORMAT_ENV`): for ``controller`` always, for other commands when a format was
+    asked for. Only the ``openfeature_canary`` logger is configured, and only meanwhile."""
+    given: str | None = getattr(args, "log_format", None)
+    try:
+        fmt = log_format(given)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if args.command != "controller" and given is None and LOG_FORMAT_ENV not in os.environ:
+        yield
+        return
+    logger = logging.getLogger("openfeature_canary")
+    level = logger.level
+    handler = configure_logging(fmt, stream=io.err)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

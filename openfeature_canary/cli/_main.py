@@ -38,7 +38,9 @@ from openfeature_canary.cli._common import (
     EXIT_USAGE,
     PROG,
     Io,
+    add_log_format,
     load_plan_arg,
+    logging_for,
     open_rollout,
     unreachable,
 )
@@ -103,7 +105,8 @@ def run(
         if extras:
             parser.error(f"unrecognized arguments: {' '.join(extras)}")
         handler: Handler = args.handler
-        return handler(args, io)
+        with logging_for(args, io):
+            return handler(args, io)
     except SystemExit as exc:  # --help and --version exit through argparse
         return exc.code if isinstance(exc.code, int) else EXIT_OK
     except (UsageError, PlanError, UnknownFlagError) as exc:
@@ -146,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="state store, e.g. file:///path/state.json (default: the plan's `store`)",
     )
+    add_log_format(common)
     parser = _Parser(
         prog=PROG,
         parents=[common],

@@ -89,9 +89,9 @@ def _cmd_transition(args: argparse.Namespace, io: Io) -> int:
     rollout, sender = open_rollout(args, plan, io, with_effects=True)
     ctl = rollout.controller(flag.key)
     if command == "start":
-        state = ctl.start(force=True) if args.force else ctl.request_start()
+        state = ctl.start(force=True, by=by) if args.force else ctl.request_start(by=by)
     elif command == "promote":
-        state = ctl.promote(f"operator:{by}", to=to, skip_soak=args.skip_soak)
+        state = ctl.promote(to=to, skip_soak=args.skip_soak, by=by)
     else:
         state = _ACTIONS[command](ctl, reason, by)
     io.print(state_line(flag, state))
@@ -106,10 +106,10 @@ def _cmd_transition(args: argparse.Namespace, io: Io) -> int:
 
 
 _ACTIONS: Final[dict[str, Callable[[Controller, str | None, str], RolloutState]]] = {
-    "pause": lambda ctl, _, by: ctl.pause(f"operator:{by}"),
-    "resume": lambda ctl, _, by: ctl.resume(),
-    "rollback": lambda ctl, reason, by: ctl.rollback(reason or "", {"by": by}),
-    "reset": lambda ctl, _, by: ctl.reset(),
+    "pause": lambda ctl, _, by: ctl.pause(by=by),
+    "resume": lambda ctl, _, by: ctl.resume(by=by),
+    "rollback": lambda ctl, reason, by: ctl.rollback(reason or "", by=by),
+    "reset": lambda ctl, _, by: ctl.reset(by=by),
 }
 
 

@@ -127,16 +127,22 @@ def short_decision(entry: LogEntry | None, limit: int = SHORT_DECISION_MAX) -> s
     """A decision in at most ``limit`` characters: action, reason, value vs threshold.
 
     >>> from openfeature_canary.state import LogEntry
-    >>> short_decision(LogEntry(1.0, "rollback", "p95_breach", {"value": 162.0, "threshold": 150}))
-    'rollback p95_breach 162 vs 150'
+    >>> short_decision(LogEntry(1.0, "rollback", "p95_breach", {"value": 162.0, "threshold": 150,
+    ...     "unit": "ms"}))
+    'rollback p95_breach 162 ms vs 150 ms'
+
+    An operator's own words (``note``) follow the reason: ``rollback operator: bad data``.
     """
     if entry is None:
         return _NONE
     value, threshold = entry.numbers.get("value"), entry.numbers.get("threshold")
+    unit = f" {entry.unit}" if entry.unit else ""
     versus = ""
     if _is_number(value) and _is_number(threshold):
-        versus = f" {_num(value)} vs {_num(threshold)}"
-    head = f"{entry.action} {entry.reason}".strip() if entry.reason else entry.action
+        versus = f" {_num(value)}{unit} vs {_num(threshold)}{unit}"
+    note = entry.numbers.get("note")
+    said = f": {note}" if note else ""
+    head = f"{entry.action} {entry.reason}{said}".strip() if entry.reason else entry.action
     room = limit - len(versus)
     if len(head) > room:
         head = head[: max(1, room - 1)].rstrip() + "…"
@@ -158,7 +164,10 @@ def history_lines(
     ]
     for e in entries:
         numbers = " ".join(f"{k}={_num(v)}" for k, v in e.numbers.items() if v is not None)
-        reason = f" ({e.reason})" if e.reason else ""
+        note = e.numbers.get("note")
+        said = f"{e.reason}: {note}" if note else e.reason
+        why = "; ".join(str(w) for w in (said, e.rule, e.by and f"by {e.by}") if w)
+        reason = f" ({why})" if why else ""
         mark = "*" if e.action in TRANSITIONS else " "
         lines.append(f"{iso_utc(e.at)} {mark} {e.action}{reason}  {numbers}".rstrip())
     return lines
@@ -182,6 +191,8 @@ def history_json(
                 "action": e.action,
                 "transition": e.action in TRANSITIONS,
                 "reason": e.reason,
+                "rule": e.rule,
+                "by": e.by,
                 "numbers": dict(e.numbers),
             }
             for e in entries

@@ -143,6 +143,12 @@ class AbortRecord:
     n: int | None
     last_decisions: tuple[LogEntry, ...] = ()
     signal: str | None = None
+    #: The rule that acted (``gate:error_ratio``, ``trigger:p95_breach``, ``command:rollback``).
+    rule: str = ""
+    #: Who decided: a process id, or ``operator:<name>``.
+    by: str = ""
+    #: An operator's own words, when the rollback was an operator's.
+    note: str = ""
 
 
 def render_results(results: list[StageResult]) -> str:
@@ -230,21 +236,27 @@ def render_abort(record: AbortRecord) -> str:
     # The rollback's own entry (the newest) carries the stage's evidence and who decided.
     last = record.last_decisions[-1] if record.last_decisions else None
     entry = last if last is not None and last.action == "rollback" else None
+    said = f" ({record.note})" if record.note else ""
+    judged = record.value is not None or record.threshold is not None
+    numbers = f", {value} vs {threshold}" if judged else ""
+    rule = record.rule or _field(entry, "rule")
+    by = record.by or _field(entry, "by")
     out = [
+        # The heading already says what broke: the reason, and its value against the threshold.
         f"## {when} — `{record.flag_key}` rolled back from {fmt_percent(record.from_pct)}"
-        f" (stage {record.from_stage})",
+        f" (stage {record.from_stage}): {record.trigger}{said}{numbers}",
         "",
         "| Field | Value |",
         "|---|---|",
         f"| Time | {when} |",
         f"| Flag | `{md_cell(record.flag_key)}` |",
         f"| From | {fmt_percent(record.from_pct)} (stage {record.from_stage}) |",
-        f"| Trigger | `{md_cell(record.trigger)}` |",
+        f"| Reason | `{md_cell(record.trigger)}`{md_cell(said)} |",
         f"| Value vs threshold | {value} vs {threshold} |",
         f"| Window | {DASH if record.window_s is None else format_duration(record.window_s)} |",
         f"| Samples (n) | {fmt_count(record.n)} |",
-        f"| Rule | {md_cell(_field(entry, 'rule') or DASH)} |",
-        f"| Decided by | {md_cell(_field(entry, 'by') or DASH)} |",
+        f"| Rule | {f'`{md_cell(rule)}`' if rule else DASH} |",
+        f"| Decided by | {md_cell(by) if by else DASH} |",
         f"| What users got | {md_cell(_users_got(entry, record.from_pct))} |",
         f"| Next step | {md_cell(next_step(record.flag_key))} |",
         "",
@@ -269,7 +281,7 @@ def _field(entry: LogEntry | None, name: str) -> str | None:
     (``rule`` falls back to ``gate:<test>``)."""
     if entry is None:
         return None
-    value = getattr(entry, name, None)
+    value = getattr(entry, name, None) or None  # a LogEntry's empty default says nothing
     if value is None:
         value = entry.numbers.get(name)
     if value is None and name == "rule" and entry.numbers.get("test") is not None:

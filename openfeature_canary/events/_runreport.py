@@ -254,6 +254,9 @@ def _decision(e: LogEntry) -> str:
     text = f"**{e.action}**"
     if e.reason:
         text += f" — {e.reason}"
+    note = e.numbers.get("note")
+    if note:  # an operator's own words
+        text += f": {note}"
     details = []
     rule = entry_field(e, "rule")
     if rule is None and entry_field(e, "test") is not None:
@@ -316,11 +319,13 @@ def _abort_section(run: Run, plan_path: str) -> list[str]:
     from_stage = stage.stage if stage is not None else entry_number(end, "from_stage")
     unit = _unit(end)
     onset, exact = run.onset_or_bound()
+    note = end.numbers.get("note")
+    said = f" ({note})" if note else ""  # an operator's own words
     rows = [
         ("Time", fmt_time(end.at)),
         ("Flag", f"`{run.flag_key}`"),
         ("From", f"{fmt_percent(pct)} (stage {fmt_number(from_stage)}), run {run.index}"),
-        ("Reason", f"`{end.reason}`" if end.reason else DASH),
+        ("Reason", (f"`{end.reason}`" if end.reason else DASH) + said),
         ("Rule", str(entry_field(end, "rule") or _rule_of(end) or DASH)),
         (
             "Value vs threshold",
@@ -343,7 +348,7 @@ def _abort_section(run: Run, plan_path: str) -> list[str]:
     ]
     out = [
         f"## {fmt_time(end.at)} — `{run.flag_key}` rolled back from {fmt_percent(pct)}: "
-        f"{end.reason or DASH}",
+        f"{end.reason or DASH}{said}",
         "",
     ]
     out += md_table(("Field", "Value"), rows)

@@ -140,7 +140,8 @@ def entry_field(entry: LogEntry, name: str) -> Number:
     keeps the reports independent of where a newer writer puts them.
     """
     value = getattr(entry, name, None)
-    if isinstance(value, int | float | str) and not isinstance(value, bool):
+    # An empty attribute (a LogEntry's default ``rule``/``by``) says nothing: read the number.
+    if isinstance(value, int | float | str) and not isinstance(value, bool) and value != "":
         return value
     got = entry.numbers.get(name)
     return got if isinstance(got, int | float | str) and not isinstance(got, bool) else None

@@ -25,6 +25,7 @@ __all__ = [
     "implied_events",
     "rolled_back",
     "stage_result",
+    "why",
 ]
 
 #: Decision-log actions that end the stage a flag was in.
@@ -91,6 +92,9 @@ def implied(state: RolloutState, since: float) -> list[tuple[float, str, dict[st
     return found
 
 
+#: Numbers a rollback event carries besides value and threshold, when the entry has them.
+_EVENT_NUMBERS: Final = ("unit", "n", "signal", "note")
+
 #: Decision-log actions that may announce an event.
 _EVENTFUL = frozenset({"rollback", "advance", "start", "complete", "pause"})
 
@@ -117,6 +121,11 @@ def _event(
     else:
         pct, stage = from_pct, from_stage
     base: dict[str, Any] = {"flag": flag_key, "at": iso_utc(entry.at)}
+    # Who decided and by which rule (spec §7): on every event, as in the decision log.
+    if entry.rule:
+        base["rule"] = entry.rule
+    if entry.by:
+        base["by"] = entry.by
     if dry:
         base["dry_run"] = True
     props: dict[str, Any]
@@ -126,6 +135,7 @@ def _event(
         name = "canary_rollback"
         props = {"from_pct": _pct(from_pct), "reason": entry.reason, **base, "stage": from_stage}
         props.update(value=n.get("value"), threshold=n.get("threshold"))
+        props.update({k: n[k] for k in _EVENT_NUMBERS if n.get(k) is not None})
     elif entry.action in ("advance", "start"):
         name = "canary_stage_advanced"
         props = {**base, "from_pct": _pct(from_pct), "to_pct": _pct(pct), "stage": stage}
@@ -191,7 +201,9 @@ def stage_result(old: RolloutState, new: RolloutState, entry: LogEntry) -> Stage
     """
     if old.status not in (Status.RUNNING, Status.PAUSED) or old.stage < 1:
         return None
-    gate_pause = entry.action == "pause" and entry.reason.startswith("gate_")
+    gate_pause = entry.action == "pause" and (
+        entry.rule.startswith("gate:") or entry.reason.startswith("gate_")
+    )
     if (entry.action not in _STAGE_ENDS and not gate_pause) or new.version <= old.version:
         return None
     if entry.action == "rollback" and not (
@@ -207,7 +219,7 @@ def stage_result(old: RolloutState, new: RolloutState, entry: LogEntry) -> Stage
         value = _num(n.get(key))
         return 0 if value is None else int(value)
 
-    reason = entry.reason
+    reason = why(entry)
     if n.get("dry_run"):
         reason = f"{reason} (dry run)"
     power = "; ".join(
@@ -274,9 +286,37 @@ def abort_record(old: RolloutState, new: RolloutState, entry: LogEntry) -> Abort
         threshold=num("threshold"),
         window_s=num("window_s"),
         n=None if samples is None else int(samples),
-        signal=str(n["signal"]) if n.get("signal") is not None else None,
+        signal=str(n["signal"]) if n.get("signal") is not None else _UNIT_SIGNAL.get(entry.unit),
         last_decisions=new.log[-8:],
+        rule=entry.rule,
+        by=entry.by,
+        note=str(n["note"]) if n.get("note") else "",
     )
+
+
+#: A signal of each unit, for the abort report's formatting when the entry names none.
+_UNIT_SIGNAL: Final = {"ms": "latency_p95_ms", "fraction": "error_rate"}
+
+
+def why(entry: LogEntry) -> str:
+    """Why a stage ended, for its results row: the reason, the rule, value vs threshold.
+
+    >>> why(LogEntry(0.0, "rollback", "error_rate_breach", {"value": 0.0081,
+    ...     "threshold": 0.001, "unit": "fraction"}, rule="gate:error_line"))
+    'error_rate_breach (gate:error_line: 0.81 % vs 0.1 %)'
+    """
+    value, threshold = _num(entry.value), _num(entry.threshold)
+    detail = entry.rule
+    if value is not None and threshold is not None and entry.action in ("rollback", "pause"):
+        unit = entry.unit
+        shown = [
+            f"{x * 100:.3g} %" if unit == "fraction" else f"{x:.4g}{' ' + unit if unit else ''}"
+            for x in (value, threshold)
+        ]
+        detail = f"{detail}: {shown[0]} vs {shown[1]}" if detail else f"{shown[0]} vs {shown[1]}"
+    note = entry.numbers.get("note")
+    reason = f"{entry.reason}: {note}" if note else entry.reason
+    return f"{reason} ({detail})" if detail else reason
 
 
 def _int_if_whole(x: float) -> float | int:

@@ -31,6 +31,7 @@ from openfeature_canary.policy._decide import (
     counts_samples,
     decide,
 )
+from openfeature_canary.policy._fleet import decider_id
 from openfeature_canary.policy._gates import current_evidence
 from openfeature_canary.policy._windows import windows_due
 from openfeature_canary.signals import EMPTY_COHORT, CountsReading, SignalSource
@@ -109,7 +110,9 @@ class Autopilot:
             log.warning("%s: %s", ctl.key, decision.reason)
         if not decision.changes_state:
             return None
-        return transitions.from_decision(flag, state, decision, now)
+        return transitions.from_decision(
+            flag, state, decision, now, by=decider_id(ctl.rollout.fleet)
+        )
 
     def stand_down(self) -> None:
         """Another process decides now (it holds the fleet's lease): what this one remembered

@@ -18,6 +18,7 @@ from openfeature_canary._format import format_span
 from openfeature_canary.errors import TransitionError
 from openfeature_canary.plan import FlagPlan
 from openfeature_canary.policy import transitions
+from openfeature_canary.policy._reasons import OPERATOR
 from openfeature_canary.state import Number, RolloutState, Status
 
 __all__ = [
@@ -77,26 +78,36 @@ def check_allowed(key: str, command: str, current: RolloutState) -> None:
     raise TransitionError(f"{msg}; {hint}" if hint else msg)
 
 
-def started(flag: FlagPlan, cur: RolloutState, now: float) -> RolloutState:
+def _said(reason: str) -> dict[str, Number]:
+    """An operator's own words, kept as the entry's ``note`` (its reason is ``operator``)."""
+    return {"note": reason} if reason and reason != OPERATOR else {}
+
+
+def started(flag: FlagPlan, cur: RolloutState, now: float, *, by: str = "") -> RolloutState:
     """Pending → stage 1."""
-    return transitions.start(flag, cur, now, "operator", {}, status_reason="started")
+    return transitions.start(
+        flag, cur, now, OPERATOR, {}, status_reason="started", rule="command:start", by=by
+    )
 
 
-def start_requested(key: str, cur: RolloutState, now: float) -> RolloutState:
+def start_requested(key: str, cur: RolloutState, now: float, *, by: str = "") -> RolloutState:
     """Pending, with a start requested for the process that runs the policy."""
     if cur.requested == "start":
         raise TransitionError(f"cannot start {key}: a start is requested already")
-    return transitions.request_start(cur, now)
+    return transitions.request_start(cur, now, by=by)
 
 
-def paused(cur: RolloutState, now: float, reason: str) -> RolloutState:
+def paused(cur: RolloutState, now: float, reason: str, *, by: str = "") -> RolloutState:
     """Hold the current stage; its gate windows start again."""
-    return transitions.pause(cur, now, reason, {"stage": cur.stage, "pct": cur.percent})
+    numbers = {"stage": cur.stage, "pct": cur.percent, **_said(reason)}
+    return transitions.pause(
+        cur, now, OPERATOR, numbers, rule="command:pause", by=by, status_reason=reason
+    )
 
 
-def resumed(cur: RolloutState, now: float) -> RolloutState:
+def resumed(cur: RolloutState, now: float, *, by: str = "") -> RolloutState:
     """Continue a paused stage; its observation restarts now."""
-    return transitions.resume(cur, now)
+    return transitions.resume(cur, now, by=by)
 
 
 def promoted(
@@ -107,6 +118,7 @@ def promoted(
     *,
     to: int | None = None,
     skip_soak: bool = True,
+    by: str = "",
 ) -> RolloutState:
     """The next stage now (``completed`` after the last), the ended stage's evidence logged.
 
@@ -114,7 +126,8 @@ def promoted(
     ``skip_soak=False`` refuses to complete from the last stage before its planned duration
     (the soak) is over.
     """
-    evidence = transitions.stage_numbers(flag, cur)
+    evidence = {**transitions.stage_numbers(flag, cur), **_said(reason)}
+    rule = "command:promote"
     last = len(flag.stages)
     if to is not None and not cur.stage < to <= last:
         raise TransitionError(
@@ -132,10 +145,11 @@ def promoted(
                 f"{format_span(flag.stages[-1].duration_s)} soak; give --skip-soak to do so"
             )
         numbers = {"stage": cur.stage, "pct": cur.percent, **evidence}
-        return transitions.complete(flag, cur, now, reason, numbers)
+        return transitions.complete(flag, cur, now, OPERATOR, numbers, rule=rule, by=by)
     # Into stage ``to`` in one step: ``advance`` goes to the stage after the one it is given.
     base = cur if to is None else replace(cur, stage=to - 1)
-    return transitions.advance(flag, base, now, reason, {"from_stage": cur.stage, **evidence})
+    numbers = {"from_stage": cur.stage, **evidence}
+    return transitions.advance(flag, base, now, OPERATOR, numbers, rule=rule, by=by)
 
 
 def rolled_back(
@@ -144,15 +158,20 @@ def rolled_back(
     now: float,
     reason: str,
     numbers: Mapping[str, Number] | None = None,
+    *,
+    by: str = "",
 ) -> RolloutState:
-    """0 %, sticky until a reset, with the stage left and its evidence logged."""
-    extra = {**transitions.stage_numbers(flag, cur), **dict(numbers or {})}
-    return transitions.rollback(cur, now, reason, extra)
+    """0 %, sticky until a reset, with the stage left and its evidence logged; the state
+    shows the operator's ``reason``, the entry says ``operator`` (and keeps it as ``note``)."""
+    extra = {**transitions.stage_numbers(flag, cur), **_said(reason), **dict(numbers or {})}
+    return transitions.rollback(
+        cur, now, OPERATOR, extra, rule="command:rollback", by=by, status_reason=reason
+    )
 
 
-def reset(cur: RolloutState, now: float) -> RolloutState:
+def reset(cur: RolloutState, now: float, *, by: str = "") -> RolloutState:
     """Back to pending (0 %); a requested start is withdrawn."""
-    return transitions.reset(cur, now)
+    return transitions.reset(cur, now, by=by)
 
 
 def reasserted_rollback(

@@ -24,6 +24,7 @@ from openfeature_canary.errors import StateStoreError, TransitionError
 from openfeature_canary.plan import FlagPlan
 from openfeature_canary.policy import _commands as commands
 from openfeature_canary.policy import transitions
+from openfeature_canary.policy._reasons import operator_id
 from openfeature_canary.policy.apply import Change, How
 from openfeature_canary.policy.round import holds_lease
 from openfeature_canary.state import (
@@ -139,7 +140,7 @@ class Controller:
 
     # ------------------------------------------------------------------ commands
 
-    def start(self, *, force: bool = False) -> RolloutState:
+    def start(self, *, force: bool = False, by: str | None = None) -> RolloutState:
         """Move from ``pending`` (0 %) to stage 1, once any ``after`` flag has completed.
 
         With a policy in this process, stage 0's gate applies first: every trigger must be
@@ -160,11 +161,11 @@ class Controller:
                         f"cannot start {self.key}: the baseline is not quiet ({', '.join(loud)}); "
                         "fix it or start with force"
                     )
-            return commands.started(self.flag, cur, now)
+            return commands.started(self.flag, cur, now, by=operator_id(by))
 
         return self._change("start", build)
 
-    def request_start(self) -> RolloutState:
+    def request_start(self, *, by: str | None = None) -> RolloutState:
         """Record that an operator asked for a start; the process that runs the policy carries
         it out at its next tick once every trigger is quiet on the baseline (stage 0's gate).
 
@@ -175,32 +176,46 @@ class Controller:
 
         def build(cur: RolloutState) -> RolloutState:
             self._check_after()
-            return commands.start_requested(self.key, cur, now)
+            return commands.start_requested(self.key, cur, now, by=operator_id(by))
 
         return self._change("start", build)
 
-    def pause(self, reason: str = "operator") -> RolloutState:
-        """Hold the current stage: no automatic advance (triggers still roll back)."""
-        now = self.rollout.clock.now()
-        return self._change("pause", lambda cur: commands.paused(cur, now, reason))
+    def pause(self, reason: str = "operator", *, by: str | None = None) -> RolloutState:
+        """Hold the current stage: no automatic advance (triggers still roll back). ``by``:
+        who asks (``operator:<by>``; default the login name), for every command."""
+        now, who = self.rollout.clock.now(), operator_id(by)
+        return self._change("pause", lambda cur: commands.paused(cur, now, reason, by=who))
 
-    def resume(self) -> RolloutState:
+    def resume(self, *, by: str | None = None) -> RolloutState:
         """Continue a paused stage; its observation restarts now."""
-        now = self.rollout.clock.now()
-        return self._change("resume", lambda cur: commands.resumed(cur, now))
+        now, who = self.rollout.clock.now(), operator_id(by)
+        return self._change("resume", lambda cur: commands.resumed(cur, now, by=who))
 
     def promote(
-        self, reason: str = "operator", *, to: int | None = None, skip_soak: bool = True
+        self,
+        reason: str = "operator",
+        *,
+        to: int | None = None,
+        skip_soak: bool = True,
+        by: str | None = None,
     ) -> RolloutState:
         """Advance to the next stage now (``completed`` after the last one); ``to``: straight
         to that later stage; ``skip_soak=False``: refuse to complete from the last stage."""
-        now = self.rollout.clock.now()
+        now, who = self.rollout.clock.now(), operator_id(by)
         return self._change(
             "promote",
-            lambda cur: commands.promoted(self.flag, cur, now, reason, to=to, skip_soak=skip_soak),
+            lambda cur: commands.promoted(
+                self.flag, cur, now, reason, to=to, skip_soak=skip_soak, by=who
+            ),
         )
 
-    def rollback(self, reason: str, numbers: Mapping[str, Number] | None = None) -> RolloutState:
+    def rollback(
+        self,
+        reason: str,
+        numbers: Mapping[str, Number] | None = None,
+        *,
+        by: str | None = None,
+    ) -> RolloutState:
         """Force the flag to 0 % and keep it there until an operator resets it.
 
         The state is persisted first. If the store cannot be written, the rollback still
@@ -210,18 +225,18 @@ class Controller:
         """
         if not reason or not reason.strip():
             raise ValueError("rollback needs a reason")
-        now = self.rollout.clock.now()
+        now, who = self.rollout.clock.now(), operator_id(by)
         return self._change(
             "rollback",
-            lambda cur: commands.rolled_back(self.flag, cur, now, reason, numbers),
+            lambda cur: commands.rolled_back(self.flag, cur, now, reason, numbers, by=who),
             sticky_on_store_error=True,
         )
 
-    def reset(self) -> RolloutState:
+    def reset(self, *, by: str | None = None) -> RolloutState:
         """Return to ``pending`` (0 %), e.g. after a rollback has been investigated; on a
         pending flag, withdraw a requested start."""
-        now = self.rollout.clock.now()
-        return self._change("reset", lambda cur: commands.reset(cur, now))
+        now, who = self.rollout.clock.now(), operator_id(by)
+        return self._change("reset", lambda cur: commands.reset(cur, now, by=who))
 
     # ------------------------------------------------------------------ the policy
 

@@ -79,7 +79,9 @@ class Decision:
     """What to do now, why, and the numbers behind it (Argo's verdict with a reason).
 
     ``action`` is one of :class:`Action`; ``reason`` names the trigger or gate
-    (``p95_breach``, ``gate_no_go``, ``gate_passed`` …); ``numbers`` carries value, threshold,
+    (``p95_breach``, ``gate_no_go``, ``gate_passed`` …: the policy's own word, which
+    :func:`~openfeature_canary.policy.transitions.from_decision` turns into the plan's, with
+    the rule and who decided, on the decision-log entry); ``numbers`` carries value, threshold,
     window and n; ``windows`` are the gate windows recorded at this tick; ``evidence`` the
     stage's evidence with this tick's counts folded in (``None``: unchanged); ``memory`` is
     what the next tick must be given.

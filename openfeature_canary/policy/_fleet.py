@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import threading
 from typing import TYPE_CHECKING, Final
 
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
     from openfeature_canary.signals._fleet import Publisher
     from openfeature_canary.stores._fleet import FleetStore
 
-__all__ = ["DEFAULT_LEASE_TTL_S", "RENEWALS_PER_LEASE", "Fleet", "check_lease_ttl"]
+__all__ = ["DEFAULT_LEASE_TTL_S", "RENEWALS_PER_LEASE", "Fleet", "check_lease_ttl", "decider_id"]
 
 log = logging.getLogger("openfeature_canary")
 
@@ -80,6 +82,14 @@ def check_lease_ttl(lease_ttl_s: float | None, renew_every_s: float | None = Non
             f"at ({renew_every_s:g} s)"
         )
     return float(lease_ttl_s)
+
+
+def decider_id(fleet: Fleet | None) -> str:
+    """Who decides in this process, for the decision log's ``by``: the fleet's process id
+    (``host:pid:hex``, as in the store's lease), or ``host:pid`` without a fleet."""
+    if fleet is not None:
+        return fleet.process_id
+    return f"{socket.gethostname() or 'host'}:{os.getpid()}"
 
 
 class Fleet:
@@ -170,7 +180,10 @@ class Fleet:
                 return
             self._leader = False
             self._held_until = -math.inf
-            log.info("openfeature-canary: process %s gives the decider lease up", self.process_id)
+            log.info(
+                "openfeature-canary: process %s stops deciding (gives the decider lease up)",
+                self.process_id,
+            )
             try:
                 self.store.release_lease(self.process_id)
             except StateStoreError as exc:
@@ -194,9 +207,14 @@ class Fleet:
         return leader
 
     def _set_role(self, leader: bool) -> None:
-        if leader != self._leader:
-            role = "decides" if leader else "no longer decides"
-            log.info("openfeature-canary: process %s %s", self.process_id, role)
+        if leader and not self._leader:
+            log.info("openfeature-canary: process %s decides", self.process_id)
+        elif self._leader and not leader:
+            log.info(
+                "openfeature-canary: process %s stops deciding (the decider lease was lost: "
+                "another process holds it, or the store could not be read)",
+                self.process_id,
+            )
         self._leader = leader
 
     def _publish(self, now: float) -> None:

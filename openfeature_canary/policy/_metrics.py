@@ -34,6 +34,7 @@ from opentelemetry.metrics import (
 )
 from opentelemetry.util.types import Attributes
 
+from openfeature_canary.policy._reasons import PLAN_REASONS
 from openfeature_canary.state import RolloutState, Status
 
 if TYPE_CHECKING:
@@ -88,8 +89,7 @@ class RolloutMetrics:
             "canary.rollbacks", description="Rollbacks to 0 %, by flag and trigger"
         )
         self._reasons = frozenset(
-            {t.name for f in rollout.plan.flags.values() for t in f.triggers}
-            | {"gate_no_go", "signal_source_error"}
+            {t.name for f in rollout.plan.flags.values() for t in f.triggers} | PLAN_REASONS
         )
         #: Per flag: (percent, stage, status) as last set. Only :meth:`_refresh` writes it.
         self._shown: dict[str, tuple[float, int, Status]] = {}

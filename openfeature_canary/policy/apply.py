@@ -60,6 +60,7 @@ __all__ = [
     "RollbackCounter",
     "StateOwner",
     "TransitionListener",
+    "transition_fields",
 ]
 
 log = logging.getLogger("openfeature_canary")
@@ -173,7 +174,7 @@ class Pipeline:
                     for observer in tuple(self.observers):
                         _observe(observer, old, new)
                 # 7. the one log line
-                _log_line(how, new, entry, self.store.url)
+                _log_line(how, old, new, entry, self.store.url)
         return written
 
     def _persist(self, changes: Sequence[Change]) -> list[bool]:
@@ -266,8 +267,17 @@ class Pipeline:
         return len(queued)
 
 
-def _log_line(how: How, new: RolloutState, entry: LogEntry | None, store_url: str) -> None:
-    """Step 7: what happened, in one line (formatted only when it is logged)."""
+def _log_line(
+    how: How, old: RolloutState, new: RolloutState, entry: LogEntry | None, store_url: str
+) -> None:
+    """Step 7: what happened, in one line (formatted only when it is logged).
+
+    One INFO line per transition, by the process that made it: flag, from -> to, reason,
+    rule, value, threshold, n and who decided; the same fields go to a JSON formatter as the
+    record's ``canary`` attribute (:class:`~openfeature_canary.JsonLogFormatter`). A process
+    that only observes another's change, and a judged gate window, log at DEBUG; a process
+    that reads the store at start-up logs no transition (none happened).
+    """
     key = new.flag_key
     if how is How.FORCED:
         log.critical(
@@ -279,18 +289,76 @@ def _log_line(how: How, new: RolloutState, entry: LogEntry | None, store_url: st
         )
     elif how is How.REASSERTED:
         log.warning("%s: the rollback forced earlier is now persisted to %s", key, store_url)
-    elif entry is not None:
-        log.info(
-            "%s: %s (%s): %s, stage %d, %s%%",
+    elif entry is not None and not entry.action.startswith("window_"):
+        if log.isEnabledFor(logging.INFO):
+            fields = transition_fields(old, new, entry)
+            line, args = _line(fields)
+            log.info(line, *args, extra={"canary": fields})
+    elif log.isEnabledFor(logging.DEBUG):
+        if how is How.OBSERVED and old.version == 0:
+            log.debug("%s: read from the store: %s", key, _where(new))
+            return
+        seen = new.entries_after(old) if how is How.OBSERVED else (entry,) if entry else ()
+        last = seen[-1] if seen else None
+        log.debug(
+            "%s: %s %s -> %s (version %d, %s)",
             key,
-            entry.action,
-            entry.reason,
-            new.status.value,
-            new.stage,
-            new.percent,
+            last.summary() if last is not None else "no decision",
+            _where(old),
+            _where(new),
+            new.version,
+            how.value,
         )
-    else:
-        log.debug("%s: now at version %d (%s)", key, new.version, how.value)
+
+
+def _line(fields: dict[str, Any]) -> tuple[str, list[Any]]:
+    """The INFO line of a transition (format and arguments): flag, action, from -> to,
+    reason, rule, value vs threshold and n when the decision judged numbers, note, by."""
+    line = "%s: %s %s -> %s: reason=%s rule=%s"
+    args = [fields[k] for k in ("flag", "action", "from", "to", "reason", "rule")]
+    if fields["value"] is not None or fields["threshold"] is not None:
+        line += " value=%s threshold=%s"
+        args += [_short(fields["value"]), _short(fields["threshold"])]
+        if fields["unit"] != "-":
+            line += " %s"
+            args.append(fields["unit"])
+    if fields["n"] is not None:
+        line += " n=%s"
+        args.append(fields["n"])
+    if fields["note"]:
+        line += " note=%r"
+        args.append(fields["note"])
+    return line + " by=%s", [*args, fields["by"]]
+
+
+def transition_fields(old: RolloutState, new: RolloutState, entry: LogEntry) -> dict[str, Any]:
+    """A transition's log fields: the flag, the action, where it was and is (``running stage
+    2 (25%)``), the entry's reason, rule, value, threshold, unit, n and who decided."""
+    n = entry.numbers
+    return {
+        "flag": new.flag_key,
+        "action": entry.action,
+        "from": _where(old),
+        "to": _where(new),
+        "reason": entry.reason or "-",
+        "rule": entry.rule or "-",
+        "value": entry.value,
+        "threshold": entry.threshold,
+        "unit": entry.unit or "-",
+        "n": n.get("n", n.get("samples")),
+        "by": entry.by or "-",
+        "note": n.get("note") or "",
+        "version": new.version,
+    }
+
+
+def _short(value: object) -> object:
+    """A float as people read it in a log line (4 significant digits); the rest unchanged."""
+    return f"{value:.4g}" if isinstance(value, float) else value
+
+
+def _where(state: RolloutState) -> str:
+    return f"{state.status.value} stage {state.stage} ({state.percent:g}%)"
 
 
 def _observe(observer: TransitionListener, old: RolloutState, new: RolloutState) -> None:

@@ -22,6 +22,7 @@ from openfeature_canary.plan import FlagPlan
 from openfeature_canary.policy._decision import Action, Decision
 from openfeature_canary.policy._gates import current_evidence
 from openfeature_canary.policy._numbers import stage_summary
+from openfeature_canary.policy._reasons import explain
 from openfeature_canary.state import (
     WINDOW_LIMIT,
     LogEntry,
@@ -48,10 +49,24 @@ __all__ = [
 ]
 
 
-def entry(at: float, action: str, reason: str, numbers: Mapping[str, Number]) -> LogEntry:
-    """A decision-log entry (the action as plain text: it is persisted and printed)."""
+def entry(
+    at: float,
+    action: str,
+    reason: str,
+    numbers: Mapping[str, Number],
+    *,
+    rule: str = "",
+    by: str = "",
+) -> LogEntry:
+    """A decision-log entry (the action as plain text: it is persisted and printed), with the
+    rule that acted and who decided (:mod:`._reasons`)."""
     return LogEntry(
-        at=at, action=str(action), reason=reason, numbers=MappingProxyType(dict(numbers))
+        at=at,
+        action=str(action),
+        reason=reason,
+        numbers=MappingProxyType(dict(numbers)),
+        rule=rule,
+        by=by,
     )
 
 
@@ -79,12 +94,14 @@ def start(
     dry: bool = False,
     status_reason: str | None = None,
     logged: tuple[LogEntry, ...] = (),
+    rule: str = "",
+    by: str = "",
 ) -> RolloutState:
     """Pending → stage 1 (a dry-run flag keeps its percentage)."""
     nums = {**numbers, "to_stage": 1, "to_pct": flag.stages[0].percent}
     return state.evolve(
         *logged,
-        entry(now, Action.START, reason, nums),
+        entry(now, Action.START, reason, nums, rule=rule, by=by),
         status=Status.RUNNING,
         stage=1,
         percent=state.percent if dry else flag.serving_percent(1),
@@ -96,10 +113,12 @@ def start(
     )
 
 
-def request_start(state: RolloutState, now: float) -> RolloutState:
+def request_start(state: RolloutState, now: float, *, by: str = "") -> RolloutState:
     """Pending, with a start requested for the process that runs the policy."""
     return state.evolve(
-        entry(now, "request_start", "operator", {}), requested="start", reason="start requested"
+        entry(now, "request_start", "operator", {}, rule="command:start", by=by),
+        requested="start",
+        reason="start requested",
     )
 
 
@@ -113,6 +132,8 @@ def advance(
     dry: bool = False,
     logged: tuple[LogEntry, ...] = (),
     evidence: StageEvidence | None = None,
+    rule: str = "",
+    by: str = "",
 ) -> RolloutState:
     """Into the next stage. The ended stage's evidence (``evidence``, else the state's) stays
     until the new stage's first tick: its baseline is the reference of a final stage at 100 %."""
@@ -120,7 +141,7 @@ def advance(
     nums = {**numbers, "to_stage": stage, "to_pct": flag.stage(stage).percent}
     return state.evolve(
         *logged,
-        entry(now, Action.ADVANCE, reason, nums),
+        entry(now, Action.ADVANCE, reason, nums, rule=rule, by=by),
         status=Status.RUNNING,
         stage=stage,
         percent=state.percent if dry else flag.serving_percent(stage),
@@ -141,11 +162,13 @@ def complete(
     *,
     dry: bool = False,
     logged: tuple[LogEntry, ...] = (),
+    rule: str = "",
+    by: str = "",
 ) -> RolloutState:
     """The last stage passed: the flag serves its final percentage for good."""
     return state.evolve(
         *logged,
-        entry(now, Action.COMPLETE, reason, numbers),
+        entry(now, Action.COMPLETE, reason, numbers, rule=rule, by=by),
         status=Status.COMPLETED,
         percent=state.percent if dry else flag.stages[-1].percent,
         since=now,
@@ -163,11 +186,15 @@ def rollback(
     *,
     dry: bool = False,
     logged: tuple[LogEntry, ...] = (),
+    rule: str = "",
+    by: str = "",
+    status_reason: str | None = None,
 ) -> RolloutState:
     """0 %, sticky until a reset, with the stage left logged. A dry-run flag only logs it and
-    restarts the stage's observation (and its evidence)."""
+    restarts the stage's observation (and its evidence). ``status_reason`` is what the state
+    shows (an operator's own words; default ``reason``)."""
     nums = {**numbers, "from_stage": state.stage, "from_pct": state.percent}
-    logged = (*logged, entry(now, Action.ROLLBACK, reason, nums))
+    logged = (*logged, entry(now, Action.ROLLBACK, reason, nums, rule=rule, by=by))
     if dry:
         return state.evolve(*logged, since=now, windows=(), evidence=None)
     return state.evolve(
@@ -177,7 +204,7 @@ def rollback(
         percent=0.0,
         since=now,
         windows=(),
-        reason=reason,
+        reason=reason if status_reason is None else status_reason,
         requested="",
         evidence=None,
     )
@@ -192,23 +219,27 @@ def pause(
     windows: tuple[WindowRecord, ...] = (),
     evidence: StageEvidence | None = None,
     logged: tuple[LogEntry, ...] = (),
+    rule: str = "",
+    by: str = "",
+    status_reason: str | None = None,
 ) -> RolloutState:
     """Hold the current stage (no automatic advance; triggers still roll back)."""
     return state.evolve(
         *logged,
-        entry(now, Action.PAUSE, reason, numbers),
+        entry(now, Action.PAUSE, reason, numbers, rule=rule, by=by),
         status=Status.PAUSED,
         since=now,
         windows=windows,
-        reason=reason,
+        reason=reason if status_reason is None else status_reason,
         evidence=state.evidence if evidence is None else evidence,
     )
 
 
-def resume(state: RolloutState, now: float) -> RolloutState:
+def resume(state: RolloutState, now: float, *, by: str = "") -> RolloutState:
     """Continue a paused stage; its observation restarts now."""
+    nums = {"stage": state.stage, "pct": state.percent}
     return state.evolve(
-        entry(now, "resume", "operator", {"stage": state.stage, "pct": state.percent}),
+        entry(now, "resume", "operator", nums, rule="command:resume", by=by),
         status=Status.RUNNING,
         since=now,
         windows=(),
@@ -216,11 +247,11 @@ def resume(state: RolloutState, now: float) -> RolloutState:
     )
 
 
-def reset(state: RolloutState, now: float) -> RolloutState:
+def reset(state: RolloutState, now: float, *, by: str = "") -> RolloutState:
     """Back to pending (0 %); a requested start is withdrawn."""
     nums = {"from_status": state.status.value, "from_pct": state.percent}
     return state.evolve(
-        entry(now, "reset", "operator", nums),
+        entry(now, "reset", "operator", nums, rule="command:reset", by=by),
         status=Status.PENDING,
         stage=0,
         percent=0.0,
@@ -288,11 +319,16 @@ def _window_entry(w: WindowRecord) -> LogEntry:
     return entry(w.end, f"window_{w.verdict.value}", w.reason, numbers)
 
 
-def from_decision(flag: FlagPlan, state: RolloutState, d: Decision, now: float) -> RolloutState:
+def from_decision(
+    flag: FlagPlan, state: RolloutState, d: Decision, now: float, *, by: str = ""
+) -> RolloutState:
     """The state a policy decision leads to, through the same kinds as the operator
-    commands. A dry-run flag never changes its percentage."""
+    commands, its entry in the plan's words (:func:`~._reasons.explain`) and by ``by`` (the
+    deciding process's id). A dry-run flag never changes its percentage."""
     dry = flag.dry_run
-    numbers: dict[str, Number] = dict(d.numbers)
+    why = explain(flag, d.reason, d.numbers)
+    reason, rule = why.reason, why.rule
+    numbers: dict[str, Number] = dict(why.numbers)
     if dry:
         numbers["dry_run"] = 1
     logged = tuple(_window_entry(w) for w in d.windows)
@@ -301,7 +337,7 @@ def from_decision(flag: FlagPlan, state: RolloutState, d: Decision, now: float) 
     action = d.action
     if action in (Action.HOLD, Action.EXTEND):
         if action == Action.EXTEND:
-            logged = (*logged, entry(now, action, d.reason, numbers))
+            logged = (*logged, entry(now, action, reason, numbers, rule=rule, by=by))
         return record(state, *logged, windows=windows, evidence=evidence)
     if action in (Action.ROLLBACK, Action.PAUSE) and state.stage >= 1 and "samples" not in numbers:
         # A trigger ended the stage: its evidence goes into the persisted entry, from which
@@ -309,13 +345,32 @@ def from_decision(flag: FlagPlan, state: RolloutState, d: Decision, now: float) 
         ev = current_evidence(state.stage, state.since, evidence)
         numbers.update(stage_summary(flag, state.stage, ev, windows))
     if action == Action.ROLLBACK:
-        return rollback(state, now, d.reason, numbers, dry=dry, logged=logged)
+        return rollback(state, now, reason, numbers, dry=dry, logged=logged, rule=rule, by=by)
     if action == Action.PAUSE:
         return pause(
-            state, now, d.reason, numbers, windows=windows, evidence=evidence, logged=logged
+            state,
+            now,
+            reason,
+            numbers,
+            windows=windows,
+            evidence=evidence,
+            logged=logged,
+            rule=rule,
+            by=by,
         )
     if action == Action.COMPLETE:
-        return complete(flag, state, now, d.reason, numbers, dry=dry, logged=logged)
+        return complete(flag, state, now, reason, numbers, dry=dry, logged=logged, rule=rule, by=by)
     if action == Action.START:
-        return start(flag, state, now, d.reason, numbers, dry=dry, logged=logged)
-    return advance(flag, state, now, d.reason, numbers, dry=dry, logged=logged, evidence=evidence)
+        return start(flag, state, now, reason, numbers, dry=dry, logged=logged, rule=rule, by=by)
+    return advance(
+        flag,
+        state,
+        now,
+        reason,
+        numbers,
+        dry=dry,
+        logged=logged,
+        evidence=evidence,
+        rule=rule,
+        by=by,
+    )

@@ -297,10 +297,10 @@ class CanaryProvider(AbstractProvider):
             if not changed:
                 return
             self._answers = MappingProxyType(new)
-        if log.isEnabledFor(logging.INFO):
+        if log.isEnabledFor(logging.DEBUG):  # every process serves: the decider logs at INFO
             for key in changed:
                 view = new[key].view
-                log.info("%s now serves %s%% (%s)", key, view.percent, view.status)
+                log.debug("%s now serves %s%% (%s)", key, view.percent, view.status)
         self.emit_provider_configuration_changed(
             ProviderEventDetails(flags_changed=changed, message="canary rollout changed")
         )
