@@ -87,6 +87,18 @@ def _run_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _fresh_variant_context() -> Iterator[None]:
+    """Each test starts with no remembered variant in the main thread's context: an evaluation
+    outside any scope opens one there (``remember_variant``), and under pytest-xdist the next
+    test of the same worker process would otherwise read it."""
+    from openfeature_canary.instrumentation._variants import VARIANTS
+
+    token = VARIANTS.set(None)
+    yield
+    VARIANTS.reset(token)
+
+
+@pytest.fixture(autouse=True)
 def _clean_openfeature_api() -> Iterator[None]:
     """Each test gets a fresh global OpenFeature API (providers, hooks, handlers)."""
     from openfeature import api
