@@ -117,7 +117,7 @@ def _check_trigger(
         if value is not None and value >= trigger.occurrences:
             return _Fired(trigger, name, {**numbers, "occurrences": trigger.occurrences})
         return None
-    if value is None or n < trigger.min_samples or not trigger.breached(value):
+    if value is None or not _enough(trigger, value, n) or not trigger.breached(value):
         # No data resets a sustained breach, like a Prometheus alert whose query went empty.
         since.pop(name, None)
         return None
@@ -213,7 +213,17 @@ def _breaches(trigger: Trigger, reading: Reading) -> bool:
         return False
     if counts_samples(trigger):
         return reading.value >= trigger.occurrences
-    return reading.n >= trigger.min_samples and trigger.breached(reading.value)
+    return _enough(trigger, reading.value, reading.n) and trigger.breached(reading.value)
+
+
+def _enough(trigger: Trigger, value: float, n: int) -> bool:
+    """Whether a reading holds the evidence a breach needs: ``min_samples`` requests, and for
+    a rate ``min_events`` events (one 5xx in 150 requests reads 0.67 %, and says nothing)."""
+    if n < trigger.min_samples:
+        return False
+    events = trigger.events(value, n)
+    # Rounded: a rate times n from Prometheus comes back as 2.9999999 for three 5xx.
+    return events is None or round(events, 6) >= trigger.min_events
 
 
 def _decide_pending(
