@@ -73,10 +73,12 @@ def make_world(
     *,
     bounds_s: Sequence[float] | None = None,
     source: SignalSource | None = None,
+    reader: InMemoryMetricReader | None = None,
 ) -> World:
     """A world whose request-duration histogram has ``bounds_s`` (default: the plan's Views,
-    as ``setup_telemetry`` builds them), read by ``source`` (default: in process)."""
-    reader = InMemoryMetricReader()
+    as ``setup_telemetry`` builds them), read by ``source`` (default: in process, from
+    ``reader``)."""
+    reader = reader or InMemoryMetricReader()
     if bounds_s is None:
         views = canary_views(plan)
     else:
