@@ -12,6 +12,7 @@ from coverage_world import KEY, World, make_world, plan_with
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from openfeature_canary import InProcessSignalSource, PlanError, Status, parse_plan
+from openfeature_canary.signals._histogram import line_not_a_bound
 
 ERROR_TRIGGER = {
     "name": "error_rate_breach",
@@ -200,3 +201,14 @@ def test_setup_telemetry_views_make_every_line_a_bound(worlds: list[World]) -> N
         healthy_second(world)
         world.tick()
     assert world.ctl.state.status is Status.COMPLETED, world.reasons
+
+
+def test_line_not_a_bound_takes_a_bound_stored_in_seconds_and_names_the_first_miss() -> None:
+    bounds_ms = [b * 1000 for b in (0.1, 0.13, 0.15)]  # 0.15 * 1000 == 150.00000000000003
+    lines = {"the P95 line of stage 1": 150.0, "trigger p99's threshold": 130.0}
+    assert line_not_a_bound(lines, bounds_ms, "h") is None
+    missing = {**lines, "the P99 line of stage 2": 250.0, "trigger x's threshold": 99.0}
+    assert line_not_a_bound(missing, bounds_ms, "h") == (
+        "the P99 line of stage 2 (250 ms) is not a bound of h (its bounds: 100, 130, 150 ms)"
+    )
+    assert line_not_a_bound({"a": 1.0}, [], "h") == "a (1 ms) is not a bound of h (no bounds)"

@@ -178,6 +178,8 @@ def line_not_a_bound(
     """
     for what, line in lines.items():
         if snap_to_bound(line, bounds) not in bounds:
-            shown = ", ".join(f"{b:g}" for b in bounds) or "none"
-            return f"{what} ({line:g} ms) is not a bound of {histogram} (its bounds: {shown} ms)"
+            shown = (
+                f"its bounds: {', '.join(f'{b:g}' for b in bounds)} ms" if bounds else "no bounds"
+            )
+            return f"{what} ({line:g} ms) is not a bound of {histogram} ({shown})"
     return None
