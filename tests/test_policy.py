@@ -106,8 +106,11 @@ def test_decide_event_loop_lag_fires_on_second_lag_not_first(flag: FlagPlan) -> 
 
 
 def test_decide_telemetry_acceptance_below_floor_rolls_back(flag: FlagPlan) -> None:
-    d = decide(flag, running(), readings(telemetry_acceptance=R(0.98, n=100)), Memory(), 30.0)
+    d = decide(flag, running(), readings(telemetry_acceptance=R(0.98, n=150)), Memory(), 30.0)
     assert (d.action, d.reason) == (Action.ROLLBACK, "telemetry_acceptance")
+    # Two events not accepted out of 100 are below the trigger's min_events (3): no breach.
+    few = decide(flag, running(), readings(telemetry_acceptance=R(0.98, n=100)), Memory(), 30.0)
+    assert few.action == Action.HOLD
     quiet = decide(flag, running(), readings(telemetry_acceptance=R(None, n=0)), Memory(), 30.0)
     assert quiet.action == Action.HOLD
 

@@ -406,7 +406,8 @@ def test_abort_says_rule_who_what_users_got_and_the_next_step(tmp_path: Path) ->
     assert f"`openfeature-canary start {FLAG}`" in step
     # The summary line says what broke: the reason and its value against the threshold.
     assert lines[2] == (
-        f"## 2023-11-14T22:28:20Z — `{FLAG}` rolled back from 25 % (stage 2): gate_no_go, 162 vs 150"
+        f"## 2023-11-14T22:28:20Z — `{FLAG}` rolled back from 25 % (stage 2): "
+        "gate_no_go, 162 vs 150"
     )
 
 

@@ -33,7 +33,15 @@ from prometheus_server import (
 )
 from waiting import wait_until
 
-from openfeature_canary import ManualClock, PlanError, RolloutState, Status, load_plan
+from openfeature_canary import (
+    ManualClock,
+    MemoryStateStore,
+    PlanError,
+    RolloutState,
+    Status,
+    load_plan,
+    parse_plan,
+)
 from openfeature_canary.instrumentation import (
     EVENT_LOOP_LAG_NAME,
     LEDGER_MISMATCHES_NAME,
@@ -448,6 +456,50 @@ def test_prometheus_failing_feeds_on_error_rollback(fault: str) -> None:
     assert state.reason == "signal_source_error"
     assert state.last_decision is not None
     assert str(state.last_decision.numbers["error"]).startswith(f"prometheus {url}: ")
+
+
+# --------------------------------------------------------------------------- lines are bounds
+
+
+@pytest.mark.parametrize("where", ["prometheus", "in-process"])
+def test_a_line_that_is_not_a_bucket_bound_is_refused_at_the_first_read(
+    scenario: Scenario, where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both sources' buckets are the plan's (``setup_telemetry``): a plan with a 133 ms P95
+    line, between the 130 and 140 ms bounds, is refused when the buckets are first read, by
+    both sources with the same line naming the line and the bounds."""
+    plan = parse_plan(
+        {
+            "flags": {
+                FLAG: {
+                    "stages": [
+                        {"percent": 50, "duration": "1h", "window": "1h", "max_p95_ms": 133}
+                    ],
+                    "triggers": [{"name": "p95_breach", "signal": "latency_p95_ms", "above": 133}],
+                }
+            }
+        }
+    )
+    source: SignalSource = scenario.source if where == "prometheus" else scenario.local
+    clock, store = ManualClock(start=scenario.t0), MemoryStateStore()
+    # Started at t0 by an operator's process (no policy: the in-process source's snapshots
+    # are the scenario's, t0 and t1), then one tick of the autopilot at t1.
+    Rollout(plan, store=store, clock=clock).controller(FLAG).start()
+    clock.set(scenario.t1)
+    autopilot = Autopilot(source)
+    ctl = Rollout(plan, store=store, clock=clock, policy=autopilot).controller(FLAG)
+    ctl.tick()
+    bounds = ", ".join(f"{b * 1000:g}" for b in histogram_bounds_s(load_plan(PLAN)))
+    expected = (
+        "the P95 line of stage 1 (133 ms) is not a bound of the request-duration histogram "
+        f"(its bounds: {bounds} ms)"
+    )
+    assert [r.getMessage() for r in caplog.records if "refused" in r.getMessage()] == [
+        f"{FLAG}: refused: {expected}"
+    ]
+    last = autopilot.last(FLAG)
+    assert last is not None and last.triggers["p95_breach"].error == expected
+    assert ctl.state.evidence is None or ctl.state.evidence.canary.n == 0
 
 
 # --------------------------------------------------------------------------- the table

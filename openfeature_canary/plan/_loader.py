@@ -13,6 +13,7 @@ from openfeature_canary.bucketing import SCHEMES, percent_to_basis_points
 from openfeature_canary.errors import PlanError
 from openfeature_canary.plan._decisions import DecisionRules, parse_decisions
 from openfeature_canary.plan._model import (
+    DEFAULT_MIN_EVENTS,
     MIN_PERCENT,
     OPERATORS,
     FlagPlan,
@@ -275,6 +276,7 @@ def _trigger(r: Reader, path: str, data: Any) -> Trigger:
             "window",
             "occurrences",
             "min_samples",
+            "min_events",
             "on_error",
             "if_baseline_breaches",
         },
@@ -314,7 +316,18 @@ def _trigger(r: Reader, path: str, data: Any) -> Trigger:
         min_samples=r.int_(t, path, "min_samples", 1, minimum=1),
         on_error=r.choice(t, path, "on_error", ("rollback", "ignore"), "rollback"),
         if_baseline_breaches=_baseline_option(r, t, path, signal),
+        min_events=_min_events(r, t, path, signal),
     )
+
+
+def _min_events(r: Reader, t: Mapping[str, Any], path: str, signal: str) -> int:
+    if "min_events" in t and signal not in RATE_SIGNALS:
+        r.fail(
+            f"{path}.min_events",
+            f"counts the events behind a rate; {signal} is not one "
+            f"({', '.join(sorted(RATE_SIGNALS))} are)",
+        )
+    return r.int_(t, path, "min_events", DEFAULT_MIN_EVENTS, minimum=1)
 
 
 def _baseline_option(r: Reader, t: Mapping[str, Any], path: str, signal: str) -> OnBaselineBreach:

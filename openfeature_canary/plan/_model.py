@@ -9,9 +9,10 @@ from typing import Final, Literal
 
 from openfeature_canary.errors import UnknownFlagError
 from openfeature_canary.plan._decisions import DecisionRules
-from openfeature_canary.plan._signals import MS_SIGNALS
+from openfeature_canary.plan._signals import MS_SIGNALS, RATE_SIGNALS
 
 __all__ = [
+    "DEFAULT_MIN_EVENTS",
     "MIN_PERCENT",
     "OPERATORS",
     "FlagPlan",
@@ -35,6 +36,9 @@ OPERATORS: Final[tuple[Operator, ...]] = ("above", "at_least", "below", "at_most
 #: The smallest stage percentage: traffic is split in basis points (0.01 %), so a smaller
 #: share would serve 0 %.
 MIN_PERCENT: Final = 0.01
+#: A rate trigger needs at least this many events (5xx, rejections) in its window to breach:
+#: one 5xx in 150 requests reads 0.67 %, which says nothing about a 0.5 % line.
+DEFAULT_MIN_EVENTS: Final = 3
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,19 @@ class Trigger:
     min_samples: int = 1
     on_error: OnError = "rollback"
     if_baseline_breaches: OnBaselineBreach = "rollback"
+    min_events: int = DEFAULT_MIN_EVENTS
+
+    def events(self, value: float, n: int) -> float | None:
+        """The events behind a rate reading (``None``: not a rate signal, nothing to count).
+
+        ``above``/``at_least`` count what the rate measures (``value * n``: 5xx for
+        ``error_rate``); ``below``/``at_most`` count the rest (``(1 - value) * n``: the events
+        ``telemetry_acceptance`` did not accept).
+        """
+        if self.signal not in RATE_SIGNALS:
+            return None
+        share = value if self.op in ("above", "at_least") else 1.0 - value
+        return share * n
 
     def breached(self, value: float) -> bool:
         """True when ``value`` is on the wrong side of the threshold."""

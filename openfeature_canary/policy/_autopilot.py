@@ -18,6 +18,7 @@ from types import MappingProxyType
 from openfeature_canary._forksafe import renew_locks_after_fork
 from openfeature_canary.errors import SignalSourceError
 from openfeature_canary.plan import FlagPlan, Trigger
+from openfeature_canary.plan._signals import QUANTILES
 from openfeature_canary.policy import transitions
 from openfeature_canary.policy._controller import Controller
 from openfeature_canary.policy._decide import (
@@ -35,11 +36,30 @@ from openfeature_canary.policy._fleet import decider_id
 from openfeature_canary.policy._gates import current_evidence
 from openfeature_canary.policy._windows import windows_due
 from openfeature_canary.signals import EMPTY_COHORT, CountsReading, SignalSource
+from openfeature_canary.signals._histogram import line_not_a_bound
 from openfeature_canary.state import RolloutState, Status
 
-__all__ = ["Autopilot", "TickResult"]
+__all__ = ["Autopilot", "TickResult", "histogram_lines"]
 
 log = logging.getLogger("openfeature_canary")
+
+#: How a refusal names the histogram the gates and the latency triggers read.
+_HISTOGRAM = "the request-duration histogram"
+
+
+def histogram_lines(flag: FlagPlan) -> dict[str, float]:
+    """Every latency line of ``flag`` (ms), by what it is: the stages' P95/P99 lines and the
+    thresholds of its triggers on latency signals. Each must be a bound of the
+    request-duration histogram, or it could only be interpolated."""
+    lines: dict[str, float] = {}
+    for index, stage in enumerate(flag.stages, start=1):
+        for name, line in (("P95", stage.max_p95_ms), ("P99", stage.max_p99_ms)):
+            if line is not None:
+                lines[f"the {name} line of stage {index}"] = line
+    for t in flag.triggers:
+        if t.signal.removeprefix("baseline_") in QUANTILES:
+            lines[f"trigger {t.name}'s threshold"] = t.threshold
+    return lines
 
 
 @dataclass(frozen=True)
@@ -70,6 +90,8 @@ class Autopilot:
         self._memory: dict[str, Memory] = {}
         self._last: dict[str, TickResult] = {}
         self._snapshot_at: float | None = None
+        # Per flag, why the histogram the source reads cannot judge its lines (see _bounded).
+        self._refused: dict[str, str] = {}
         self._lock = threading.Lock()
         renew_locks_after_fork(self, "_lock")
 
@@ -148,6 +170,10 @@ class Autopilot:
         ):
             return Readings()
         pending = state.status is Status.PENDING
+        # Counts first: reading the buckets is where a line that is not a bound is found,
+        # and a refused flag's latency triggers must not read an interpolated value.
+        judged = state.status in (Status.RUNNING, Status.PAUSED) and state.stage >= 1
+        counts = self._stage_counts(flag, state, now) if judged else None
         triggers: dict[str, Reading] = {}
         baselines: dict[str, Reading] = {}
         for t in flag.triggers:
@@ -155,30 +181,61 @@ class Autopilot:
             triggers[t.name] = self._read_trigger(flag.key, t, signal, now)
             if not pending and t.if_baseline_breaches == "pause":
                 baselines[t.name] = self._read_trigger(flag.key, t, baseline_signal(t.signal), now)
-        if state.status not in (Status.RUNNING, Status.PAUSED) or state.stage < 1:
+        if counts is None:
             return Readings(MappingProxyType(triggers), MappingProxyType(baselines))
+        return Readings(MappingProxyType(triggers), MappingProxyType(baselines), *counts)
+
+    def _stage_counts(
+        self, flag: FlagPlan, state: RolloutState, now: float
+    ) -> tuple[CountsReading, Mapping[int, CountsReading], CountsReading | None]:
+        """The stage's counts since its evidence, of the windows due, and its trailing window
+        (read only once a go is possible)."""
         evidence = current_evidence(state.stage, state.since, state.evidence)
-        counts = self._counts(flag.key, evidence.through, now)
+        counts = self._counts(flag, evidence.through, now)
         windows = {
-            span.index: self._counts(flag.key, span.start, span.end)
+            span.index: self._counts(flag, span.start, span.end)
             for span in windows_due(flag, state, now)
         }
-        return Readings(
-            MappingProxyType(triggers),
-            MappingProxyType(baselines),
-            counts,
-            MappingProxyType(windows),
-        )
+        stage = flag.stage(state.stage)
+        tail = None
+        if state.status is Status.RUNNING and now + 1e-9 >= state.since + stage.duration_s:
+            tail = self._counts(flag, max(state.since, now - stage.window_s), now)
+        return counts, MappingProxyType(windows), tail
 
-    def _counts(self, key: str, start: float, end: float) -> CountsReading:
+    def _counts(self, flag: FlagPlan, start: float, end: float) -> CountsReading:
         try:
-            return self.source.counts_between(key, start, end)
+            return self._bounded(flag, self.source.counts_between(flag.key, start, end))
         except SignalSourceError as exc:
             return CountsReading(EMPTY_COHORT, EMPTY_COHORT, start, end, str(exc))
         except Exception as exc:  # a source's bug must not stop the policy: no evidence
             return CountsReading(EMPTY_COHORT, EMPTY_COHORT, start, end, repr(exc))
 
+    def _bounded(self, flag: FlagPlan, counts: CountsReading) -> CountsReading:
+        """The counts, or a refusal when their histogram lacks one of the flag's lines.
+
+        Checked whenever buckets are read (the first time is the first tick with traffic):
+        neither source knows its buckets before a request was recorded, and a redeploy can
+        change them. A refused flag takes no evidence (its stage holds) and its latency
+        triggers read as errors (their ``on_error`` acts), until the bounds are there.
+        """
+        if counts.error is not None:
+            return counts
+        lines = histogram_lines(flag)
+        for cohort in (counts.canary, counts.baseline):
+            problem = line_not_a_bound(lines, cohort.bounds, _HISTOGRAM) if cohort.n else None
+            if problem:
+                if self._refused.get(flag.key) != problem:
+                    log.error("%s: refused: %s", flag.key, problem)
+                self._refused[flag.key] = problem
+                return CountsReading(EMPTY_COHORT, EMPTY_COHORT, counts.start, counts.end, problem)
+        if counts.canary.n or counts.baseline.n:
+            self._refused.pop(flag.key, None)
+        return counts
+
     def _read_trigger(self, key: str, t: Trigger, signal: str, now: float) -> Reading:
+        refused = self._refused.get(key)
+        if refused is not None and signal.removeprefix("baseline_") in QUANTILES:
+            return _ErrorReading(refused)
         try:
             if counts_samples(t):
                 inclusive = t.op == "at_least"

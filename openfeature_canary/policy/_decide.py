@@ -4,13 +4,16 @@ Two kinds of rule (spec §7):
 
 - **Hard triggers** are guardrails checked at every tick, at every stage, and act at once:
   a breach sustained ``for`` a duration, an immediate breach, the Nth breach (``occurrences``)
-  within a window, and a signal source that keeps failing (``on_error``).
+  within a window, and a signal source that keeps failing (``on_error``). A rate breaches
+  only on ``min_events`` events (one 5xx in 150 requests is not evidence).
 - **Stage gates** are sequential tests on the evidence the stage accumulates (:mod:`._gates`,
   docs/decisions.md): a no-go (``on_no_go``: rollback or pause) acts at the tick a test's
   evidence crosses its boundary; a go needs the stage's duration and the information to have
   caught the stated regression; too little information extends the stage, then pauses it after
-  its duration again, saying how many requests it still needs. Silence never passes. Gate
-  windows are recorded as they close, for the decision log and the reports.
+  its duration again, saying how many requests it still needs. Silence never passes. A go
+  also needs evidence that covers the stage: its counts read up to its end (a failing source
+  holds it) and its trailing window not failing a line (a breach in its last seconds holds
+  it). Gate windows are recorded as they close, for the decision log and the reports.
 
 Nothing here does I/O, logging or clock reads: the shell (:mod:`._autopilot`) gathers readings,
 calls :func:`decide`, and applies the :class:`Decision`.
@@ -23,18 +26,20 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Final
 
-from openfeature_canary.plan import FlagPlan, Trigger
+from openfeature_canary.evidence import StageEvidence
+from openfeature_canary.plan import FlagPlan, Stage, Trigger
 from openfeature_canary.plan._signals import COHORT_SIGNALS
 from openfeature_canary.policy._decision import Action, Decision, Memory, Reading, Readings
 from openfeature_canary.policy._gates import (
+    GateTest,
     current_evidence,
     fold,
     information,
     judge,
 )
 from openfeature_canary.policy._numbers import information_numbers, stage_summary, test_numbers
-from openfeature_canary.policy._windows import judge_window, windows_due
-from openfeature_canary.state import Number, RolloutState, Status
+from openfeature_canary.policy._windows import WindowSpan, judge_window, windows_due
+from openfeature_canary.state import Number, RolloutState, Status, Verdict, WindowRecord
 
 __all__ = [
     "COUNTABLE_SIGNALS",
@@ -117,7 +122,7 @@ def _check_trigger(
         if value is not None and value >= trigger.occurrences:
             return _Fired(trigger, name, {**numbers, "occurrences": trigger.occurrences})
         return None
-    if value is None or n < trigger.min_samples or not trigger.breached(value):
+    if value is None or not _enough(trigger, value, n) or not trigger.breached(value):
         # No data resets a sustained breach, like a Prometheus alert whose query went empty.
         since.pop(name, None)
         return None
@@ -213,7 +218,17 @@ def _breaches(trigger: Trigger, reading: Reading) -> bool:
         return False
     if counts_samples(trigger):
         return reading.value >= trigger.occurrences
-    return reading.n >= trigger.min_samples and trigger.breached(reading.value)
+    return _enough(trigger, reading.value, reading.n) and trigger.breached(reading.value)
+
+
+def _enough(trigger: Trigger, value: float, n: int) -> bool:
+    """Whether a reading holds the evidence a breach needs: ``min_samples`` requests, and for
+    a rate ``min_events`` events (one 5xx in 150 requests reads 0.67 %, and says nothing)."""
+    if n < trigger.min_samples:
+        return False
+    events = trigger.events(value, n)
+    # Rounded: a rate times n from Prometheus comes back as 2.9999999 for three 5xx.
+    return events is None or round(events, 6) >= trigger.min_events
 
 
 def _decide_pending(
@@ -289,6 +304,72 @@ def _decide_gate(
     end = state.since + stage.duration_s
     if state.status is Status.PAUSED or now + 1e-9 < end:
         return Decision(Action.HOLD, "observing", memory, windows=judged, evidence=changed)
+    return _decide_end(
+        flag, state, _Tick(readings, memory, now, judged, changed, evidence), judgement.tests
+    )
+
+
+@dataclass(frozen=True)
+class _Tick:
+    """What one tick of a running stage past its duration decides on."""
+
+    readings: Readings
+    memory: Memory
+    now: float
+    judged: tuple[WindowRecord, ...]
+    changed: StageEvidence | None
+    evidence: StageEvidence
+
+    def hold(self, reason: str = "extended") -> Decision:
+        return Decision(
+            Action.HOLD, reason, self.memory, windows=self.judged, evidence=self.changed
+        )
+
+    def extend(
+        self, index: int, reason: str, numbers: dict[str, Number], held: str = "extended"
+    ) -> Decision:
+        """Extend the stage, logged once per stage; then hold (saying ``held``)."""
+        if self.memory.extended == index:
+            return self.hold(held)
+        memory = replace(self.memory, extended=index)
+        return Decision(Action.EXTEND, reason, memory, numbers, self.judged, self.changed)
+
+
+def _uncovered(end: float, tick: _Tick) -> str | None:
+    """Why the stage's signals do not reach its end yet (``None``: they do).
+
+    A stage goes on evidence that covers it: a source failing over its end holds it until
+    the source recovers, or a trigger's ``on_error`` acts.
+    """
+    readings = tick.readings
+    for reading in (readings.counts, readings.tail):
+        if reading is not None and reading.error is not None:
+            return f"signal source error: {reading.error}"
+    if tick.evidence.through + 1e-6 < end:
+        return f"counts read up to {end - tick.evidence.through:.1f} s before it"
+    return None
+
+
+def _last_window(stage: Stage, tick: _Tick) -> WindowRecord | None:
+    """The trailing window's record (the window a go would leave behind), when read."""
+    tail = tick.readings.tail
+    if tail is None:
+        return None
+    return judge_window(stage, WindowSpan(-1, tail.start, tail.end), tail)
+
+
+def _decide_end(
+    flag: FlagPlan, state: RolloutState, tick: _Tick, tests: tuple[GateTest, ...]
+) -> Decision:
+    index, now, evidence = state.stage, tick.now, tick.evidence
+    stage = flag.stage(index)
+    end = state.since + stage.duration_s
+    judged, changed = tick.judged, tick.changed
+    missing = _uncovered(end, tick)
+    if missing is not None:
+        numbers: dict[str, Number] = {"covered_through": evidence.through - state.since}
+        reason = f"holding: the stage's signals do not reach its end ({missing})"
+        return tick.extend(index, reason, numbers, held=reason)
     infos = information(flag, index, evidence)
     summary = stage_summary(flag, index, evidence, (*state.windows, *judged))
     numbers = {**summary, **information_numbers(infos)}
@@ -296,20 +377,28 @@ def _decide_gate(
     overtime = now + 1e-9 >= end + stage.duration_s
     # A test half-way to its boundary (e-value >= sqrt(1/alpha)) holds the stage, up to its
     # duration again: going on would throw away evidence that leans towards a breach.
-    leaning = [t for t in judgement.tests if t.log_e >= t.boundary / 2]
-    if not short and (not leaning or overtime):
+    leaning = [t for t in tests if t.log_e >= t.boundary / 2]
+    # The trailing window failing a line holds it too, and never lets it go: a breach in the
+    # last seconds of a stage is diluted in the stage's evidence but not in its last window.
+    last = _last_window(stage, tick)
+    failing = last is not None and last.verdict is Verdict.FAIL
+    if not short and not failing and (not leaning or overtime):
         action = Action.COMPLETE if index >= len(flag.stages) else Action.ADVANCE
         # Trigger memory survives an advance: a breach that began at the end of the last stage
         # must keep counting towards its ``for``.
-        memory = replace(memory, extended=-1)
+        memory = replace(tick.memory, extended=-1)
         return Decision(action, "gate_passed", memory, numbers, judged, changed)
+    if not short and failing:
+        assert last is not None
+        numbers["last_window"] = last.reason
+        reason = f"the last window fails ({last.reason})"
+        if overtime:
+            memory = replace(tick.memory, extended=-1)
+            return Decision(Action.PAUSE, reason, memory, numbers, judged, changed)
+        return tick.extend(index, reason, numbers)
     if not short:
         numbers.update(leaning=leaning[0].name, e_value=round(leaning[0].e_value, 3))
-        reason = f"evidence leaning towards a breach ({leaning[0].name})"
-        if memory.extended != index:
-            memory = replace(memory, extended=index)
-            return Decision(Action.EXTEND, reason, memory, numbers, judged, changed)
-        return Decision(Action.HOLD, "extended", memory, windows=judged, evidence=changed)
+        return tick.extend(index, f"evidence leaning towards a breach ({leaning[0].name})", numbers)
     needed = max(i.needed - i.n for i in short)
     numbers["needed"] = needed
     # The time that traffic takes at the stage's canary rate so far (none seen: unknown).
@@ -317,10 +406,6 @@ def _decide_gate(
     if evidence.canary.n and elapsed > 0:
         numbers["needed_s"] = round(needed * elapsed / evidence.canary.n)
     if overtime:
-        memory = replace(memory, extended=-1)
+        memory = replace(tick.memory, extended=-1)
         return Decision(Action.PAUSE, "gate_inconclusive", memory, numbers, judged, changed)
-    if memory.extended != index:
-        memory = replace(memory, extended=index)
-        reason = "too little information"
-        return Decision(Action.EXTEND, reason, memory, numbers, judged, changed)
-    return Decision(Action.HOLD, "extended", memory, windows=judged, evidence=changed)
+    return tick.extend(index, "too little information", numbers)

@@ -48,13 +48,16 @@ class Readings:
 
     ``triggers``: per trigger, its reading; ``baselines``: the baseline twin of each trigger
     with ``if_baseline_breaches = "pause"``; ``counts``: both cohorts' counts since the stage's
-    evidence was last brought up to date; ``windows``: the counts of each gate window due.
+    evidence was last brought up to date; ``windows``: the counts of each gate window due;
+    ``tail``: once a stage's duration has passed, the counts of its trailing window (the one
+    a go would leave behind).
     """
 
     triggers: Mapping[str, Reading] = field(default_factory=lambda: MappingProxyType({}))
     baselines: Mapping[str, Reading] = field(default_factory=lambda: MappingProxyType({}))
     counts: CountsReading | None = None
     windows: Mapping[int, CountsReading] = field(default_factory=lambda: MappingProxyType({}))
+    tail: CountsReading | None = None
 
 
 @dataclass(frozen=True)

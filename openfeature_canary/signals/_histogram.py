@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import accumulate
 
-__all__ = ["count_above", "count_at_least", "histogram_quantile", "snap_to_bound"]
+__all__ = [
+    "count_above",
+    "count_at_least",
+    "histogram_quantile",
+    "line_not_a_bound",
+    "snap_to_bound",
+]
 
 #: A threshold this close to a bound (relative) is that bound: plans write ``150`` ms while
 #: bounds may be stored as ``0.15`` s and converted, which is not always bit-exact.
@@ -155,3 +161,25 @@ def count_at_least(
     2.0
     """
     return count_above(threshold, bounds, bucket_counts)
+
+
+def line_not_a_bound(
+    lines: Mapping[str, float], bounds: Sequence[float], histogram: str
+) -> str | None:
+    """Why a histogram with ``bounds`` cannot judge ``lines`` (``None``: every line is a bound).
+
+    ``lines`` maps what a line is (``"the P95 line of stage 2"``) to its value, in the unit of
+    ``bounds``. A line between two bounds could only be interpolated: with bounds 100/250 ms a
+    healthy service whose true share over 130 ms is 1.2 % reads 5.3 %, a false breach. The
+    answer is one line naming the first such line and every bound the histogram has.
+
+    >>> line_not_a_bound({"the P95 line of stage 1": 130.0}, [100.0, 250.0], "h")
+    'the P95 line of stage 1 (130 ms) is not a bound of h (its bounds: 100, 250 ms)'
+    """
+    for what, line in lines.items():
+        if snap_to_bound(line, bounds) not in bounds:
+            shown = (
+                f"its bounds: {', '.join(f'{b:g}' for b in bounds)} ms" if bounds else "no bounds"
+            )
+            return f"{what} ({line:g} ms) is not a bound of {histogram} ({shown})"
+    return None
