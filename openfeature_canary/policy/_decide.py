@@ -265,7 +265,7 @@ def _decide_gate(
     index = state.stage
     stage = flag.stage(index)
     before = current_evidence(index, state.since, state.evidence)
-    evidence = fold(flag, before, readings.counts)
+    evidence = fold(flag, before, readings.counts, state.percent)
     changed = evidence if evidence is not state.evidence else None
     judged = tuple(
         judge_window(stage, span, readings.windows[span.index])
