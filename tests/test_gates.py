@@ -3,6 +3,7 @@ each 10 s tick on the reference plan, the state built as the autopilot builds it
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import re
@@ -18,11 +19,12 @@ import pytest
 import tomllib
 
 from openfeature_canary import RolloutState, Status, load_plan
+from openfeature_canary.cli._format import power_lines, rps_value
 from openfeature_canary.errors import PlanError
 from openfeature_canary.plan import FlagPlan, parse_plan
 from openfeature_canary.policy._commands import resumed
 from openfeature_canary.policy._decide import Action, Decision, Memory, Reading, Readings, decide
-from openfeature_canary.policy._gates import current_evidence, fold, judge
+from openfeature_canary.policy._gates import current_evidence, fold, judge, stage_power
 from openfeature_canary.policy._stats import (
     line_log_e,
     line_power,
@@ -585,3 +587,23 @@ def test_a_repeat_user_error_pattern_does_not_breach_the_error_comparison() -> N
         ticks_requests.append((replace(c, error_units=None), replace(b, error_units=None)))
     assert not _judged(FLAG, 2, ticks_units)["error_ratio"].breached
     assert _judged(FLAG, 2, ticks_requests)["error_ratio"].breached
+
+
+def test_plan_check_rps_states_per_stage_what_it_can_detect_and_how_long_it_needs() -> None:
+    """Stage 1 at 20 rps: 600 canary requests, about 1 % power against 5xx at 3x its 0.1 %
+    line, and the time the plan's 99 % would need at its canary rate (hours, not minutes)."""
+    sp = stage_power(FLAG, 1, 20.0)
+    assert sp.canary == 600
+    error = next(i for i in sp.lines if i.name == "error_line")
+    assert error.power_3x == pytest.approx(line_power(600, 0.001, 0.003, ALPHA))
+    assert error.power_3x is not None and error.power_3x < 0.05
+    assert error.needed_3x == requests_needed(0.001, 0.003, ALPHA, 0.99)
+    assert sp.seconds_needed(error) == pytest.approx(error.needed_3x / 1.0)
+    lines = power_lines(FLAG, 20.0)
+    assert len(lines) == 4 and lines[0].startswith("  stage 1 (5% for 10m) at 20 rps: 600 canary")
+    assert (
+        "error_line (5xx 0.3 %): power 1.03 %, 99 % needs 4h38m50s (over twice the stage)"
+        in (lines[0])
+    )
+    with pytest.raises(argparse.ArgumentTypeError, match="above 0, got '-3'"):
+        rps_value("-3")

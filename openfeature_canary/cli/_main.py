@@ -46,6 +46,8 @@ from openfeature_canary.cli._format import (
     decider_json,
     decider_line,
     flag_summary,
+    power_lines,
+    rps_value,
     state_line,
     status_json,
     status_table,
@@ -166,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = plan_sub.add_parser(
         "check", parents=[common], help="validate the plan and summarise each flag"
     )
+    check.add_argument(
+        "--rps", type=rps_value, metavar="R", help="also print what each stage can detect at R rps"
+    )
     check.set_defaults(handler=_cmd_plan_check)
     render = plan_sub.add_parser(
         "render", parents=[common], help="write the plan as markdown (canary_plan.md)"
@@ -232,6 +237,8 @@ def _cmd_plan_check(args: argparse.Namespace, io: Io) -> int:
     plan = load_plan_arg(args)
     for flag in plan.flags.values():
         io.print(flag_summary(flag))
+        for line in power_lines(flag, args.rps) if args.rps else ():
+            io.print(line)
     n = len(plan.flags)
     io.print(f"plan OK: {n} flag{'s' if n != 1 else ''} in {plan.source}")
     return EXIT_OK

@@ -25,7 +25,7 @@ from bisect import bisect_left
 from dataclasses import dataclass, replace
 from typing import Final, Protocol
 
-from openfeature_canary.evidence import MAX_ERROR_UNITS, StageEvidence
+from openfeature_canary.evidence import MAX_ERROR_UNITS, StageEvidence, Tally
 from openfeature_canary.plan import FlagPlan, Stage
 from openfeature_canary.policy._stats import (
     RATIO_MULTIPLIERS,
@@ -45,6 +45,7 @@ __all__ = [
     "GateTest",
     "Information",
     "Judgement",
+    "StagePower",
     "alpha_per_test",
     "current_evidence",
     "fold",
@@ -54,6 +55,7 @@ __all__ = [
     "quantile",
     "requests_to_go",
     "stage_lines",
+    "stage_power",
     "stage_tests",
     "tail_bound",
 ]
@@ -120,7 +122,8 @@ class Information:
     """What a line test could have caught: ``power`` against ``detect`` with ``n`` requests;
     ``needed`` requests would reach the plan's power (required). ``power_3x`` and
     ``needed_3x``: the same against three times the line (a 5xx share 3x ``max_error_rate``; 15 %
-    over a P95 line, 3 % over a P99 line): the effect the docs state, reported, not required."""
+    over a P95 line, 3 % over a P99 line): the effect the docs state, reported, not required.
+    ``line``: the share the line allows (the null's edge)."""
 
     name: str
     detect: float
@@ -129,6 +132,7 @@ class Information:
     needed: int
     power_3x: float | None = None
     needed_3x: int | None = None
+    line: float = 0.0
 
 
 def stage_lines(stage: Stage) -> tuple[str, ...]:
@@ -361,6 +365,35 @@ def _tail_test(flag: FlagPlan, index: int, evidence: StageEvidence, boundary: fl
 # --------------------------------------------------------------------------- information
 
 
+@dataclass(frozen=True)
+class StagePower:
+    """What stage ``index`` can detect at ``rps`` requests/s within its duration: ``canary``
+    requests, and per line its :class:`Information` (power against three times the line, the
+    canary requests that would reach the plan's power against it)."""
+
+    index: int
+    rps: float
+    canary: int
+    duration_s: float
+    lines: tuple[Information, ...]
+
+    def seconds_needed(self, info: Information) -> float | None:
+        """The time the stage's canary traffic takes to reach ``info.needed_3x``."""
+        rate = self.canary / self.duration_s if self.duration_s > 0 else 0.0
+        if info.needed_3x is None or rate <= 0:
+            return None
+        return info.needed_3x / rate
+
+
+def stage_power(flag: FlagPlan, index: int, rps: float) -> StagePower:
+    """:class:`StagePower` of stage ``index`` at a steady ``rps`` (``plan check --rps``)."""
+    stage = flag.stage(index)
+    n = int(rps * flag.serving_percent(index) / 100.0 * stage.duration_s)
+    tally = Tally(n, 0, (), (n,))
+    infos = information(flag, index, StageEvidence(index, 0.0, 0.0, canary=tally))
+    return StagePower(index, rps, n, stage.duration_s, infos)
+
+
 def requests_to_go(flag: FlagPlan, index: int) -> int:
     """The canary requests stage ``index`` needs before it can go (its information)."""
     empty = StageEvidence(index, 0.0, 0.0)
@@ -392,5 +425,5 @@ def information(flag: FlagPlan, index: int, evidence: StageEvidence) -> tuple[In
         if p0 > 0 and 3 * p0 < 1:
             triple = line_power(n, p0, 3 * p0, alpha)
             needed_3x = requests_needed(p0, 3 * p0, alpha, rules.power)
-        out.append(Information(name, detect, power, n, needed, triple, needed_3x))
+        out.append(Information(name, detect, power, n, needed, triple, needed_3x, p0))
     return tuple(out)
