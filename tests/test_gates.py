@@ -607,3 +607,25 @@ def test_plan_check_rps_states_per_stage_what_it_can_detect_and_how_long_it_need
     )
     with pytest.raises(argparse.ArgumentTypeError, match="above 0, got '-3'"):
         rps_value("-3")
+
+
+def test_evidence_keeps_erroring_units_through_json_and_refuses_bad_ones_naming_them() -> None:
+    from openfeature_canary.errors import StateStoreError
+    from openfeature_canary.evidence import MAX_ERROR_UNITS, StageEvidence
+
+    units = ((unit_digest("u-1"), unit_digest("u-2")), (unit_digest("u-3"),))
+    evidence = StageEvidence(2, 0.0, 10.0, error_units=units, tail_log_e=(0.5,) * 5)
+    data = json.loads(json.dumps(evidence.to_dict()))
+    assert StageEvidence.from_dict(data) == evidence
+    # State written before the tail comparison loads, its comparisons starting afresh.
+    old = {**data, "rank_log_e": [0.1] * 4, "reference": {"n": 5, "errors": 0}}
+    assert StageEvidence.from_dict(old).error_units == units
+    for bad, where in (
+        ([["a"]], "evidence.error_units: must be two arrays"),
+        ([["a"], [3]], r"evidence.error_units\[1\]\[0\]: must be a string"),
+        ([["a"] * (MAX_ERROR_UNITS + 1), []], r"evidence.error_units\[0\]: must hold at most"),
+    ):
+        with pytest.raises(StateStoreError, match=where):
+            StageEvidence.from_dict({**data, "error_units": bad}, path="evidence")
+    with pytest.raises(ValueError, match="2 erroring units for 1 errors"):
+        CohortCounts(5, 1, (), (5,), frozenset({"a", "b"}))
