@@ -15,6 +15,7 @@ every 10 s, ``Rollout`` + ``Autopilot``), with a source whose traffic changes ti
 - ``tenants``: bucketing by tenant: 500 tenants of equal traffic, each with its own latency
   factor e^N(0, 0.2).
 - ``tail``: 5 % of the canary's requests 100 ms slower (median unchanged) from the start.
+- ``independent``: none of the above (the independent, stationary model), for comparison.
 
 Healthy scenarios other than ``daily`` are judged through stage 3: their 100 % stage has no
 live baseline (no comparison) and serves the independent model's traffic, whose soak
@@ -221,6 +222,7 @@ def run_task(task: tuple[int, Case, tuple[int, ...]]) -> tuple[int, tuple[str, i
 CELLS = [
     *(Case(s, rps) for s in ("daily", "incident", "users", "tenants") for rps in (20.0, 100.0)),
     Case("tail", 20.0),
+    *(Case("independent", rps) for rps in (20.0, 100.0)),
 ]
 
 
