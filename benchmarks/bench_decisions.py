@@ -18,7 +18,9 @@ every run drives the real engine (``Rollout`` with ``Autopilot``, a ``memory://`
   rolled back within stage k (the table says what became of the others).
 
 It prints a Markdown table per case family (the one in ``docs/decisions.md``) with the
-issue's target next to each figure, 95 % Wilson intervals in brackets.
+issue's target next to each figure, 95 % Wilson intervals in brackets. Traffic that is not
+independent and stationary (a daily cycle, a shared incident, users and tenants that repeat, a
+tail regression) is ``bench_real_traffic.py``, which reuses this file's source and plan.
 """
 
 from __future__ import annotations

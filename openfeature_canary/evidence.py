@@ -1,10 +1,11 @@
 """What a stage has gathered, persisted with the state so a restart keeps it.
 
 A :class:`StageEvidence` holds, for the stage a flag is in, the running totals of both cohorts
-(requests, 5xx and request-duration bucket counts: a :class:`Tally` each) and the running log
-e-values of the two canary-against-baseline tests, whose ticks cannot be recomputed from totals.
-Its size does not grow with the stage's length: a few dozen integers and ten floats, however
-long the stage runs. The tests themselves are in :mod:`openfeature_canary.policy`.
+(requests, 5xx and request-duration bucket counts: a :class:`Tally` each), the running log
+e-values of the two canary-against-baseline tests, whose ticks cannot be recomputed from totals,
+and the hashed units that answered a 5xx (each counts once: errors are rare, the set is capped
+at :data:`MAX_ERROR_UNITS` per cohort). Its size does not grow with the stage's length. The
+tests themselves are in :mod:`openfeature_canary.policy`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from typing import Any
 
 from openfeature_canary._validate import _bad, _finite, _integer, _join, _object, _show
 
-__all__ = ["StageEvidence", "Tally"]
+__all__ = ["MAX_ERROR_UNITS", "StageEvidence", "Tally"]
+
+#: Erroring units kept per cohort and stage (hashed ids, 16 hex digits each). Once either set is
+#: full the unit-level error comparison stops counting (less evidence, never false evidence);
+#: a regression that errs for this many units is far over every 5xx line by then.
+MAX_ERROR_UNITS = 256
 
 
 @dataclass(frozen=True)
@@ -85,9 +91,11 @@ class StageEvidence:
     """The evidence of stage ``stage``, gathered from ``started`` up to ``through`` (the time
     of the last data folded in: the next tick reads from there, so nothing counts twice).
 
-    ``ratio_log_e`` and ``rank_log_e`` are the running log e-values of the error-ratio and
-    latency-rank tests, one per alternative; ``reference`` is the pooled baseline of the
-    earlier stages, the comparison at 100 % when no live baseline is served.
+    ``ratio_log_e`` and ``tail_log_e`` are the running log e-values of the error-ratio and
+    latency-tail comparisons, one per alternative. ``error_units`` holds, per cohort (canary,
+    baseline), the hashed units seen answering a 5xx in this stage (sorted; empty when the
+    source cannot know units). There is no reference from earlier stages: a stage without a
+    live baseline has no comparison (docs/decisions.md, "No stale reference").
     """
 
     stage: int
@@ -96,8 +104,8 @@ class StageEvidence:
     canary: Tally = Tally()
     baseline: Tally = Tally()
     ratio_log_e: tuple[float, ...] = ()
-    rank_log_e: tuple[float, ...] = ()
-    reference: Tally | None = None
+    tail_log_e: tuple[float, ...] = ()
+    error_units: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
@@ -108,17 +116,18 @@ class StageEvidence:
             "canary": self.canary.to_dict(),
             "baseline": self.baseline.to_dict(),
             "ratio_log_e": list(self.ratio_log_e),
-            "rank_log_e": list(self.rank_log_e),
+            "tail_log_e": list(self.tail_log_e),
         }
-        if self.reference is not None:
-            data["reference"] = self.reference.to_dict()
+        if any(self.error_units):
+            data["error_units"] = [list(u) for u in self.error_units]
         return data
 
     @classmethod
     def from_dict(cls, data: Any, *, path: str = "") -> StageEvidence:
-        """Inverse of :meth:`to_dict`; ``StateStoreError`` naming the field otherwise."""
+        """Inverse of :meth:`to_dict`; ``StateStoreError`` naming the field otherwise. State
+        written before the tail comparison (``rank_log_e``, ``reference``) loads without them:
+        the stage's comparisons restart from 1, the safe side."""
         t = _object(data, path)
-        reference = t.get("reference")
         return cls(
             stage=_integer(t, path, "stage"),
             started=_finite(t, path, "started"),
@@ -126,11 +135,29 @@ class StageEvidence:
             canary=Tally.from_dict(t.get("canary", {}), path=_join(path, "canary")),
             baseline=Tally.from_dict(t.get("baseline", {}), path=_join(path, "baseline")),
             ratio_log_e=tuple(_numbers(t, path, "ratio_log_e", integer=False)),
-            rank_log_e=tuple(_numbers(t, path, "rank_log_e", integer=False)),
-            reference=None
-            if reference is None
-            else Tally.from_dict(reference, path=_join(path, "reference")),
+            tail_log_e=tuple(_numbers(t, path, "tail_log_e", integer=False)),
+            error_units=_units(t, path),
         )
+
+
+def _units(t: Mapping[str, Any], path: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    value = t.get("error_units", [[], []])
+    where = _join(path, "error_units")
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, list) for v in value)
+    ):
+        _bad(where, f"must be two arrays (canary, baseline), got {_show(value)}")
+    out = []
+    for i, units in enumerate(value):
+        if len(units) > MAX_ERROR_UNITS:
+            _bad(f"{where}[{i}]", f"must hold at most {MAX_ERROR_UNITS} units, got {len(units)}")
+        for j, unit in enumerate(units):
+            if not isinstance(unit, str):
+                _bad(f"{where}[{i}][{j}]", f"must be a string, got {_show(unit)}")
+        out.append(tuple(sorted(units)))
+    return out[0], out[1]
 
 
 def _numbers(t: Mapping[str, Any], path: str, key: str, *, integer: bool) -> list[float]:

@@ -181,14 +181,11 @@ def test_a_line_between_histogram_bounds_is_refused_in_process(
     refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert refusals == [f"{KEY}: refused: {UNBOUNDED}"]  # once, one line
     state = world.ctl.state
-    assert (state.stage, state.status) == (1, Status.RUNNING)  # held: no evidence, no go
+    # Held (no evidence, no go), then paused once held for its duration again.
+    assert (state.stage, state.status) == (1, Status.PAUSED)
     actions = [(a, r) for a, r, _ in world.reasons if a in STAGE_ACTIONS]
-    assert actions == [
-        (
-            "extend",
-            f"holding: the stage's signals do not reach its end (signal source error: {UNBOUNDED})",
-        )
-    ]
+    held = f"holding: the stage's signals do not reach its end (signal source error: {UNBOUNDED})"
+    assert actions == [("extend", held), ("pause", held)]
     last = world.autopilot.last(KEY)
     assert last is not None and last.triggers["p95_breach"].error == UNBOUNDED
 

@@ -150,7 +150,7 @@ def test_a_latency_rollback_by_a_gate_says_p95_breach_in_ms(
     assert world.run_until_status(Status.ROLLED_BACK, 3 * 3600) is not None
     entry = world.state().log[-1]
     assert (entry.reason, entry.unit) == ("p95_breach", "ms")
-    assert entry.rule in ("gate:p95_line", "gate:latency_rank")
+    assert entry.rule in ("gate:p95_line", "gate:latency_tail")
     assert isinstance(entry.value, float) and isinstance(entry.threshold, float)
     assert world.state().reason == "p95_breach"
     assert world.provider.flush_events(10.0)

@@ -96,7 +96,7 @@ TRIGGERS = {
 }
 #: The gate tests that may catch a fault before its trigger does.
 GATE_TESTS = {
-    "latency": {"p95_line", "latency_rank"},
+    "latency": {"p95_line", "latency_tail"},
     "errors": {"error_line", "error_ratio"},
     "lag": set(),
     "ingest": set(),
@@ -205,7 +205,7 @@ def test_gate_breach_below_hard_trigger_is_no_go_within_the_stage(
     assert at is not None and START + 600 < at < START + 600 + 1800
     assert world.state().reason == "p95_breach"
     numbers = world.state().log[-1].numbers
-    assert numbers["test"] in ("p95_line", "latency_rank")
+    assert numbers["test"] in ("p95_line", "latency_tail")
     assert numbers["e_value"] >= numbers["e_boundary"]
     results = (world.reports / "canary_results.md").read_text()
     assert "p95_breach (gate:" in results and "gate_no_go" not in results
@@ -251,7 +251,10 @@ def test_dry_run_logs_the_same_decisions_and_keeps_its_percentage(
             policy = [e for e in log if e.action not in ("start",) and not e.action.startswith("w")]
             assert policy and all(e.numbers.get("dry_run") == 1 for e in policy)
             assert "(dry run)" in (world.reports / "canary_results.md").read_text()
-    assert decisions[True] == decisions[False]
+    # The same decisions; their times may differ by a few ticks: the latency comparison weighs
+    # the canary against the baseline actually served, 95 % in the dry run, 75 % in the real one.
+    assert [d[:2] for d in decisions[True]] == [d[:2] for d in decisions[False]]
+    assert abs(decisions[True][-1][2] - decisions[False][-1][2]) <= 120.0
 
 
 def test_after_rollback_every_thread_gets_off_disabled_and_the_event_fired(

@@ -6,13 +6,16 @@ format can be tested by value.
 
 from __future__ import annotations
 
+import argparse
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from openfeature_canary._format import format_percent, format_span, iso_utc
+from openfeature_canary._format import format_number, format_percent, format_span, iso_utc
 from openfeature_canary.bucketing import bucket, in_rollout
 from openfeature_canary.cli._views import left_text, next_decision, short_decision, stage_clock
 from openfeature_canary.plan import FlagPlan
+from openfeature_canary.policy._gates import stage_power
 from openfeature_canary.state import RolloutState, Status
 from openfeature_canary.stores import Lease
 
@@ -196,6 +199,54 @@ def flag_summary(flag: FlagPlan) -> str:
     if flag.env_override:
         line += f", env override {flag.env_override}"
     return line
+
+
+#: How ``plan check --rps`` names each line's effect (three times the line).
+_EFFECT = {
+    "error_line": "5xx {:.3g} %",
+    "p95_line": "{:.3g} % over the P95 line",
+    "p99_line": "{:.3g} % over the P99 line",
+}
+
+
+def rps_value(text: str) -> float:
+    """``--rps``: a finite number of requests per second above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of requests/s above 0, got {text!r}")
+    return value
+
+
+def power_lines(flag: FlagPlan, rps: float) -> list[str]:
+    """For ``plan check --rps``: per stage, the canary requests it gets at ``rps`` within its
+    duration, and per line its power against three times the line and the time it would need
+    for the plan's power."""
+    out = []
+    want = f"{100 * flag.decisions.power:.3g} %"
+    for index in range(1, len(flag.stages) + 1):
+        sp = stage_power(flag, index, rps)
+        parts = []
+        for info in sp.lines:
+            if info.power_3x is None:
+                continue
+            effect = _EFFECT[info.name].format(300 * info.line)
+            needs = sp.seconds_needed(info)
+            need = "never" if needs is None else format_span(needs)
+            if needs is not None and needs > 2 * sp.duration_s:
+                need += " (over twice the stage)"
+            parts.append(
+                f"{info.name} ({effect}): power {100 * info.power_3x:.3g} %, {want} needs {need}"
+            )
+        stage = flag.stage(index)
+        out.append(
+            f"  stage {index} ({format_pct(flag.serving_percent(index))} for "
+            f"{format_span(stage.duration_s)}) at {format_number(rps)} rps: "
+            f"{sp.canary} canary requests; " + "; ".join(parts)
+        )
+    return out
 
 
 def bucket_lines(flag: FlagPlan, unit: str, state: RolloutState | None = None) -> list[str]:

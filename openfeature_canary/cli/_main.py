@@ -46,7 +46,7 @@ from openfeature_canary.cli._common import (
 )
 from openfeature_canary.cli._controller import add_controller_parser
 from openfeature_canary.cli._export import add_export_parser
-from openfeature_canary.cli._format import bucket_lines, flag_summary
+from openfeature_canary.cli._format import bucket_lines, flag_summary, power_lines, rps_value
 from openfeature_canary.cli._ops import add_ops_parsers
 from openfeature_canary.cli._outbox import add_outbox_parsers
 from openfeature_canary.cli._transition import add_transition_parsers
@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = plan_sub.add_parser(
         "check", parents=[common], help="validate the plan and summarise each flag"
     )
+    check.add_argument(
+        "--rps", type=rps_value, metavar="R", help="also print what each stage can detect at R rps"
+    )
     check.set_defaults(handler=_cmd_plan_check)
     render = plan_sub.add_parser(
         "render", parents=[common], help="write the plan as markdown (canary_plan.md)"
@@ -207,6 +210,8 @@ def _cmd_plan_check(args: argparse.Namespace, io: Io) -> int:
     plan = load_plan_arg(args)
     for flag in plan.flags.values():
         io.print(flag_summary(flag))
+        for line in power_lines(flag, args.rps) if args.rps else ():
+            io.print(line)
     n = len(plan.flags)
     io.print(f"plan OK: {n} flag{'s' if n != 1 else ''} in {plan.source}")
     return EXIT_OK

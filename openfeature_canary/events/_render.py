@@ -184,8 +184,8 @@ def _gate_notes(flag: FlagPlan) -> list[str]:
         "may be read at every tick: a false-rollback budget of "
         f"{format_rate(rules.false_rollback_budget)} per rollout is shared by every line and "
         "canary-against-baseline comparison "
-        f"(5xx ratio margin {format_number(rules.error_ratio_margin)}x, latency AUC margin "
-        f"{format_number(rules.latency_margin)}); a breach acts at once ({action}).",
+        f"(5xx ratio margin {format_number(rules.error_ratio_margin)}x, latency tail margin "
+        f"{format_number(rules.latency_ratio_margin)}x); a breach acts at once ({action}).",
         "A stage goes after its duration once it could have caught, with "
         f"{format_rate(rules.power)} power, a canary with a 5xx share of "
         + (

@@ -9,9 +9,10 @@ overrides it key by key::
     detect_error_rate = 0.05       #   a 5xx share this high (default 5 %, or 3x a higher line)
     detect_slow_share = 0.25       #   this share of requests over a latency line
     error_ratio_margin = 1.25      # the canary may have up to 1.25x the baseline's 5xx share
-    latency_margin = 0.05          # ... and be slower than the baseline with probability <= 0.55
-                                   #     (0.5 turns the latency comparison off)
+    latency_ratio_margin = 2.0     # ... and up to 2x its share of requests over the P95 line
+    latency_margin = 0.05          # 0.5 turns the latency comparison off (other values: no effect)
     holdback = 0                   # percent of units kept on the old path during the final stage
+                                   #     (a live baseline: the comparisons judge the soak too)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ _KEYS: Final = frozenset(
         "detect_error_rate",
         "detect_slow_share",
         "error_ratio_margin",
+        "latency_ratio_margin",
         "latency_margin",
         "holdback",
     }
@@ -50,6 +52,7 @@ class DecisionRules:
     detect_error_rate: float | None = None
     detect_slow_share: float = 0.25
     error_ratio_margin: float = 1.25
+    latency_ratio_margin: float = 2.0
     latency_margin: float = 0.05
     holdback: float = 0.0
 
@@ -67,6 +70,7 @@ _RANGES: Final[Mapping[str, tuple[float, float, bool, bool, str]]] = {
     "detect_error_rate": (0.0, 1.0, False, False, "a rate in (0, 1)"),
     "detect_slow_share": (0.0, 1.0, False, False, "a share in (0, 1)"),
     "error_ratio_margin": (1.0, 1000.0, True, True, "a ratio in [1, 1000]"),
+    "latency_ratio_margin": (1.0, 1000.0, True, True, "a ratio in [1, 1000]"),
     "latency_margin": (0.0, 0.5, True, True, "a probability margin in [0, 0.5] (0.5: off)"),
     "holdback": (0.0, 50.0, True, False, "a percent in [0, 50)"),
 }

@@ -280,7 +280,7 @@ def _decide_gate(
     index = state.stage
     stage = flag.stage(index)
     before = current_evidence(index, state.since, state.evidence)
-    evidence = fold(flag, before, readings.counts)
+    evidence = fold(flag, before, readings.counts, state.percent)
     changed = evidence if evidence is not state.evidence else None
     judged = tuple(
         judge_window(stage, span, readings.windows[span.index])
@@ -345,8 +345,12 @@ def _uncovered(end: float, tick: _Tick) -> str | None:
     for reading in (readings.counts, readings.tail):
         if reading is not None and reading.error is not None:
             return f"signal source error: {reading.error}"
-    if tick.evidence.through + 1e-6 < end:
-        return f"counts read up to {end - tick.evidence.through:.1f} s before it"
+    evidence = tick.evidence
+    # With no request at all there is nothing to cover: the information rule keeps the stage
+    # (too little information, then a pause), whatever the source could read.
+    seen = evidence.canary.n + evidence.baseline.n > 0
+    if seen and evidence.through + 1e-6 < end:
+        return f"counts read up to {end - evidence.through:.1f} s before it"
     return None
 
 
@@ -369,6 +373,10 @@ def _decide_end(
     if missing is not None:
         numbers: dict[str, Number] = {"covered_through": evidence.through - state.since}
         reason = f"holding: the stage's signals do not reach its end ({missing})"
+        if now + 1e-9 >= end + stage.duration_s:
+            # Held for its duration again: pause, so an operator sees it (never a go).
+            memory = replace(tick.memory, extended=-1)
+            return Decision(Action.PAUSE, reason, memory, numbers, judged, changed)
         return tick.extend(index, reason, numbers, held=reason)
     infos = information(flag, index, evidence)
     summary = stage_summary(flag, index, evidence, (*state.windows, *judged))

@@ -5,36 +5,37 @@ Pure functions of (plan, stage, evidence, counts); ``docs/decisions.md`` is the 
 - **Lines** (``max_error_rate``, ``max_p95_ms``, ``max_p99_ms``): the share of 5xx, of requests
   over the P95 line (at most 5 %), over the P99 line (at most 1 %) — each a one-sample mixture
   SPRT against the line (:func:`~._stats.line_log_e`) on the stage's totals.
-- **Canary against baseline**: the 5xx ratio (:func:`~._stats.ratio_log_increment`) and the
-  latency rank (:func:`~._stats.rank_log_increment`), tick by tick against the baseline cohort
-  served at the same time; in a final stage without a live baseline, against the pooled
-  baseline of the earlier stages (the reference).
+- **Canary against baseline**, tick by tick against the baseline served in the same tick, so
+  that what moves both cohorts cancels: the 5xx ratio (:func:`~._stats.ratio_log_increment`,
+  or counted in erroring units when the source knows them: :func:`~._stats.unit_log_increment`)
+  and the latency tail (:func:`~._stats.tail_log_increment`: the requests over the stage's
+  latency line). Only where a live baseline is served: a final stage at 100 % has none unless
+  the plan keeps a ``holdback``, and is then judged on its lines and triggers alone.
 - **Budget**: the plan's ``false_rollback_budget`` is shared equally by every test of every
   stage; a test is breached when its e-value reaches ``1 / alpha``.
-- **Information**: a stage goes once each line test would have caught the stated regression
-  (``detect_error_rate``, ``detect_slow_share``) with probability ``power``.
+- **Information**: a stage goes once each line test would have caught the stated gross
+  regression (``detect_error_rate``, ``detect_slow_share``) with probability ``power``; its
+  power against three times each line (the effect the docs state) is reported with it.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from dataclasses import dataclass, replace
 from typing import Final, Protocol
 
-from openfeature_canary.evidence import StageEvidence, Tally
+from openfeature_canary.evidence import MAX_ERROR_UNITS, StageEvidence, Tally
 from openfeature_canary.plan import FlagPlan, Stage
 from openfeature_canary.policy._stats import (
-    RANK_FRACTIONS,
     RATIO_MULTIPLIERS,
-    auc,
     line_log_e,
     line_power,
     log_mean_exp,
-    placements,
-    rank_log_increment,
     ratio_log_increment,
     requests_needed,
-    wilson_interval,
+    tail_log_increment,
+    unit_log_increment,
 )
 from openfeature_canary.signals._counts import CohortCounts, CountsReading
 from openfeature_canary.signals._histogram import count_above, histogram_quantile
@@ -44,6 +45,7 @@ __all__ = [
     "GateTest",
     "Information",
     "Judgement",
+    "StagePower",
     "alpha_per_test",
     "current_evidence",
     "fold",
@@ -53,8 +55,21 @@ __all__ = [
     "quantile",
     "requests_to_go",
     "stage_lines",
+    "stage_power",
     "stage_tests",
+    "tail_bound",
 ]
+
+# The test names in decision-log numbers (``test=<name>``), and the signal each judges:
+#   error_line   -> error_rate      (canary 5xx share against the stage's max_error_rate)
+#   p95_line     -> latency_p95_ms  (canary share over max_p95_ms against 5 %)
+#   p99_line     -> latency_p99_ms  (canary share over max_p99_ms against 1 %)
+#   error_ratio  -> error_rate      (canary 5xx against the same tick's baseline; in units
+#                                    when the source knows them)
+#   latency_tail -> latency_p95_ms  (canary share over the tail bound against the same tick's
+#                                    baseline; replaces latency_rank)
+#: The comparisons of a stage with a live baseline.
+COMPARISONS: Final = ("error_ratio", "latency_tail")
 
 #: The share of requests a latency line allows above it.
 _ALLOWED_ABOVE: Final = {"p95_line": 0.05, "p99_line": 0.01}
@@ -64,8 +79,9 @@ _ALLOWED_ABOVE: Final = {"p95_line": 0.05, "p99_line": 0.01}
 class GateTest:
     """One test's standing: ``log_e`` against the ``boundary`` ``ln(1/alpha)``.
 
-    ``estimate`` is the canary's share (lines), error ratio or AUC (comparisons); ``line`` is
-    the null's edge (the line, or the margin); ``n`` the requests behind it.
+    ``estimate`` is the canary's share (lines), or its ratio to the baseline's (comparisons: 5xx
+    share, or share over the tail bound); ``line`` is the null's edge (the line, or the
+    margin); ``n`` the requests behind it.
     ``baseline_breached``: a line the baseline cohort breaches too, on its own evidence.
     """
 
@@ -104,8 +120,10 @@ class Judgement:
 @dataclass(frozen=True)
 class Information:
     """What a line test could have caught: ``power`` against ``detect`` with ``n`` requests;
-    ``needed`` requests would reach the plan's power. ``power_3x``: against three times the
-    line (the 5xx line only; reported, not required)."""
+    ``needed`` requests would reach the plan's power (required). ``power_3x`` and
+    ``needed_3x``: the same against three times the line (a 5xx share 3x ``max_error_rate``; 15 %
+    over a P95 line, 3 % over a P99 line): the effect the docs state, reported, not required.
+    ``line``: the share the line allows (the null's edge)."""
 
     name: str
     detect: float
@@ -113,6 +131,8 @@ class Information:
     n: int
     needed: int
     power_3x: float | None = None
+    needed_3x: int | None = None
+    line: float = 0.0
 
 
 def stage_lines(stage: Stage) -> tuple[str, ...]:
@@ -128,8 +148,29 @@ def stage_lines(stage: Stage) -> tuple[str, ...]:
 
 
 def stage_tests(flag: FlagPlan, index: int) -> tuple[str, ...]:
-    """The tests of stage ``index``: its lines, then the two comparisons."""
-    return (*stage_lines(flag.stage(index)), "error_ratio", "latency_rank")
+    """The tests of stage ``index``: its lines, then the comparisons where a live baseline is
+    served (below 100 %, or with a ``holdback``); ``latency_margin = 0.5`` turns the latency
+    comparison off, as it did the rank test it replaces."""
+    if flag.serving_percent(index) >= 100.0:
+        return stage_lines(flag.stage(index))
+    latency = () if flag.decisions.latency_margin >= 0.5 else ("latency_tail",)
+    return (*stage_lines(flag.stage(index)), "error_ratio", *latency)
+
+
+def tail_bound(stage: Stage, bounds: tuple[float, ...]) -> float | None:
+    """The latency bound of the tail comparison: the smallest histogram bound at or above the
+    stage's P95 line (else its P99 line); ``None`` without a latency line or a bound above it.
+    Counts over a bound are exact (no interpolation inside a bucket)."""
+    line = stage.max_p95_ms if stage.max_p95_ms is not None else stage.max_p99_ms
+    if line is None:
+        return None
+    i = bisect_left(bounds, line - 1e-9)
+    return bounds[i] if i < len(bounds) else None
+
+
+def _over(bound: float, bounds: tuple[float, ...], counts: tuple[int, ...]) -> int:
+    """Requests in the buckets above ``bound`` (a histogram bound)."""
+    return sum(counts[bisect_left(bounds, bound - 1e-9) + 1 :])
 
 
 def alpha_per_test(flag: FlagPlan) -> float:
@@ -145,28 +186,26 @@ def current_evidence(
     state_stage: int, since: float, evidence: StageEvidence | None
 ) -> StageEvidence:
     """The evidence of the stage a flag is in: what is persisted for it, or a fresh record
-    from the stage's start that carries the earlier stages' baseline as its reference."""
+    from the stage's start (no reference is carried over: earlier stages' baseline was served
+    at another time of day)."""
     if evidence is not None and evidence.stage == state_stage:
         return evidence
-    reference = None
-    if evidence is not None and evidence.stage < state_stage:
-        earlier = evidence.reference
-        pooled = evidence.baseline if earlier is None else earlier.plus(evidence.baseline)
-        reference = pooled if pooled.n > 0 else None
+    zeros = tuple(0.0 for _ in RATIO_MULTIPLIERS)
     return StageEvidence(
-        stage=state_stage,
-        started=since,
-        through=since,
-        ratio_log_e=tuple(0.0 for _ in RATIO_MULTIPLIERS),
-        rank_log_e=tuple(0.0 for _ in RANK_FRACTIONS),
-        reference=reference,
+        stage=state_stage, started=since, through=since, ratio_log_e=zeros, tail_log_e=zeros
     )
 
 
-def fold(flag: FlagPlan, evidence: StageEvidence, counts: CountsReading | None) -> StageEvidence:
+def fold(
+    flag: FlagPlan,
+    evidence: StageEvidence,
+    counts: CountsReading | None,
+    served_percent: float | None = None,
+) -> StageEvidence:
     """``evidence`` with one reading's counts folded in (unchanged when the reading failed,
     is empty, or starts before ``evidence.through``: its span is read again at the next tick,
-    so nothing is lost or doubled)."""
+    so nothing is lost or doubled). ``served_percent``: the canary's share of units actually
+    served (a dry run keeps its own), by default what the stage serves."""
     if counts is None or counts.error is not None:
         return evidence
     folded = evidence.canary.n > 0 or evidence.baseline.n > 0
@@ -178,40 +217,56 @@ def fold(flag: FlagPlan, evidence: StageEvidence, counts: CountsReading | None) 
     c, b = counts.canary, counts.baseline
     if c.n == 0 and b.n == 0:
         return evidence
-    rules = flag.decisions
-    baseline = evidence.baseline.add(b.n, b.errors, b.bounds, b.counts)
-    ratio = tuple(
-        a + d
-        for a, d in zip(
-            evidence.ratio_log_e,
-            ratio_log_increment(c.errors, b.errors, c.n, b.n, rules.error_ratio_margin),
-            strict=True,
-        )
-    )
-    rank = evidence.rank_log_e
-    against = _rank_reference(baseline, evidence.reference, c)
-    if against is not None and c.n > 0:
-        steps = rank_log_increment(c.counts, placements(against), rules.latency_margin)
-        rank = tuple(a + d for a, d in zip(rank, steps, strict=True))
+    if served_percent is None:
+        served_percent = flag.serving_percent(evidence.stage)
+    ratio, units = _error_step(flag, evidence, c, b, served_percent / 100.0)
     return replace(
         evidence,
         through=max(evidence.through, counts.end),
         canary=evidence.canary.add(c.n, c.errors, c.bounds, c.counts),
-        baseline=baseline,
-        ratio_log_e=ratio,
-        rank_log_e=rank,
+        baseline=evidence.baseline.add(b.n, b.errors, b.bounds, b.counts),
+        ratio_log_e=_plus(evidence.ratio_log_e, ratio),
+        tail_log_e=_plus(evidence.tail_log_e, _tail_step(flag, evidence.stage, c, b)),
+        error_units=units,
     )
 
 
-def _rank_reference(
-    baseline: Tally, reference: Tally | None, canary: CohortCounts
-) -> tuple[int, ...] | None:
-    """The baseline the canary's latencies are placed against: the stage's own (this tick's
-    included: it is independent of the canary's requests), else the reference."""
-    for tally in (baseline, reference):
-        if tally is not None and tally.latency_n > 0 and tally.bounds == canary.bounds:
-            return tally.counts
-    return None
+def _plus(running: tuple[float, ...], step: tuple[float, ...]) -> tuple[float, ...]:
+    if not running:
+        running = tuple(0.0 for _ in step)
+    return tuple(a + d for a, d in zip(running, step, strict=True))
+
+
+def _error_step(
+    flag: FlagPlan, evidence: StageEvidence, c: CohortCounts, b: CohortCounts, share: float
+) -> tuple[tuple[float, ...], tuple[tuple[str, ...], tuple[str, ...]]]:
+    """One tick of the error comparison and the erroring units seen so far. With units known
+    in both cohorts, each unit counts once, at its first 5xx of the stage; otherwise each
+    request counts (the independent-request assumption)."""
+    margin = flag.decisions.error_ratio_margin
+    seen = evidence.error_units
+    if c.error_units is None or b.error_units is None:
+        return ratio_log_increment(c.errors, b.errors, c.n, b.n, margin), seen
+    new_c, new_b = c.error_units - set(seen[0]), b.error_units - set(seen[1])
+    if len(seen[0]) + len(new_c) > MAX_ERROR_UNITS or len(seen[1]) + len(new_b) > MAX_ERROR_UNITS:
+        return tuple(0.0 for _ in RATIO_MULTIPLIERS), seen  # full: no more evidence
+    step = unit_log_increment(len(new_c), len(new_b), share, margin)
+    return step, (tuple(sorted({*seen[0], *new_c})), tuple(sorted({*seen[1], *new_b})))
+
+
+def _tail_step(flag: FlagPlan, index: int, c: CohortCounts, b: CohortCounts) -> tuple[float, ...]:
+    """One tick of the tail comparison: the requests over the tail bound in this tick."""
+    bound = tail_bound(flag.stage(index), c.bounds)
+    n_c, n_b = sum(c.counts), sum(b.counts)
+    if bound is None or c.bounds != b.bounds or n_c == 0 or n_b == 0:
+        return tuple(0.0 for _ in RATIO_MULTIPLIERS)
+    return tail_log_increment(
+        _over(bound, c.bounds, c.counts),
+        _over(bound, b.bounds, b.counts),
+        n_c,
+        n_b,
+        flag.decisions.latency_ratio_margin,
+    )
 
 
 # --------------------------------------------------------------------------- judging
@@ -225,19 +280,9 @@ def judge(flag: FlagPlan, index: int, evidence: StageEvidence) -> Judgement:
     tests: list[GateTest] = []
     for name in stage_tests(flag, index):
         if name == "error_ratio":
-            tests.append(_ratio_test(flag, evidence, alpha))
-        elif name == "latency_rank":
-            log_e = log_mean_exp(evidence.rank_log_e) if evidence.rank_log_e else 0.0
-            tests.append(
-                GateTest(
-                    name,
-                    log_e,
-                    boundary,
-                    _auc(evidence),
-                    0.5 + flag.decisions.latency_margin,
-                    evidence.canary.latency_n,
-                )
-            )
+            tests.append(_ratio_test(flag, evidence, boundary))
+        elif name == "latency_tail":
+            tests.append(_tail_test(flag, index, evidence, boundary))
         else:
             tests.append(_line_test(name, stage, evidence, boundary))
     return Judgement(tuple(tests), alpha)
@@ -293,34 +338,60 @@ def _line_test(name: str, stage: Stage, evidence: StageEvidence, boundary: float
     )
 
 
-def _ratio_test(flag: FlagPlan, evidence: StageEvidence, alpha: float) -> GateTest:
-    margin = flag.decisions.error_ratio_margin
-    c, b, ref = evidence.canary, evidence.baseline, evidence.reference
-    boundary = math.log(1 / alpha)
-    if b.n == 0 and ref is not None and ref.n > 0:
-        # No live baseline (100 %): a line at margin x the reference's upper bound. Half the
-        # test's alpha goes to that bound, half to the test.
-        high = wilson_interval(ref.n, ref.errors, 1 - alpha)[1]
-        line = min(0.999, margin * high)
-        log_e = line_log_e(c.n, c.errors, line)
-        estimate = (c.errors / c.n) / (ref.errors / ref.n) if c.n and ref.errors else None
-        return GateTest("error_ratio", log_e, math.log(2 / alpha), estimate, margin, c.n)
+def _ratio_test(flag: FlagPlan, evidence: StageEvidence, boundary: float) -> GateTest:
+    c, b = evidence.canary, evidence.baseline
     log_e = log_mean_exp(evidence.ratio_log_e) if evidence.ratio_log_e else 0.0
     estimate = None
     if c.n and b.n and b.errors:
         estimate = (c.errors / c.n) / (b.errors / b.n)
-    return GateTest("error_ratio", log_e, boundary, estimate, margin, c.n)
+    return GateTest(
+        "error_ratio", log_e, boundary, estimate, flag.decisions.error_ratio_margin, c.n
+    )
 
 
-def _auc(evidence: StageEvidence) -> float | None:
-    c = evidence.canary
-    against = evidence.baseline if evidence.baseline.latency_n else evidence.reference
-    if against is None or against.bounds != c.bounds:
-        return None
-    return auc(c.counts, against.counts)
+def _tail_test(flag: FlagPlan, index: int, evidence: StageEvidence, boundary: float) -> GateTest:
+    c, b = evidence.canary, evidence.baseline
+    log_e = log_mean_exp(evidence.tail_log_e) if evidence.tail_log_e else 0.0
+    estimate = None
+    bound = tail_bound(flag.stage(index), c.bounds)
+    if bound is not None and c.bounds == b.bounds and c.latency_n and b.latency_n:
+        over_b = _over(bound, b.bounds, b.counts) / b.latency_n
+        if over_b > 0:
+            estimate = (_over(bound, c.bounds, c.counts) / c.latency_n) / over_b
+    margin = flag.decisions.latency_ratio_margin
+    return GateTest("latency_tail", log_e, boundary, estimate, margin, c.latency_n)
 
 
 # --------------------------------------------------------------------------- information
+
+
+@dataclass(frozen=True)
+class StagePower:
+    """What stage ``index`` can detect at ``rps`` requests/s within its duration: ``canary``
+    requests, and per line its :class:`Information` (power against three times the line, the
+    canary requests that would reach the plan's power against it)."""
+
+    index: int
+    rps: float
+    canary: int
+    duration_s: float
+    lines: tuple[Information, ...]
+
+    def seconds_needed(self, info: Information) -> float | None:
+        """The time the stage's canary traffic takes to reach ``info.needed_3x``."""
+        rate = self.canary / self.duration_s if self.duration_s > 0 else 0.0
+        if info.needed_3x is None or rate <= 0:
+            return None
+        return info.needed_3x / rate
+
+
+def stage_power(flag: FlagPlan, index: int, rps: float) -> StagePower:
+    """:class:`StagePower` of stage ``index`` at a steady ``rps`` (``plan check --rps``)."""
+    stage = flag.stage(index)
+    n = int(rps * flag.serving_percent(index) / 100.0 * stage.duration_s)
+    tally = Tally(n, 0, (), (n,))
+    infos = information(flag, index, StageEvidence(index, 0.0, 0.0, canary=tally))
+    return StagePower(index, rps, n, stage.duration_s, infos)
 
 
 def requests_to_go(flag: FlagPlan, index: int) -> int:
@@ -350,8 +421,9 @@ def information(flag: FlagPlan, index: int, evidence: StageEvidence) -> tuple[In
             n = evidence.canary.latency_n
         power = line_power(n, p0, detect, alpha)
         needed = 0 if power >= rules.power else requests_needed(p0, detect, alpha, rules.power)
-        triple = None
-        if name == "error_line" and p0 > 0 and 3 * p0 < 1:
+        triple = needed_3x = None
+        if p0 > 0 and 3 * p0 < 1:
             triple = line_power(n, p0, 3 * p0, alpha)
-        out.append(Information(name, detect, power, n, needed, triple))
+            needed_3x = requests_needed(p0, 3 * p0, alpha, rules.power)
+        out.append(Information(name, detect, power, n, needed, triple, needed_3x, p0))
     return tuple(out)

@@ -74,11 +74,15 @@ def test_numbers(
 
 
 def information_numbers(infos: tuple[Information, ...]) -> dict[str, Number]:
-    """Each line's power against its stated regression, for the decision log and reports."""
+    """Each line's power against its required regression (``power_<line>``), and against three
+    times the line with the canary requests that would reach the plan's power
+    (``power_<line>_3x``, ``needed_<line>_3x``), for the decision log and reports."""
     out: dict[str, Number] = {}
     for info in infos:
         out[f"power_{info.name}"] = round(info.power, 4)
         out[f"detect_{info.name}"] = info.detect
         if info.power_3x is not None:
             out[f"power_{info.name}_3x"] = round(info.power_3x, 4)
+        if info.needed_3x is not None:
+            out[f"needed_{info.name}_3x"] = info.needed_3x
     return out

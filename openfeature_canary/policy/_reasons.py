@@ -48,7 +48,8 @@ GATE_SIGNALS: Final[Mapping[str, str]] = MappingProxyType(
         "error_ratio": "error_rate",
         "p95_line": "latency_p95_ms",
         "p99_line": "latency_p99_ms",
-        "latency_rank": "latency_p95_ms",
+        "latency_tail": "latency_p95_ms",
+        "latency_rank": "latency_p95_ms",  # the rank test of earlier states' logs
     }
 )
 

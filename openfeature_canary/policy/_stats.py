@@ -1,4 +1,4 @@
-"""Closed-form statistics of the gates: e-values, placements, power (no numeric dependency).
+"""Closed-form statistics of the gates: e-values and power (no numeric dependency).
 
 Every function is a pure function of counts, with its formula and source below; the tests
 compare them with scipy and statsmodels and check the error guarantee by seeded simulation
@@ -31,12 +31,11 @@ __all__ = [
     "line_power",
     "log_mean_exp",
     "mann_whitney_z",
-    "placements",
-    "rank_lambdas",
-    "rank_log_increment",
     "ratio_log_increment",
     "requests_needed",
+    "tail_log_increment",
     "threshold_count",
+    "unit_log_increment",
     "wilson_interval",
 ]
 
@@ -44,8 +43,6 @@ __all__ = [
 LINE_MULTIPLIERS: Final = (1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0)
 #: Alternatives of the canary/baseline error-ratio test, as multiples of the margin.
 RATIO_MULTIPLIERS: Final = (2.0, 4.0, 8.0, 16.0, 32.0)
-#: Bets of the rank test, as fractions of the largest bet that keeps wealth non-negative.
-RANK_FRACTIONS: Final = (0.2, 0.4, 0.6, 0.8)
 #: Above this many errors the power sum switches to a normal approximation (cost bound).
 _EXACT_TAIL_MAX: Final = 5000
 
@@ -186,7 +183,7 @@ def wilson_interval(n: int, k: int, confidence: float = 0.95) -> tuple[float, fl
 
 
 def ratio_log_increment(
-    errors_canary: int, errors_baseline: int, n_canary: int, n_baseline: int, rho0: float
+    errors_canary: int, errors_baseline: int, n_canary: float, n_baseline: float, rho0: float
 ) -> tuple[float, ...]:
     """One tick's log-likelihood ratios of the error-ratio test, one per alternative.
 
@@ -200,7 +197,9 @@ def ratio_log_increment(
 
     ``pi`` grows with ``rho``, so under any ``rho <= rho0`` the ratio's expectation is at most
     1: the running sums, exponentiated and averaged over ``j``, form an e-value. A tick where
-    either cohort served nothing carries no information (zeros).
+    either cohort served nothing carries no information (zeros). ``n_canary`` and ``n_baseline``
+    are only weights: the tick's request counts, or the cohorts' unit shares
+    (:func:`unit_log_increment`).
     """
     if n_canary <= 0 or n_baseline <= 0 or errors_canary + errors_baseline == 0:
         return tuple(0.0 for _ in RATIO_MULTIPLIERS)
@@ -219,47 +218,41 @@ def ratio_log_increment(
     return tuple(out)
 
 
-def placements(reference: Sequence[int]) -> tuple[float, ...]:
-    """Mid-rank placement of a value in each bucket against a reference histogram:
-    ``psi_i = (R_<i + r_i / 2) / N`` (ties count one half, as in the Mann-Whitney U)."""
-    total = sum(reference)
-    if total <= 0:
-        return tuple(0.5 for _ in reference)
-    out = []
-    below = 0
-    for r in reference:
-        out.append((below + r / 2) / total)
-        below += r
-    return tuple(out)
-
-
-def rank_lambdas(margin: float) -> tuple[float, ...]:
-    """The bets of the rank test: fractions of ``1 / (1/2 + margin)``, the largest bet that
-    keeps every factor ``1 + lambda (psi - 1/2 - margin)`` non-negative."""
-    top = 1.0 / (0.5 + margin)
-    return tuple(f * top for f in RANK_FRACTIONS)
-
-
-def rank_log_increment(
-    canary: Sequence[int], psi: Sequence[float], margin: float
+def tail_log_increment(
+    above_canary: int, above_baseline: int, n_canary: int, n_baseline: int, rho0: float
 ) -> tuple[float, ...]:
-    """One tick's log wealth of the rank test, one per bet of :func:`rank_lambdas`.
+    """One tick's log-likelihood ratios of the latency tail comparison, one per alternative.
 
-    Null: a canary request is slower than a baseline request with probability at most
-    ``1/2 + margin`` (AUC, the Mann-Whitney effect size). Each canary request in bucket ``i``
-    bets ``1 + lambda (psi_i - 1/2 - margin)``, ``psi_i`` its placement against baseline
-    requests it is independent of (:func:`placements`). Under the null the expected factor is
-    at most 1, so the product is an e-process (testing by betting: Shafer 2021; Waudby-Smith &
-    Ramdas, JRSS-B 2024).
+    Null: the canary's share of requests over a latency bound ``T`` is at most ``rho0`` times
+    the baseline's *in the same tick*. Given the tick's ``a = a_c + a_b`` requests over ``T``,
+    ``a_c ~ Binomial(a, pi(rho))``, ``pi(rho) = rho n_c / (rho n_c + n_b)``: the conditional
+    test of :func:`ratio_log_increment` on the counts over the bound: the construction of
+    Lindon & Malek, "Anytime-valid inference for multinomial count data" (NeurIPS 2022) and
+    Lindon, Sanden & Shirikian, "Rapid regression detection in software deployments through
+    sequential testing" (KDD 2022), for one cell. Whatever moves both cohorts' latency in the
+    tick (a shared incident, the time of day) moves ``a`` and cancels from ``pi``; a regression
+    of the tail only raises ``a_c / a`` and shows.
     """
-    out = []
-    for lam in rank_lambdas(margin):
-        total = 0.0
-        for count, p in zip(canary, psi, strict=True):
-            if count:
-                total += count * math.log1p(lam * (p - 0.5 - margin))
-        out.append(total)
-    return tuple(out)
+    return ratio_log_increment(above_canary, above_baseline, n_canary, n_baseline, rho0)
+
+
+def unit_log_increment(
+    new_canary: int, new_baseline: int, unit_share: float, rho0: float
+) -> tuple[float, ...]:
+    """One tick's log-likelihood ratios of the error comparison counted in units.
+
+    With bucketing by a unit (a user id), a unit's cohort is drawn once, Bernoulli(``q``) with
+    ``q`` the canary's unit share, independently of how that unit behaves. Count each unit once,
+    at its first 5xx in the stage: under "the canary does not change any unit's errors" each
+    new erroring unit is in the canary with probability ``q``, under "its units err up to
+    ``rho0`` times as often" with at most ``pi(rho0) = rho0 q / (rho0 q + 1 - q)``. The
+    likelihood ratios are :func:`ratio_log_increment` with the weights ``q`` and ``1 - q``: an
+    exact e-process over the randomisation (a design-based test; Howard et al. 2021 for the
+    mixture), in which one unit failing again and again counts once.
+    """
+    if not 0.0 < unit_share < 1.0:
+        return tuple(0.0 for _ in RATIO_MULTIPLIERS)
+    return ratio_log_increment(new_canary, new_baseline, unit_share, 1.0 - unit_share, rho0)
 
 
 def auc(canary: Sequence[int], baseline: Sequence[int]) -> float | None:
@@ -268,7 +261,10 @@ def auc(canary: Sequence[int], baseline: Sequence[int]) -> float | None:
     n_c, n_b = sum(canary), sum(baseline)
     if n_c <= 0 or n_b <= 0:
         return None
-    psi = placements(baseline)
+    psi, below = [], 0
+    for r in baseline:  # mid-rank placement of each bucket: ties count one half
+        psi.append((below + r / 2) / n_b)
+        below += r
     return sum(c * p for c, p in zip(canary, psi, strict=True)) / n_c
 
 

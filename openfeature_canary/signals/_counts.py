@@ -11,10 +11,21 @@ binomial proportion like the 5xx share.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["EMPTY_COHORT", "CohortCounts", "CountsReading"]
+__all__ = ["EMPTY_COHORT", "CohortCounts", "CountsReading", "unit_digest"]
+
+
+def unit_digest(unit: str) -> str:
+    """A unit's id as the evidence keeps it: 16 hex digits of its BLAKE2b hash (no user id is
+    stored; a collision among a stage's few hundred erroring units is a 1-in-10^14 event).
+
+    >>> unit_digest("user-42") == unit_digest("user-42") != unit_digest("user-43")
+    True
+    """
+    return hashlib.blake2b(unit.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -25,6 +36,11 @@ class CohortCounts:
     ``counts`` has one more entry than ``bounds`` (the last is the ``+Inf`` bucket) and sums to
     ``n``. ``errors`` counts responses with status >= 500 (``0 <= errors <= n``).
 
+    ``error_units``: the distinct units (:func:`unit_digest` of the targeting key the cohort was
+    bucketed by) among those 5xx, when the source knows them; ``None`` when it cannot (a
+    Prometheus source: then the gates treat every request as its own unit, which holds when
+    bucketing is by request and overstates the evidence when units repeat).
+
     >>> CohortCounts(3, 1, (100.0,), (2, 1)).n
     3
     """
@@ -33,6 +49,7 @@ class CohortCounts:
     errors: int
     bounds: tuple[float, ...] = ()
     counts: tuple[int, ...] = (0,)
+    error_units: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         if len(self.counts) != len(self.bounds) + 1:
@@ -42,6 +59,11 @@ class CohortCounts:
             )
         if self.n < 0 or not 0 <= self.errors <= max(self.n, 0):
             raise ValueError(f"inconsistent counts: n={self.n}, errors={self.errors}")
+        if self.error_units is not None and len(self.error_units) > self.errors:
+            raise ValueError(
+                f"{len(self.error_units)} erroring units for {self.errors} errors "
+                "(at most one each)"
+            )
 
 
 #: A cohort that served nothing.
