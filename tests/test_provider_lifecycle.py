@@ -224,6 +224,14 @@ def test_provider_store_unreadable_without_staleness_goes_straight_to_error(
     assert client.get_provider_status() is ProviderStatus.READY
 
 
+def _repair(path: Path, good: bytes) -> None:
+    """Put the good state back in one step, as an operator's tool would: a plain write
+    truncates first, and a poll that reads the empty file in between sees a new store."""
+    tmp = path.with_name(path.name + ".repair")
+    tmp.write_bytes(good)
+    os.replace(tmp, path)
+
+
 def test_provider_corrupt_at_start_recovers_when_the_file_is_repaired(
     plan: RolloutPlan, tmp_path: Path
 ) -> None:
@@ -231,18 +239,24 @@ def test_provider_corrupt_at_start_recovers_when_the_file_is_repaired(
     _started_store(plan, path, percent_stage=4)
     good = path.read_bytes()
     path.write_text("{ not json")
-    provider = CanaryProvider(plan, store=f"file://{path}", refresh_interval=0.05)
+    # A name of its own: the global handler must not take another test's provider's READY
+    # (a provider whose initialize raised keeps its runner, by design, until shut down).
+    name = f"corrupt-at-start-{tmp_path.name}"
+    provider = CanaryProvider(plan, store=f"file://{path}", refresh_interval=0.05, name=name)
     ready = threading.Event()
-    api.add_handler(ProviderEvent.PROVIDER_READY, lambda _d: ready.set())
+    api.add_handler(
+        ProviderEvent.PROVIDER_READY, lambda d: ready.set() if d.provider_name == name else None
+    )
     with pytest.raises(ProviderNotReadyError):
         api.set_provider_and_wait(provider)
     client = api.get_client()
     ctx = EvaluationContext(targeting_key="u-1")
     assert client.get_boolean_value(FLAG, True, ctx) is False  # the old path meanwhile
     ready.clear()
-    path.write_bytes(good)
+    _repair(path, good)
     assert ready.wait(5)
     assert client.get_boolean_value(FLAG, False, ctx) is True
+    provider.shutdown()  # its runner outlives the failed initialize
 
 
 def test_provider_telemetry_and_signals_together_is_an_error(plan: RolloutPlan) -> None:
