@@ -43,6 +43,9 @@ def _decisions(out: str) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+# Two days of virtual time through the real SDK and OpenTelemetry: ~1 min of CPU on a quiet
+# machine, several under a loaded one; the default 300 s timeout is for hangs, not for this.
+@pytest.mark.timeout(900)
 def test_demo_healthy_advances_both_flags_at_the_planned_times(tmp_path: Path) -> None:
     done = run_demo(tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -49,6 +49,9 @@ def with_flag(plan: RolloutPlan, key: str, **changes: object) -> RolloutPlan:
     return replace(plan, flags=flags)
 
 
+# Two days of virtual time through the real SDK and OpenTelemetry: ~1 min of CPU on a quiet
+# machine, several under a loaded one; the default 300 s timeout is for hangs, not for this.
+@pytest.mark.timeout(900)
 def test_healthy_traffic_completes_both_phases_at_the_planned_times(
     plan: RolloutPlan, tmp_path: Path, worlds: list[World]
 ) -> None:
