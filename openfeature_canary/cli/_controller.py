@@ -178,7 +178,9 @@ class SourceHealth:
         self.name = name
         #: The first error of the last round that read something; ``None``: it answered.
         self.failing: str | None = None
-        self._lock = threading.Lock()  # the page's thread may read while a round runs
+        # The rounds run on the command's thread today; the lock keeps the counts right if
+        # reads ever come from the runner's own thread while end_round looks.
+        self._lock = threading.Lock()
         self._reads = 0
         self._error: str | None = None
 
