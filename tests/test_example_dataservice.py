@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -26,7 +27,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from openfeature_canary import open_store
 from openfeature_canary.demo._ingest_server import IngestServer
+from openfeature_canary.stores import FleetStore
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "dataservice"
@@ -216,6 +219,7 @@ class Service:
         ingest: IngestServer,
         percent: float,
         trigger: str | None,
+        decide: bool = True,
     ) -> None:
         self.plan = _plan(tmp_path, percent, trigger)
         self.store = f"file://{tmp_path / 'state.json'}"
@@ -227,6 +231,7 @@ class Service:
             DATASERVICE_EXAMPLE_REPORTS=str(self.reports),
             DATASERVICE_EXAMPLE_SHADOW_RATE="1",
             A8_URL=ingest.url,
+            DATASERVICE_CANARY_DECIDE="1" if decide else "0",
         )
         self.server = Server(
             [
@@ -245,6 +250,7 @@ class Service:
         )
         self.url = self.server.url
         self._where = ("--plan", str(self.plan), "--store", self.store)
+        self.started: subprocess.CompletedProcess[str] | None = None
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``openfeature-canary ARGS --plan PLAN --store STORE``, as an operator runs it."""
@@ -267,8 +273,9 @@ class Service:
         return flags
 
     def start_flag(self, percent: float) -> None:
-        """``start --force`` with the CLI; wait until the service serves ``percent``."""
-        self.cli("start", FLAG, "--force")
+        """``start --force`` with the CLI (its log on stderr); wait until the service serves
+        ``percent``."""
+        self.started = self.cli("start", FLAG, "--force", "--log-format", "text")
         _wait(
             f"{FLAG} served at {percent}%",
             lambda: self.flags()[FLAG]["percent"] == percent,
@@ -300,12 +307,13 @@ class Service:
 @pytest.fixture
 def service_factory(
     tmp_path: Path, stub: Server, ingest: IngestServer
-) -> Iterator[Callable[[float, str | None], Service]]:
-    """``service_factory(percent, trigger)`` starts the service on a plan of its own."""
+) -> Iterator[Callable[..., Service]]:
+    """``service_factory(percent, trigger, decide=True)`` starts the service on a plan of its
+    own (``decide=False``: ``DATASERVICE_CANARY_DECIDE=0``, serve only)."""
     started: list[Service] = []
 
-    def start(percent: float, trigger: str | None) -> Service:
-        service = Service(tmp_path, stub, ingest, percent, trigger)
+    def start(percent: float, trigger: str | None, decide: bool = True) -> Service:
+        service = Service(tmp_path, stub, ingest, percent, trigger, decide)
         started.append(service)
         return service
 
@@ -342,7 +350,7 @@ def _value(samples: list[Sample], name: str, labels: Mapping[str, str]) -> float
 
 
 def test_service_at_stage_canary_share_matches_stage(
-    service_factory: Callable[[float, str | None], Service],
+    service_factory: Callable[..., Service],
 ) -> None:
     service = service_factory(25, None)
     service.start_flag(25)
@@ -372,13 +380,16 @@ def test_service_at_stage_canary_share_matches_stage(
     assert _value(samples, "target_info", {"service_name": "dataservice-example"}) == 1
     assert _value(samples, "canary_rollout_percent", {"feature_flag_key": FLAG}) == 25
     assert _value(samples, "canary_event_loop_lag_seconds_count", {}) > 0
-    # The transition was logged once, with its numbers.
-    log = service.server.log()
-    assert f"canary {FLAG} advance: pending stage 0 (0%) -> running stage 1 (25%)" in log
+    # The start was made by the CLI: the service, which only saw it in the store, logs no
+    # INFO line for it (one line per transition, by the process that made it).
+    started = f"{FLAG}: start pending stage 0 (0%) -> running stage 1 (25%)"
+    assert started not in service.server.log()
+    assert service.started is not None
+    assert started in service.started.stderr, service.started.stderr
 
 
 def test_service_stub_latency_rolls_back_p95_breach_then_old_path(
-    service_factory: Callable[[float, str | None], Service],
+    service_factory: Callable[..., Service],
     faults: Callable[..., None],
     ingest: IngestServer,
 ) -> None:
@@ -391,8 +402,10 @@ def test_service_stub_latency_rolls_back_p95_breach_then_old_path(
     assert state == {"status": "rolled_back", "stage": 0, "percent": 0.0}
     event = _rollback_event(ingest, service)
     props = event["properties"]
-    # The hard trigger, or sooner the stage's own P95 line (also 150 ms) judged on evidence.
-    assert props["reason"] in ("p95_breach", "gate_no_go")
+    # The hard trigger, or sooner the stage's own P95 line (also 150 ms) judged on evidence:
+    # either way the reason names the signal, and the rule says which acted.
+    assert props["reason"] == "p95_breach"
+    assert props["rule"] in ("trigger:p95_breach", "gate:p95_line", "gate:latency_tail"), props
     assert props["from_pct"] == 50
     assert props["threshold"] == 150
     assert props["value"] > 150
@@ -401,20 +414,22 @@ def test_service_stub_latency_rolls_back_p95_breach_then_old_path(
     assert after.count("dashboard", "current") == 200, after.report()
     assert after.count("dashboard", "canary") == 0
     log = service.server.log()
-    assert re.search(
-        # From running, or from paused when a loaded machine slowed the baseline past the
-        # stage's line first (gate_no_go pauses; the p95 trigger then rolls back).
-        rf"WARNING .* canary {FLAG} rollback: (running|paused) stage 1 \(50%\) -> "
-        r"rolled_back stage 0 "
-        r"\(0%\); rollback \((p95_breach|gate_no_go)\) .*threshold=150",
+    # The engine's one INFO line, by the process that decided (this one, alone on its store):
+    # from running, or from paused when a loaded machine slowed the baseline past the stage's
+    # line first (the gate pauses; the p95 trigger then rolls back).
+    lines = re.findall(
+        rf"INFO \[\d+\] openfeature_canary[.\w]*: {FLAG}: rollback (?:running|paused) stage 1 "
+        r"\(50%\) -> rolled_back stage 0 \(0%\): reason=p95_breach rule=\S+ value=\S+ "
+        r"threshold=150 ms .*by=\S+",
         log,
-    ), log[-4000:]
+    )
+    assert len(lines) == 1, log[-4000:]
     assert (service.reports / "canary_abort.md").is_file()
     assert _value(_scrape(service), "canary_rollbacks_total", {"feature_flag_key": FLAG}) == 1
 
 
 def test_service_stub_wrong_data_rolls_back_ledger_mismatch(
-    service_factory: Callable[[float, str | None], Service],
+    service_factory: Callable[..., Service],
     faults: Callable[..., None],
     ingest: IngestServer,
 ) -> None:
@@ -438,6 +453,103 @@ def test_service_stub_wrong_data_rolls_back_ledger_mismatch(
     (status,) = json.loads(service.cli("status", FLAG, "--json").stdout)["flags"]
     assert (status["status"], status["reason"]) == ("rolled_back", "ledger_mismatch")
     assert status["last_decision"]["numbers"]["value"] >= 1
+
+
+class Controller:
+    """``openfeature-canary controller`` beside a service, on its plan, store and ingest."""
+
+    def __init__(self, service: Service) -> None:
+        folder = service.plan.parent
+        self.out, self.err = folder / "controller.out", folder / "controller.err"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "openfeature_canary",
+                "controller",
+                *service._where,
+                "--interval",
+                "0.2",
+                "--lease-ttl",
+                "5",
+            ],
+            cwd=folder,
+            env=service.env,
+            stdout=self.out.open("wb"),
+            stderr=self.err.open("wb"),
+        )
+        banner = _wait(
+            "the controller's start line",
+            lambda: self.out.read_text().partition("\n")[0],
+            _START_TIMEOUT_S,
+            service.server,
+        )
+        self.process_id = banner.split()[1].rstrip(":")
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit code (killed after 15 s)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(timeout=5)
+
+
+def test_serve_only_service_is_rolled_back_by_the_controller(
+    service_factory: Callable[..., Service],
+    faults: Callable[..., None],
+    ingest: IngestServer,
+) -> None:
+    service = service_factory(50, "ledger_mismatch", decide=False)
+    controller = Controller(service)
+    try:
+        store = open_store(service.store)
+        assert isinstance(store, FleetStore)
+        _wait(
+            "the controller's lease",
+            lambda: store.lease_holder(time.time()) == controller.process_id,
+            _START_TIMEOUT_S,
+            service.server,
+        )
+        service.start_flag(50)
+        faults(wrong_data=True)
+
+        state = service.drive_until_rolled_back(timeout_s=30)
+
+        assert state["status"] == "rolled_back"
+        props = _rollback_event(ingest, service)["properties"]
+        assert (props["reason"], props["rule"]) == ("ledger_mismatch", "trigger:ledger_mismatch")
+        # The controller decided, from the signals the service published; the service never
+        # held the lease (it logs no "decides" line) and logged no transition at INFO.
+        rolled = store.load(FLAG)
+        assert rolled is not None and rolled.log[-1].action == "rollback"
+        assert rolled.log[-1].by == controller.process_id
+        assert set(store.records()) - {controller.process_id}, "the service published nothing"
+    finally:
+        code = controller.stop()
+    assert code == 0, controller.err.read_text()
+    err, log = controller.err.read_text(), service.server.log()
+    assert err.count(f"{FLAG}: rollback running stage 1 (50%) -> rolled_back") == 1, err
+    assert "reason=ledger_mismatch rule=trigger:ledger_mismatch" in err, err
+    assert not re.search(r"process \S+ decides", log), log[-4000:]
+    assert f"{FLAG}: rollback" not in log, log[-4000:]
+    assert "serve only" in log
+
+
+def test_decide_switch_reads_yes_no_and_refuses_another_word() -> None:
+    code = (
+        "from examples.dataservice.app import Settings as S\n"
+        "print(S.resolve({}).decide, S.resolve({'DATASERVICE_CANARY_DECIDE': '0'}).decide)\n"
+        "S.resolve({'DATASERVICE_CANARY_DECIDE': 'maybe'})\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.split() == ["True", "False"], done.stderr
+    assert done.returncode != 0
+    assert "ValueError: DATASERVICE_CANARY_DECIDE='maybe': expected 1" in done.stderr
 
 
 def test_load_non_loopback_url_refused() -> None:

@@ -18,13 +18,13 @@ What it wires together (the parts a team copies):
 
 * ``setup_telemetry(plan, resource=service.name, extra_readers=[Prometheus])``: one
   ``MeterProvider``; ``/metrics`` is served by this app, on its own port;
-* ``CanaryProvider(plan, store=..., telemetry=...)``: serves the flags and runs the policy on
-  this process's traffic (with its own ``MetricsHook``);
+* ``CanaryProvider(plan, store=..., telemetry=..., decide=...)``: serves the flags and, unless
+  ``DATASERVICE_CANARY_DECIDE=0``, runs the policy for the fleet when it holds the decider lease
+  (with its own ``MetricsHook``); the engine logs one INFO line per transition it makes;
 * ``CanaryMiddleware`` once per flag: ``http.server.request.duration`` by variant;
 * ``shadow_compare`` on a sample of canary requests: the canary answer against the current
   path's (``canary.ledger.comparisons`` / ``canary.ledger.mismatches``);
-* ``EventLoopLagMonitor``: ``canary.event_loop.lag``;
-* one log line per transition (advance, pause, rollback, completion) with its numbers.
+* ``EventLoopLagMonitor``: ``canary.event_loop.lag``.
 
 Configuration: :func:`create_app` arguments, else these environment variables (see the README):
 
@@ -37,6 +37,8 @@ Configuration: :func:`create_app` arguments, else these environment variables (s
 ``DATASERVICE_EXAMPLE_SHADOW_RATE`` share of canary requests compared, 0..1 (default 0.1)
 ``DATASERVICE_EXAMPLE_REPORTS``     reports folder (default: ``reports`` next to the store file)
 ``DATASERVICE_EXAMPLE_LOG_LEVEL``   log level when nothing configured logging (default INFO)
+``DATASERVICE_CANARY_DECIDE``       ``0``: serve and publish only, ``openfeature-canary
+                                    controller`` decides (default ``1``: may decide)
 ``OTEL_SERVICE_NAME``               ``service.name`` (default ``dataservice-example``)
 ``A8_URL``                          telemetry ingest base URL (the plan's ``[telemetry].url_env``)
 ``DATASERVICE_READ_CANARY``         pins flag 1's percentage (the plan's ``env_override``)
@@ -80,7 +82,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from openfeature_canary import RolloutState, Status, load_plan, setup_telemetry
+from openfeature_canary import load_plan, setup_telemetry
 from openfeature_canary.instrumentation import (
     CanaryMiddleware,
     EventLoopLagMonitor,
@@ -110,6 +112,9 @@ _HERE = Path(__file__).resolve().parent
 _DEFAULT_SERVICE_NAME: Final = "dataservice-example"
 _DEFAULT_DATASERVICE_URL: Final = "http://127.0.0.1:8701"
 _DEFAULT_SHADOW_RATE: Final = 0.1
+#: ``0``: this service only serves and publishes its signals; ``openfeature-canary controller``
+#: on the same store decides (the fleet's controller mode).
+DECIDE_ENV: Final = "DATASERVICE_CANARY_DECIDE"
 
 
 # --------------------------------------------------------------------------- settings
@@ -128,6 +133,8 @@ class Settings:
     service_name: str
     log_level: str = "INFO"
     dataservice_timeout_s: float = 2.0
+    #: False: serve and publish only (``CanaryProvider(decide=False)``); a controller decides.
+    decide: bool = True
 
     @classmethod
     def resolve(
@@ -141,9 +148,11 @@ class Settings:
         shadow_sample_rate: float | None = None,
         reports_dir: str | Path | None = None,
         service_name: str | None = None,
+        decide: bool | None = None,
     ) -> Settings:
         """Each setting from its argument, else ``environ`` (``os.environ``), else its default
-        (the table in the module docstring). ``ValueError`` for a sample rate outside [0, 1]."""
+        (the table in the module docstring). ``ValueError`` for a sample rate outside [0, 1]
+        or a ``DATASERVICE_CANARY_DECIDE`` that is not a yes/no."""
         env = os.environ if environ is None else environ
         store = store_url or env.get("DATASERVICE_EXAMPLE_STORE") or _default_store_url()
         if shadow_sample_rate is None:
@@ -166,6 +175,7 @@ class Settings:
             reports_dir=Path(reports) if reports else _default_reports_dir(store),
             service_name=service_name or env.get("OTEL_SERVICE_NAME") or _DEFAULT_SERVICE_NAME,
             log_level=env.get("DATASERVICE_EXAMPLE_LOG_LEVEL") or "INFO",
+            decide=_yes_no(env.get(DECIDE_ENV, "")) if decide is None else decide,
         )
 
 
@@ -177,6 +187,16 @@ def _rate(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"DATASERVICE_EXAMPLE_SHADOW_RATE={text!r}: expected a number in [0, 1]")
     return value
+
+
+def _yes_no(text: str) -> bool:
+    """``DATASERVICE_CANARY_DECIDE``: empty (unset) is yes, the default."""
+    word = text.strip().lower()
+    if word in ("", "1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{DECIDE_ENV}={text!r}: expected 1 (decide) or 0 (serve only)")
 
 
 def _default_store_url() -> str:
@@ -258,60 +278,6 @@ class DataService:
         await self.http.aclose()
 
 
-# --------------------------------------------------------------------------- transitions
-
-
-def _describe(state: RolloutState) -> str:
-    return f"{state.status.value} stage {state.stage} ({state.percent:g}%)"
-
-
-def _number(value: object) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _kind(old: RolloutState, new: RolloutState) -> str | None:
-    """Which transition ``old -> new`` is; ``None`` for bookkeeping (a judged gate window)."""
-    if new.status is Status.ROLLED_BACK and old.status is not Status.ROLLED_BACK:
-        return "rollback"
-    if new.status is Status.COMPLETED and old.status is not Status.COMPLETED:
-        return "completion"
-    if new.status is Status.PAUSED and old.status is not Status.PAUSED:
-        return "pause"
-    if new.status is Status.RUNNING and (new.stage > old.stage or old.status is Status.PENDING):
-        return "advance"
-    if new.status is Status.RUNNING and old.status is Status.PAUSED:
-        return "resume"
-    if new.status is Status.PENDING and old.status is not Status.PENDING:
-        return "reset"
-    if (new.status, new.stage, new.percent) != (old.status, old.stage, old.percent):
-        return "change"
-    return None
-
-
-def log_transition(old: RolloutState, new: RolloutState) -> None:
-    """One log line per transition with its numbers (a rollout observer)."""
-    entry = new.last_decision
-    numbers = " ".join(f"{k}={_number(v)}" for k, v in entry.numbers.items()) if entry else ""
-    action = entry.action if entry else "?"
-    reason = entry.reason if entry else new.reason
-    kind = _kind(old, new)
-    if kind is None:  # a gate window judged, a start requested: not a transition
-        log.debug("%s: %s (%s) %s", new.flag_key, action, reason, numbers)
-        return
-    level = logging.WARNING if kind == "rollback" else logging.INFO
-    log.log(
-        level,
-        "canary %s %s: %s -> %s; %s (%s) %s",
-        new.flag_key,
-        kind,
-        _describe(old),
-        _describe(new),
-        action,
-        reason,
-        numbers,
-    )
-
-
 # --------------------------------------------------------------------------- the app
 
 
@@ -338,8 +304,8 @@ class DataServiceExample:
             telemetry=self.telemetry,
             environ=environ,
             reports_dir=settings.reports_dir,
+            decide=settings.decide,
         )
-        self.provider.rollout.add_observer(log_transition)
         self.client: OpenFeatureClient = api.get_client(domain=DOMAIN)
         self.lag_monitor = EventLoopLagMonitor(meter_provider=self.meter_provider)
         self.dataservice: DataService | None = None
@@ -363,12 +329,13 @@ class DataServiceExample:
             log.error("canary provider not ready (serving the old path): %s", exc)
         await self.lag_monitor.start()
         log.info(
-            "%s ready: plan %s, store %s, DataService %s, shadow rate %g",
+            "%s ready: plan %s, store %s, DataService %s, shadow rate %g, %s",
             self.settings.service_name,
             self.settings.plan_path,
             self.settings.store_url,
             self.settings.dataservice_url,
             self.settings.shadow_sample_rate,
+            "may decide" if self.settings.decide else "serve only (a controller decides)",
         )
         try:
             yield
@@ -512,6 +479,7 @@ def create_app(
     shadow_sample_rate: float | None = None,
     reports_dir: str | Path | None = None,
     service_name: str | None = None,
+    decide: bool | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Starlette:
     """Build the service. Arguments left ``None`` come from ``environ`` (``os.environ``).
@@ -530,6 +498,7 @@ def create_app(
         shadow_sample_rate=shadow_sample_rate,
         reports_dir=reports_dir,
         service_name=service_name,
+        decide=decide,
     )
     if not logging.getLogger().handlers:  # uvicorn configures its own loggers, not the root
         logging.basicConfig(

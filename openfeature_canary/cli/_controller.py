@@ -6,24 +6,37 @@ fleet's signals (the records every service process publishes, or Prometheus with
 pipeline as a service: persist, the durable outbox, the reports. It serves nothing. Services
 started with ``CanaryProvider(..., decide=False)`` on the same store then only serve and
 publish; with the default ``decide=True`` they take the lease over if the controller stops.
+
+What it says: its start and stop lines on stdout; on stderr (the package's log, in
+``--log-format``) the engine's one INFO line per transition this controller makes, and, with
+``--prometheus``, one line when the reads of a round start failing and one when they answer
+again (not one per round: an outage of an hour is two lines).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
+import threading
+from typing import Any, TypeVar
 
 from openfeature_canary.cli._common import EXIT_OK, Io, Stopper, load_plan_arg, store_url
 from openfeature_canary.engine import EngineOptions, build_engine
 from openfeature_canary.errors import StateStoreError, UsageError
 from openfeature_canary.policy import DEFAULT_LEASE_TTL_S, BackgroundRunner, Rollout
-from openfeature_canary.signals import PrometheusSignalSource, SignalSource
+from openfeature_canary.signals import (
+    CountsReading,
+    PrometheusSignalSource,
+    SignalReading,
+    SignalSource,
+)
 from openfeature_canary.web import DEFAULT_HOST, StatusPage, check_address
 
 __all__ = ["add_controller_parser"]
 
 log = logging.getLogger("openfeature_canary")
+
+_R = TypeVar("_R", SignalReading, CountsReading)
 
 
 def add_controller_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -77,12 +90,13 @@ def _cmd_controller(args: argparse.Namespace, io: Io) -> int:
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
     url = store_url(args, plan)
-    source: SignalSource | None = None
+    source: SourceHealth | None = None
     if args.prometheus:
         try:
-            source = PrometheusSignalSource(args.prometheus, queries=dict(plan.signals))
+            prometheus = PrometheusSignalSource(args.prometheus, queries=dict(plan.signals))
         except ValueError as exc:
             raise UsageError(f"--prometheus {args.prometheus!r}: {exc}") from exc
+        source = SourceHealth(prometheus, f"Prometheus {prometheus.url}")
     options = EngineOptions(
         store=url,
         clock=io.clock,
@@ -114,7 +128,7 @@ def _cmd_controller(args: argparse.Namespace, io: Io) -> int:
         page = _status_page(engine.rollout, args, io)  # stops the engine if it cannot bind
         with Stopper() as stopper:
             while not stopper.wait(args.interval):
-                _round(runner)
+                _round(runner, source)
     finally:
         if page is not None:
             page.stop()
@@ -138,8 +152,92 @@ def _status_page(rollout: Rollout, args: argparse.Namespace, io: Io) -> StatusPa
     return page
 
 
-def _round(runner: BackgroundRunner) -> None:
+def _round(runner: BackgroundRunner, source: SourceHealth | None) -> None:
+    if source is not None:
+        source.begin_round()
     try:
         runner.run_once()
     except Exception as exc:  # one bad round must not stop the controller; the next retries
         log.error("openfeature-canary: controller round failed: %s", exc)
+    if source is not None:
+        source.end_round()
+
+
+class SourceHealth:
+    """The controller's signal source, noting whether a round's reads failed.
+
+    A failing Prometheus never raises (each reading carries ``error`` and the trigger's
+    ``on_error`` decides), so without this the controller would go on silently. After each
+    round :meth:`end_round` logs a WARNING when reads start failing and an INFO line when they
+    all answer again: once per change, not once per round. A round that read nothing (no
+    flag running) changes nothing.
+    """
+
+    def __init__(self, inner: SignalSource, name: str) -> None:
+        self.inner = inner
+        self.name = name
+        #: The first error of the last round that read something; ``None``: it answered.
+        self.failing: str | None = None
+        # The rounds run on the command's thread today; the lock keeps the counts right if
+        # reads ever come from the runner's own thread while end_round looks.
+        self._lock = threading.Lock()
+        self._reads = 0
+        self._error: str | None = None
+
+    def begin_round(self) -> None:
+        """Forget the previous round's reads."""
+        with self._lock:
+            self._reads, self._error = 0, None
+
+    def end_round(self) -> None:
+        """Log the change of health the round's reads showed, if any."""
+        with self._lock:
+            reads, error = self._reads, self._error
+        if reads == 0:
+            return
+        if error is not None and self.failing is None:
+            log.warning(
+                "openfeature-canary: controller: %s is failing: %s (each trigger's on_error "
+                "decides; the gates wait for evidence)",
+                self.name,
+                error,
+            )
+        elif error is None and self.failing is not None:
+            log.info("openfeature-canary: controller: %s answers again", self.name)
+        self.failing = error
+
+    def _note(self, reading: _R) -> _R:
+        with self._lock:
+            self._reads += 1
+            if reading.error is not None and self._error is None:
+                self._error = reading.error
+        return reading
+
+    def snapshot(self, now: float) -> None:
+        """The inner source's snapshot (Prometheus keeps the history: a mark only)."""
+        self.inner.snapshot(now)
+
+    def read(self, flag_key: str, signal: str, window_s: float, now: float) -> SignalReading:
+        """The inner source's read, noted."""
+        return self._note(self.inner.read(flag_key, signal, window_s, now))
+
+    def read_between(self, flag_key: str, signal: str, start: float, end: float) -> SignalReading:
+        """The inner source's read over a closed window, noted."""
+        return self._note(self.inner.read_between(flag_key, signal, start, end))
+
+    def count_beyond(
+        self,
+        flag_key: str,
+        signal: str,
+        threshold: float,
+        inclusive: bool,
+        window_s: float,
+        now: float,
+    ) -> SignalReading:
+        """The inner source's count above a threshold, noted."""
+        reading = self.inner.count_beyond(flag_key, signal, threshold, inclusive, window_s, now)
+        return self._note(reading)
+
+    def counts_between(self, flag_key: str, start: float, end: float) -> CountsReading:
+        """The inner source's cohort counts, noted."""
+        return self._note(self.inner.counts_between(flag_key, start, end))
