@@ -8,12 +8,24 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Final
 
-__all__ = ["SCOPE_KEY", "VARIANTS", "current_variant", "remember_variant", "variant_scope"]
+__all__ = [
+    "SCOPE_KEY",
+    "VARIANTS",
+    "Remembered",
+    "current_unit",
+    "current_variant",
+    "remember_variant",
+    "variant_scope",
+]
+
+#: What a flag gave the current request: its variant, and the unit it was bucketed by (the
+#: raw targeting key, kept only for the request's lifetime; ``None`` when not known).
+Remembered = tuple[str, str | None]
 
 #: The variants the flags gave the current request. The value is a mutable dict shared by
 #: every copy of the context (a sync endpoint runs in a thread with a *copy* of the request's
 #: context): the hook writes into it, the middleware reads it after the app ran.
-VARIANTS: ContextVar[dict[str, str] | None] = ContextVar(
+VARIANTS: ContextVar[dict[str, Remembered] | None] = ContextVar(
     "openfeature_canary_variants", default=None
 )
 SCOPE_KEY: Final = "openfeature_canary.variants"
@@ -33,11 +45,28 @@ def current_variant(flag_key: str) -> str | None:
     'on'
     """
     box = VARIANTS.get()
-    return None if box is None else box.get(flag_key)
+    found = None if box is None else box.get(flag_key)
+    return None if found is None else found[0]
 
 
-def remember_variant(flag_key: str, variant: str | None) -> None:
-    """Remember the variant ``flag_key`` gave the current request (``None`` forgets it).
+def current_unit(flag_key: str) -> str | None:
+    """The unit ``flag_key`` bucketed the current request by (its targeting key, or the
+    ``bucket_by`` attribute), or ``None`` when the flag was not evaluated or no unit was given.
+
+    >>> with variant_scope():
+    ...     remember_variant("dataservice-read-canary", "on", unit="user-42")
+    ...     current_unit("dataservice-read-canary")
+    'user-42'
+    """
+    box = VARIANTS.get()
+    found = None if box is None else box.get(flag_key)
+    return None if found is None else found[1]
+
+
+def remember_variant(flag_key: str, variant: str | None, *, unit: str | None = None) -> None:
+    """Remember the variant ``flag_key`` gave the current request (``None`` forgets it), and
+    the unit it was bucketed by (so a 5xx can be counted per unit, hashed: see
+    ``record_request``'s ``unit``).
 
     The ``MetricsHook`` calls this; call it yourself only for a hand-rolled hook. Outside any
     scope it opens one in the current context, so :func:`current_variant` works in a script;
@@ -51,7 +80,7 @@ def remember_variant(flag_key: str, variant: str | None) -> None:
     if variant is None:
         box.pop(flag_key, None)
     else:
-        box[flag_key] = variant
+        box[flag_key] = (variant, unit)
 
 
 @contextmanager
