@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from openfeature_canary.instrumentation._units import UNIT_LOG_CAP
 from openfeature_canary.policy._gates import current_evidence, fold
 from openfeature_canary.signals import FleetSignalSource, InProcessSignalSource, Publisher
 from openfeature_canary.signals._counts import unit_digest
+from openfeature_canary.signals._records import snapshot_from_record
 from openfeature_canary.telemetry import setup_telemetry
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "canary_plan.toml"
@@ -255,3 +257,74 @@ def test_error_units_reach_the_decider_through_the_fleet_records(tmp_path: Path)
     assert "flaky-user" not in written and "once-0" not in written
     for mp, _ in processes:
         mp.shutdown()
+
+
+def test_the_hook_remembers_the_bucket_by_attribute_as_the_unit(cleanup: list[Any]) -> None:
+    plan = load_plan(EXAMPLE)
+    flags = dict(plan.flags)
+    flags[FLAG] = replace(plan.flag(FLAG), bucket_by="tenant")
+    plan = replace(plan, flags=flags)
+    mp = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    cleanup.append(mp.shutdown)
+    canary = CanaryProvider(plan)
+    cleanup.append(canary.shutdown)
+    api.set_provider_and_wait(canary)
+    api.add_hooks([MetricsHook(mp)])
+    canary.controller(FLAG).start()
+    client = api.get_client()
+    with variant_scope():
+        details = client.get_boolean_details(
+            FLAG, False, EvaluationContext("request-1", {"tenant": "acme"})
+        )
+        assert details.flag_metadata["bucket_by"] == "tenant"
+        assert current_unit(FLAG) == "acme"
+    with variant_scope():  # no unit to bucket by: the default, and no unit remembered
+        client.get_boolean_details(FLAG, False, EvaluationContext("request-2"))
+        assert current_unit(FLAG) is None
+
+
+def test_a_process_that_logged_past_the_cap_between_reads_makes_the_fleet_span_unknown(
+    tmp_path: Path,
+) -> None:
+    store = FileStateStore(tmp_path / "state.json")
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader])
+    publisher = Publisher(InProcessSignalSource(reader, meter_provider=mp), store, "web-1")
+    decider = FleetSignalSource(store)
+    publisher.publish(0.0)
+    decider.snapshot(0.0)
+    for i in range(UNIT_LOG_CAP + 10):
+        record_request(FLAG, "on", 0.01, 500, meter_provider=mp, unit=f"u-{i}")
+    publisher.publish(10.0)
+    decider.snapshot(10.0)
+    assert decider.counts_between(FLAG, 0.0, 10.0).canary.error_units is None
+    record_request(FLAG, "on", 0.01, 500, meter_provider=mp, unit="next")
+    publisher.publish(20.0)
+    decider.snapshot(20.0)
+    assert decider.counts_between(FLAG, 10.0, 20.0).canary.error_units == {unit_digest("next")}
+    mp.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("units", "message"),
+    [
+        ("x", "record.units: expected a list"),
+        ([{"flag": FLAG, "variant": "on", "total": 1}], r"record.units\[0\]: missing recent"),
+        (
+            [{"flag": FLAG, "variant": "on", "total": 1, "recent": [3]}],
+            r"record.units\[0\].recent\[0\]: expected a unit digest or null",
+        ),
+        (
+            [{"flag": FLAG, "variant": "on", "total": 1, "recent": ["a", "b"]}],
+            r"record.units\[0\].recent: 2 entries for a total of 1",
+        ),
+        (
+            [{"flag": FLAG, "variant": "on", "total": -1, "recent": []}],
+            r"record.units\[0\].total",
+        ),
+    ],
+)
+def test_a_bad_units_entry_in_a_fleet_record_is_refused_naming_it(units: Any, message: str) -> None:
+    record = {"format": 1, "requests": [], "lag": [], "counters": [], "units": units}
+    with pytest.raises(ValueError, match=message):
+        snapshot_from_record(record)
