@@ -78,7 +78,7 @@ from openfeature_canary._forksafe import (
     hold_opentelemetry_across_fork,
     on_fork,
 )
-from openfeature_canary.instrumentation import remember_variant
+from openfeature_canary.instrumentation import bucketing_unit, remember_variant
 
 __all__ = ["MetricsHook"]
 
@@ -245,7 +245,9 @@ class MetricsHook(Hook):
                     outcome.max = duration
                 outcome.buckets[bisect_left(_BOUNDS, duration)] += 1
         remember_variant(
-            flag_key, None if error_code else variant, unit=_unit(hook_context, details)
+            flag_key,
+            None if error_code else variant,
+            unit=bucketing_unit(hook_context.evaluation_context, details.flag_metadata),
         )
 
     # ------------------------------------------------------------------ ended threads
@@ -394,17 +396,3 @@ class MetricsHook(Hook):
                     active[flag_key] = active.get(flag_key, 0) + n
         self._fold_ended()
         return [Observation(n, {FLAG_KEY: flag_key}) for flag_key, n in active.items()]
-
-
-def _unit(hook_context: HookContext, details: FlagEvaluationDetails[FlagValueType]) -> str | None:
-    """The unit the provider bucketed this evaluation by: the attribute the flag's metadata
-    names (``bucket_by``, set when it is not the targeting key), else the targeting key."""
-    context = hook_context.evaluation_context
-    attribute = (details.flag_metadata or {}).get("bucket_by")
-    if isinstance(attribute, str):
-        unit: object = context.attributes.get(attribute)
-    else:
-        unit = context.targeting_key
-    if isinstance(unit, bool) or not isinstance(unit, str | int | float) or unit == "":
-        return None
-    return unit if isinstance(unit, str) else str(unit)

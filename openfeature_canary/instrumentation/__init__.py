@@ -66,6 +66,8 @@ from openfeature_canary.instrumentation._requests import (
 from openfeature_canary.instrumentation._shadow import SupportsRandom, shadow_compare
 from openfeature_canary.instrumentation._units import UnitLog, UnitRecorder, unit_digest
 from openfeature_canary.instrumentation._variants import (
+    UnitContext,
+    bucketing_unit,
     current_unit,
     current_variant,
     remember_variant,
@@ -90,8 +92,10 @@ __all__ = [
     "Scope",
     "Send",
     "SupportsRandom",
+    "UnitContext",
     "UnitLog",
     "UnitRecorder",
+    "bucketing_unit",
     "current_unit",
     "current_variant",
     "record_request",

@@ -3,15 +3,17 @@ the middleware reads."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Final
+from typing import Any, Final, Protocol
 
 __all__ = [
     "SCOPE_KEY",
     "VARIANTS",
     "Remembered",
+    "UnitContext",
+    "bucketing_unit",
     "current_unit",
     "current_variant",
     "remember_variant",
@@ -99,3 +101,35 @@ def variant_scope() -> Iterator[None]:
         yield
     finally:
         VARIANTS.reset(token)
+
+
+class UnitContext(Protocol):
+    """What :func:`bucketing_unit` reads of an OpenFeature ``EvaluationContext``."""
+
+    @property
+    def targeting_key(self) -> str | None:
+        """The targeting key."""
+
+    @property
+    def attributes(self) -> Mapping[str, Any]:
+        """The context's attributes."""
+
+
+def bucketing_unit(context: UnitContext, flag_metadata: Mapping[str, Any] | None) -> str | None:
+    """The unit the canary provider bucketed an evaluation by: the context attribute the
+    flag's metadata names as ``bucket_by`` (set when it is not the targeting key), else the
+    targeting key; ``None`` when there is none (the provider then served the old path).
+
+    >>> from openfeature.evaluation_context import EvaluationContext
+    >>> bucketing_unit(EvaluationContext("user-1", {"tenant": 7}), {"bucket_by": "tenant"})
+    '7'
+    """
+    attribute = (flag_metadata or {}).get("bucket_by")
+    unit: object
+    if isinstance(attribute, str):
+        unit = context.attributes.get(attribute)
+    else:
+        unit = context.targeting_key
+    if isinstance(unit, bool) or not isinstance(unit, str | int | float) or unit == "":
+        return None
+    return unit if isinstance(unit, str) else str(unit)
