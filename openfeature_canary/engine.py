@@ -196,7 +196,9 @@ def _policy_parts(
         if opts.signals is not None:
             raise ValueError("give telemetry= or signals=, not both")
         # The snapshot ring keeps what the plan's longest window needs, no more.
-        local = InProcessSignalSource(opts.telemetry.reader, plan=plan)
+        local = InProcessSignalSource(
+            opts.telemetry.reader, plan=plan, meter_provider=opts.telemetry.meter_provider
+        )
         if not fleet_wanted(opts.fleet, store):
             return local, None
         assert isinstance(store, FleetStore)

@@ -78,7 +78,7 @@ from openfeature_canary._forksafe import (
     hold_opentelemetry_across_fork,
     on_fork,
 )
-from openfeature_canary.instrumentation import remember_variant
+from openfeature_canary.instrumentation import bucketing_unit, remember_variant
 
 __all__ = ["MetricsHook"]
 
@@ -244,7 +244,11 @@ class MetricsHook(Hook):
                 if duration > outcome.max:
                     outcome.max = duration
                 outcome.buckets[bisect_left(_BOUNDS, duration)] += 1
-        remember_variant(flag_key, None if error_code else variant)
+        remember_variant(
+            flag_key,
+            None if error_code else variant,
+            unit=bucketing_unit(hook_context.evaluation_context, details.flag_metadata),
+        )
 
     # ------------------------------------------------------------------ ended threads
 

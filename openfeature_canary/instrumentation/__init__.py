@@ -27,6 +27,11 @@ What to use when:
 * :func:`current_variant` tells which variant a flag gave the current request; the
   ``MetricsHook`` fills it in with :func:`remember_variant`; :func:`variant_scope` starts a
   fresh per-request scope where no middleware does it.
+* The unit a request was bucketed by (``record_request(..., unit=)``, or the one the
+  ``MetricsHook`` remembered for ``CanaryMiddleware``) is logged, hashed with
+  :func:`unit_digest`, for 5xx responses only, in a small bounded per-process
+  :class:`UnitRecorder` (never an attribute: one series per user would explode the metric);
+  the in-process and fleet signal sources turn it into ``CohortCounts.error_units``.
 
 Every helper takes ``meter_provider``; ``None`` means OpenTelemetry's global one
 (``opentelemetry.metrics.get_meter_provider()``) at the time of the call or construction.
@@ -59,7 +64,11 @@ from openfeature_canary.instrumentation._requests import (
     record_request,
 )
 from openfeature_canary.instrumentation._shadow import SupportsRandom, shadow_compare
+from openfeature_canary.instrumentation._units import UnitLog, UnitRecorder, unit_digest
 from openfeature_canary.instrumentation._variants import (
+    UnitContext,
+    bucketing_unit,
+    current_unit,
     current_variant,
     remember_variant,
     variant_scope,
@@ -83,9 +92,15 @@ __all__ = [
     "Scope",
     "Send",
     "SupportsRandom",
+    "UnitContext",
+    "UnitLog",
+    "UnitRecorder",
+    "bucketing_unit",
+    "current_unit",
     "current_variant",
     "record_request",
     "remember_variant",
     "shadow_compare",
+    "unit_digest",
     "variant_scope",
 ]

@@ -17,6 +17,7 @@ from openfeature_canary.instrumentation._names import (
     METER_NAME,
     REQUEST_DURATION_NAME,
 )
+from openfeature_canary.instrumentation._units import UnitRecorder
 
 __all__ = ["INSTRUMENTS"]
 
@@ -26,6 +27,8 @@ class _Instruments:
     request_duration: Histogram
     comparisons: Counter
     mismatches: Counter
+    #: The 5xx responses' units, next to the histogram that counts them (same provider).
+    units: UnitRecorder
 
 
 def _create_instruments(meter_provider: MeterProvider) -> _Instruments:
@@ -47,15 +50,17 @@ def _create_instruments(meter_provider: MeterProvider) -> _Instruments:
             unit="{mismatch}",
             description="Shadow comparisons whose shadow result differed or failed.",
         ),
+        units=UnitRecorder(),
     )
 
 
 class _InstrumentCache:
     """Instruments per meter provider, created once.
 
-    A cache, not state: a miss recreates the same instruments. It is needed because the API's
+    The instruments are a cache (a miss recreates the same ones), needed because the API's
     proxy meter provider (before an SDK one is set) keeps every meter it hands out, so asking
-    it per request would grow without bound.
+    it per request would grow without bound. The unit recorder lives as long as its provider
+    (weakly keyed), like the provider's own aggregation state.
     """
 
     def __init__(self) -> None:

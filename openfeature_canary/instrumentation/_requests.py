@@ -11,7 +11,7 @@ from typing import Any
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.util.types import AttributeValue
 
-from openfeature_canary.instrumentation._instruments import INSTRUMENTS
+from openfeature_canary.instrumentation._instruments import INSTRUMENTS, _Instruments
 from openfeature_canary.instrumentation._names import (
     ATTR_FLAG_KEY,
     ATTR_METHOD,
@@ -22,6 +22,7 @@ from openfeature_canary.instrumentation._names import (
 from openfeature_canary.instrumentation._variants import (
     SCOPE_KEY,
     VARIANTS,
+    Remembered,
 )
 
 __all__ = ["ASGIApp", "CanaryMiddleware", "Message", "Receive", "Scope", "Send", "record_request"]
@@ -48,6 +49,21 @@ def _request_attributes(
     return attributes
 
 
+def _record(
+    instruments: _Instruments,
+    flag_key: str,
+    duration_s: float,
+    attributes: dict[str, AttributeValue],
+    variant: str | None,
+    status_code: int,
+    unit: str | None,
+) -> None:
+    """The histogram point, then (5xx of a cohort only) the unit's log entry."""
+    instruments.request_duration.record(duration_s, attributes)
+    if variant is not None and int(status_code) // 100 == 5:
+        instruments.units.record(flag_key, variant, unit)
+
+
 def record_request(
     flag_key: str,
     variant: str | None,
@@ -57,6 +73,7 @@ def record_request(
     meter_provider: MeterProvider | None = None,
     method: str | None = None,
     route: str | None = None,
+    unit: str | None = None,
     **attributes: AttributeValue,
 ) -> None:
     """Record one served request in ``http.server.request.duration`` (seconds).
@@ -69,11 +86,18 @@ def record_request(
     semantic-convention attributes go in ``attributes`` (their names hold dots, so pass them
     as ``**{"server.address": "a6"}``).
 
+    ``unit`` is the unit the flag bucketed this request by (its targeting key, or the plan's
+    ``bucket_by`` attribute; :func:`current_unit` knows it). It is never an attribute: for a
+    5xx response only, its hash (``unit_digest``) goes to a small bounded per-process log, so
+    the error comparison counts a user who fails again and again once. Without it, every 5xx
+    counts as its own unit (docs/signals.md, "Erroring units").
+
     >>> record_request("dataservice-read-canary", "on", 0.042, 200, method="GET",
-    ...                route="/api/v6/providers/{id}/dashboard")  # doctest: +SKIP
+    ...                route="/api/v6/providers/{id}/dashboard", unit="user-42")  # doctest: +SKIP
     """
-    INSTRUMENTS.get(meter_provider).request_duration.record(
-        duration_s, _request_attributes(flag_key, variant, status_code, method, route, attributes)
+    attrs = _request_attributes(flag_key, variant, status_code, method, route, attributes)
+    _record(
+        INSTRUMENTS.get(meter_provider), flag_key, duration_s, attrs, variant, status_code, unit
     )
 
 
@@ -92,7 +116,9 @@ class CanaryMiddleware:
         app = CanaryMiddleware(app, flag_key="dataservice-read-canary")
 
     Each HTTP request gets a fresh :func:`variant_scope`; after the app ran, the variant that
-    ``flag_key`` gave this request (remembered by the ``MetricsHook``) labels the measurement.
+    ``flag_key`` gave this request (remembered by the ``MetricsHook``) labels the measurement,
+    and the unit the hook remembered with it is logged, hashed, when the answer is a 5xx (see
+    :func:`record_request`'s ``unit``).
     The status is the one the app sent; an exception is recorded as 500 and re-raised; a
     request cancelled before completion (the client went away) is not recorded.
 
@@ -113,14 +139,14 @@ class CanaryMiddleware:
         self.app = app
         self.flag_key = flag_key
         self.record_unevaluated = record_unevaluated
-        self._histogram = INSTRUMENTS.get(meter_provider).request_duration
+        self._instruments = INSTRUMENTS.get(meter_provider)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app for one ASGI connection; HTTP requests are measured."""
         if scope.get("type") != "http":
             await self.app(scope, receive, send)
             return
-        box: dict[str, str] | None = scope.get(SCOPE_KEY)
+        box: dict[str, Remembered] | None = scope.get(SCOPE_KEY)
         if box is None:
             box = {}
             scope[SCOPE_KEY] = box
@@ -145,8 +171,10 @@ class CanaryMiddleware:
         finally:
             VARIANTS.reset(token)
 
-    def _record(self, scope: Scope, box: dict[str, str], status: int, duration_s: float) -> None:
-        variant = box.get(self.flag_key)
+    def _record(
+        self, scope: Scope, box: dict[str, Remembered], status: int, duration_s: float
+    ) -> None:
+        variant, unit = box.get(self.flag_key, (None, None))
         if variant is None and not self.record_unevaluated:
             return
         try:
@@ -160,6 +188,6 @@ class CanaryMiddleware:
                 route if isinstance(route, str) else None,
                 {},
             )
-            self._histogram.record(duration_s, attributes)
+            _record(self._instruments, self.flag_key, duration_s, attributes, variant, status, unit)
         except Exception:  # a metric must never replace the app's answer or exception
             log.exception("could not record the request of %s", self.flag_key)

@@ -121,6 +121,8 @@ def build_view(
         meta["override"] = applied_override
     if unavailable is not None:
         meta["unavailable"] = unavailable
+    if flag.bucket_by != "targetingKey":  # the MetricsHook's unit for a 5xx (else the key)
+        meta["bucket_by"] = flag.bucket_by
     basis_points = round(percent * 100)
     fixed: Resolution | None = None
     if override_error is not None and unavailable is None:

@@ -11,21 +11,13 @@ binomial proportion like the 5xx share.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Final
 
+# Hashed where the unit is recorded (instrumentation); re-exported where the evidence reads it.
+from openfeature_canary.instrumentation import unit_digest
+
 __all__ = ["EMPTY_COHORT", "CohortCounts", "CountsReading", "unit_digest"]
-
-
-def unit_digest(unit: str) -> str:
-    """A unit's id as the evidence keeps it: 16 hex digits of its BLAKE2b hash (no user id is
-    stored; a collision among a stage's few hundred erroring units is a 1-in-10^14 event).
-
-    >>> unit_digest("user-42") == unit_digest("user-42") != unit_digest("user-43")
-    True
-    """
-    return hashlib.blake2b(unit.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -38,8 +30,9 @@ class CohortCounts:
 
     ``error_units``: the distinct units (:func:`unit_digest` of the targeting key the cohort was
     bucketed by) among those 5xx, when the source knows them; ``None`` when it cannot (a
-    Prometheus source: then the gates treat every request as its own unit, which holds when
-    bucketing is by request and overstates the evidence when units repeat).
+    Prometheus source; an in-process or fleet span whose 5xx were not all recorded with their
+    unit, or overran the per-cohort log: then the gates treat every request as its own unit,
+    which holds when bucketing is by request and overstates the evidence when units repeat).
 
     >>> CohortCounts(3, 1, (100.0,), (2, 1)).n
     3

@@ -10,10 +10,11 @@ signal is computed from the fleet's traffic exactly as from one process's.
 
 Merge rules, per process id: the totals last seen are remembered, and what a record adds is its
 increase over them, series by series (a cohort's histogram and 5xx count, a lag layout, a
-counter). A series whose totals went down was restarted in place: its new totals are all
-increase (Prometheus ``increase()``). A process that stops publishing keeps what it contributed,
-so fleet totals never go down; its record is dropped from the store once its heartbeat is older
-than ``forget_after_s``. A record that cannot be read is skipped with one warning.
+counter, a cohort's log of erroring units). A series whose totals went down was restarted in
+place: its new totals are all increase (Prometheus ``increase()``). A process that stops
+publishing keeps what it contributed, so fleet totals never go down; its record is dropped from
+the store once its heartbeat is older than ``forget_after_s``. A record that cannot be read is
+skipped with one warning.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import os
 import re
 import secrets
 import socket
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from operator import add, sub
@@ -31,6 +33,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
 from openfeature_canary.errors import SignalSourceError, StateStoreError
+from openfeature_canary.instrumentation import UnitLog
+from openfeature_canary.instrumentation._units import UNIT_LOG_CAP
 from openfeature_canary.signals._in_process import InProcessSignalSource
 from openfeature_canary.signals._records import (
     snapshot_from_record,
@@ -90,10 +94,53 @@ def _cohort_increase(new: CohortTotals, old: CohortTotals | None) -> CohortTotal
     return CohortTotals(new.errors - old.errors, hist)
 
 
+def _new_entries(new: UnitLog, old: UnitLog | None) -> tuple[int, tuple[str | None, ...]]:
+    """How many entries a process's unit log grew by, and the newest of them it still holds
+    (all of it after a restart in place); those it no longer holds are missing."""
+    added = new.total if old is None or new.total < old.total else new.total - old.total
+    held = new.recent[max(len(new.recent) - added, 0) :] if added else ()
+    return added, held
+
+
+class _FleetUnits:
+    """The fleet's erroring-unit logs: each process's new entries appended per cohort, the ones
+    a process no longer held (it logged more than its cap between two reads) as ``None``."""
+
+    def __init__(self) -> None:
+        self._totals: dict[CohortKey, int] = {}
+        self._recent: dict[CohortKey, deque[str | None]] = {}
+        self._frozen: dict[CohortKey, UnitLog] = {}
+        self._dirty: set[CohortKey] = set()
+        self.view: Mapping[CohortKey, UnitLog] = MappingProxyType({})
+
+    def add(self, new: Snapshot, old: Snapshot | None) -> None:
+        for cohort, log in new.units.items():
+            prev = old.units.get(cohort) if old is not None else None
+            if prev == log:
+                continue
+            added, held = _new_entries(log, prev)
+            if not added:
+                continue
+            recent = self._recent.setdefault(cohort, deque(maxlen=UNIT_LOG_CAP))
+            recent.extend([None] * min(added - len(held), UNIT_LOG_CAP))
+            recent.extend(held)
+            self._totals[cohort] = self._totals.get(cohort, 0) + added
+            self._dirty.add(cohort)
+
+    def freeze(self) -> Mapping[CohortKey, UnitLog]:
+        if self._dirty:
+            for cohort in self._dirty:
+                self._frozen[cohort] = UnitLog(self._totals[cohort], tuple(self._recent[cohort]))
+            self._dirty.clear()
+            self.view = MappingProxyType(dict(self._frozen))
+        return self.view
+
+
 class _Totals:
     """The fleet's running totals (they only grow), frozen into snapshots where they changed."""
 
     def __init__(self) -> None:
+        self._units = _FleetUnits()
         self._requests: dict[CohortKey, tuple[list[int], dict[Bounds, list[int]]]] = {}
         self._lag: dict[Bounds, list[int]] = {}
         self._counters: dict[tuple[str, str], float] = {}
@@ -104,6 +151,7 @@ class _Totals:
 
     def add(self, new: Snapshot, old: Snapshot | None) -> None:
         """Add what process snapshot ``new`` grew by since ``old`` (``None``: first seen)."""
+        self._units.add(new, old)
         for cohort, totals in new.requests.items():
             prev = old.requests.get(cohort) if old is not None else None
             if prev == totals:
@@ -140,7 +188,9 @@ class _Totals:
         if self._counters_dirty:
             self._views[2] = MappingProxyType(dict(self._counters))
         self._lag_dirty = self._counters_dirty = False
-        return Snapshot(t, self._views[0], self._views[1], self._views[2])
+        return Snapshot(
+            t, self._views[0], self._views[1], self._views[2], units=self._units.freeze()
+        )
 
 
 def _add_into(layouts: dict[Bounds, list[int]], bounds: Bounds, counts: Counts) -> None:

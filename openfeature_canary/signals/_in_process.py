@@ -20,8 +20,13 @@ histogram resets follow ``increase()``. ``docs/signals.md`` has the full rules.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from opentelemetry.metrics import MeterProvider, get_meter_provider
+
+from openfeature_canary.instrumentation._instruments import INSTRUMENTS
 from openfeature_canary.signals._snapshots import (
     Accumulator,
     Snapshot,
@@ -56,6 +61,12 @@ class InProcessSignalSource(SnapshotReads):
     starts before the oldest snapshot kept has no value and an ``error`` saying "not enough
     data", never a value over a shorter span than asked.
 
+    ``meter_provider`` is the provider ``reader`` is attached to (``None``: OpenTelemetry's
+    global one at each snapshot): the units its ``record_request(..., unit=)`` and
+    ``CanaryMiddleware`` logged for 5xx responses fill ``counts_between``'s ``error_units``
+    (docs/signals.md, "Erroring units"). A span whose 5xx were not all logged with a unit, or
+    that needs entries the bounded log dropped, has ``error_units=None``.
+
     >>> from opentelemetry.sdk.metrics import MeterProvider
     >>> from opentelemetry.sdk.metrics.export import InMemoryMetricReader
     >>> reader = InMemoryMetricReader()
@@ -75,9 +86,11 @@ class InProcessSignalSource(SnapshotReads):
         retention_s: float | None = None,
         max_snapshots: int = 10_000,
         plan: RolloutPlan | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         super().__init__(retention_s=retention_s, max_snapshots=max_snapshots, plan=plan)
         self._reader = reader
+        self._meter_provider = meter_provider
         self._acc = Accumulator()
 
     def snapshot(self, now: float) -> None:
@@ -95,4 +108,9 @@ class InProcessSignalSource(SnapshotReads):
             return tuple(sorted(self._acc.flags))
 
     def _collect(self, now: float) -> Snapshot:
-        return self._acc.ingest(self._reader.get_metrics_data(), now)
+        snap = self._acc.ingest(self._reader.get_metrics_data(), now)
+        # A request logged between the two reads falls on two sides of this snapshot: both
+        # spans then read as unknown (``UnitLog.between`` checks the counts), never wrong.
+        provider = self._meter_provider or get_meter_provider()
+        units = INSTRUMENTS.get(provider).units.logs()
+        return replace(snap, units=MappingProxyType(units)) if units else snap

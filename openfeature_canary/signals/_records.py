@@ -1,9 +1,11 @@
 """A process's cumulative snapshot as a small JSON record, and back (validated).
 
 What a process publishes for the fleet's decider (:mod:`._fleet`): requests per flag and cohort
-with their 5xx count and bucket counts per layout, the event-loop lag histogram and the
-counters. :func:`snapshot_from_record` raises only ``ValueError``, naming the path of the first
-bad field, whatever the record holds.
+with their 5xx count and bucket counts per layout, the event-loop lag histogram, the counters,
+and (when any 5xx was logged with its unit) each cohort's log of erroring units: its total and
+its newest entries, hashed (``unit_digest``; never the raw unit), at most ``UNIT_LOG_CAP``.
+:func:`snapshot_from_record` raises only ``ValueError``, naming the path of the first bad
+field, whatever the record holds.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from openfeature_canary._validate import _show
+from openfeature_canary.instrumentation import UnitLog
+from openfeature_canary.instrumentation._units import UNIT_LOG_CAP
 from openfeature_canary.signals._snapshots import (
     LEDGER_MISMATCHES,
     TELEMETRY_ACCEPTED,
@@ -45,7 +49,7 @@ def snapshot_record(snapshot: Snapshot) -> dict[str, Any]:
     >>> snapshot_record(snap)["lag"]
     [{'bounds': [100.0], 'counts': [3, 1]}]
     """
-    return {
+    record: dict[str, Any] = {
         "format": RECORD_FORMAT,
         "requests": [
             {
@@ -62,6 +66,12 @@ def snapshot_record(snapshot: Snapshot) -> dict[str, Any]:
             for (name, flag), value in snapshot.counters.items()
         ],
     }
+    if snapshot.units:  # optional: a record without it has no unit known
+        record["units"] = [
+            {"flag": flag, "variant": variant, "total": log.total, "recent": list(log.recent)}
+            for (flag, variant), log in snapshot.units.items()
+        ]
+    return record
 
 
 def _layout_record(bounds: Bounds, counts: Counts) -> dict[str, Any]:
@@ -74,7 +84,7 @@ def snapshot_from_record(data: Any) -> Snapshot:
     Raises ``ValueError`` naming the path of the first bad field (``record.requests[2].hist[0]
     .counts: …``), never another exception, whatever ``data`` is.
     """
-    top = _object(data, "record", ("format", "requests", "lag", "counters"))
+    top = _object(data, "record", ("format", "requests", "lag", "counters"), ("units",))
     if top["format"] != RECORD_FORMAT or isinstance(top["format"], bool):
         raise ValueError(
             f"record.format: {_shown(top['format'])} is not the supported format {RECORD_FORMAT}"
@@ -98,9 +108,39 @@ def snapshot_from_record(data: Any) -> Snapshot:
         if key in counters:
             raise ValueError(f"{path}: counter {name!r} flag {key[1]!r} appears twice")
         counters[key] = _number(entry["value"], f"{path}.value")
+    units = _unit_logs(top.get("units", []), "record.units")
     return Snapshot(
-        0.0, MappingProxyType(requests), MappingProxyType(lag), MappingProxyType(counters)
+        0.0,
+        MappingProxyType(requests),
+        MappingProxyType(lag),
+        MappingProxyType(counters),
+        units=MappingProxyType(units),
     )
+
+
+def _unit_logs(value: Any, path: str) -> dict[CohortKey, UnitLog]:
+    logs: dict[CohortKey, UnitLog] = {}
+    for i, item in enumerate(_array(value, path)):
+        where = f"{path}[{i}]"
+        entry = _object(item, where, ("flag", "variant", "total", "recent"))
+        cohort = (
+            _string(entry["flag"], f"{where}.flag"),
+            _string(entry["variant"], f"{where}.variant"),
+        )
+        if cohort in logs:
+            raise ValueError(f"{where}: flag {cohort[0]!r} variant {cohort[1]!r} appears twice")
+        total = _count(entry["total"], f"{where}.total")
+        recent = _array(entry["recent"], f"{where}.recent")
+        if len(recent) > min(total, UNIT_LOG_CAP):
+            raise ValueError(
+                f"{where}.recent: {len(recent)} entries for a total of {total} "
+                f"(at most {UNIT_LOG_CAP})"
+            )
+        for j, unit in enumerate(recent):
+            if unit is not None and not (isinstance(unit, str) and 0 < len(unit) <= 64):
+                raise ValueError(f"{where}.recent[{j}]: expected a unit digest or null")
+        logs[cohort] = UnitLog(total, tuple(recent))
+    return logs
 
 
 def _cohort(item: Any, path: str) -> tuple[CohortKey, CohortTotals]:
@@ -134,13 +174,15 @@ def _layouts(value: Any, path: str) -> list[Layout]:
     return layouts
 
 
-def _object(value: Any, path: str, keys: tuple[str, ...]) -> Mapping[str, Any]:
+def _object(
+    value: Any, path: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise ValueError(f"{path}: expected an object, got {type(value).__name__}")
     missing = [k for k in keys if k not in value]
     if missing:
         raise ValueError(f"{path}: missing {', '.join(missing)}")
-    extra = [_shown(k) for k in value if k not in keys]
+    extra = [_shown(k) for k in value if k not in keys and k not in optional]
     if extra:
         raise ValueError(f"{path}: unexpected {', '.join(sorted(extra))}")
     return value

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import replace
 from typing import TYPE_CHECKING, ClassVar
 
 from openfeature_canary._forksafe import renew_locks_after_fork
 from openfeature_canary.errors import SignalSourceError
 from openfeature_canary.plan._signals import BASELINE, CANARY, QUANTILES, split_signal
-from openfeature_canary.signals._counts import EMPTY_COHORT, CountsReading
+from openfeature_canary.signals._counts import EMPTY_COHORT, CohortCounts, CountsReading
 from openfeature_canary.signals._differences import (
     NOTHING,
     HistWindow,
@@ -212,6 +213,8 @@ class SnapshotReads:
         Uses the snapshots at or before ``start`` and ``end`` (the oldest one kept when
         ``start`` is before it). When the histogram's bucket layout changed inside the span,
         the layout holding most requests is counted and the others are left out.
+        ``error_units`` are the units logged for the span's 5xx when every one of them was
+        logged with its unit and is still kept (``UnitLog.between``), else ``None``.
         """
         _check_time("start", start)
         _check_time("end", end)
@@ -228,8 +231,18 @@ class SnapshotReads:
             problem = new.problems.get(REQUEST_DURATION)
             if problem is not None:
                 return CountsReading(EMPTY_COHORT, EMPTY_COHORT, old.t, new.t, problem)
-            canary = cohort_counts(self._hist(flag_key, CANARY, "requests", old, new))
-            baseline = cohort_counts(self._hist(flag_key, BASELINE, "requests", old, new))
+            canary = _with_units(
+                cohort_counts(self._hist(flag_key, CANARY, "requests", old, new)),
+                (flag_key, CANARY),
+                old,
+                new,
+            )
+            baseline = _with_units(
+                cohort_counts(self._hist(flag_key, BASELINE, "requests", old, new)),
+                (flag_key, BASELINE),
+                old,
+                new,
+            )
             return CountsReading(canary, baseline, old.t, new.t)
 
     # -- internals (called with the lock held) --------------------------------------------
@@ -327,6 +340,18 @@ class SnapshotReads:
         if sent <= 0:
             return _empty(signal, span, new.t)
         return _reading(signal, increase(TELEMETRY_ACCEPTED, "") / sent, round(sent), span)
+
+
+def _with_units(
+    counts: CohortCounts, cohort: tuple[str, str], old: Snapshot, new: Snapshot
+) -> CohortCounts:
+    """``counts`` with the span's erroring units, when the snapshots know them all."""
+    log = new.units.get(cohort)
+    if log is None:
+        # Nothing logged: no 5xx means no erroring unit; 5xx without a log are unknown.
+        return counts if counts.errors else replace(counts, error_units=frozenset())
+    units = log.between(old.units.get(cohort), counts.errors)
+    return counts if units is None else replace(counts, error_units=units)
 
 
 def _check_time(name: str, value: float) -> None:

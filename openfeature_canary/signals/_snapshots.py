@@ -43,6 +43,7 @@ from openfeature_canary.instrumentation import (
     REQUEST_DURATION_NAME,
     TELEMETRY_ACCEPTED_NAME,
     TELEMETRY_SENT_NAME,
+    UnitLog,
 )
 
 __all__ = [
@@ -77,6 +78,7 @@ _STATUS: Final = "http.response.status_code"
 #: Seconds -> milliseconds per histogram unit; bounds are stored in milliseconds.
 _UNIT_TO_MS: Final = {None: 1000.0, "": 1000.0, "s": 1000.0, "ms": 1.0}
 _NO_PROBLEMS: Final[Mapping[str, str]] = MappingProxyType({})
+_NO_UNITS: Final[Mapping[tuple[str, str], UnitLog]] = MappingProxyType({})
 
 #: Histogram bounds in milliseconds (rounded to the picosecond so ``0.15 s`` is ``150.0``).
 Bounds = tuple[float, ...]
@@ -110,7 +112,9 @@ class Snapshot:
     ``requests[(flag, variant)]`` are request-duration totals, ``lag[bounds_ms]`` event-loop lag
     bucket counts, ``counters[(instrument, flag)]`` counter totals (flag ``""`` for
     process-wide counters). ``problems`` maps an instrument name to what was wrong with its data
-    in this collection (wrong type, unit, shape). Unchanged parts are shared between snapshots.
+    in this collection (wrong type, unit, shape). ``units[(flag, variant)]`` is the cohort's
+    cumulative log of erroring units (hashed; ``instrumentation.UnitLog``), when recorded.
+    Unchanged parts are shared between snapshots.
     """
 
     t: float
@@ -118,6 +122,7 @@ class Snapshot:
     lag: Mapping[Bounds, Counts]
     counters: Mapping[tuple[str, str], float]
     problems: Mapping[str, str] = field(default_factory=lambda: _NO_PROBLEMS)
+    units: Mapping[tuple[str, str], UnitLog] = field(default_factory=lambda: _NO_UNITS)
 
 
 def _attrs_key(attrs: Attributes) -> Hashable:
