@@ -144,6 +144,35 @@ def test_a_dead_process_keeps_what_it_contributed(plan: RolloutPlan, scrape: _Sc
     assert scrape.value("canary_fleet_requests_total", cohort="baseline") == 170
 
 
+class _TornStore(MemoryStateStore):
+    """Leaves one record out of one read, as a torn file read does."""
+
+    hide: str | None = None
+
+    def records(self) -> dict[str, tuple[float, Mapping[str, Any]]]:
+        found = super().records()
+        if self.hide is not None:
+            found.pop(self.hide, None)
+            self.hide = None
+        return found
+
+
+def test_a_record_missing_from_one_read_is_not_counted_twice(
+    plan: RolloutPlan, scrape: _Scrape
+) -> None:
+    store = _TornStore()
+    store.publish("web-1", _record((10, 0), (100, 0)), 0.0)
+    store.publish("web-2", _record((5, 0), (50, 0)), 0.0)
+    metrics = _metrics(plan, store, scrape)
+    metrics.refresh(0.0)
+    store.hide = "web-2"
+    metrics.refresh(1.0)
+    assert scrape.value("canary_fleet_requests_total", cohort="canary") == 15
+    store.publish("web-2", _record((6, 0), (60, 0)), 2.0)
+    metrics.refresh(2.0)
+    assert scrape.value("canary_fleet_requests_total", cohort="canary") == 16
+
+
 def test_the_view_is_refreshed_once_per_period(plan: RolloutPlan, scrape: _Scrape) -> None:
     store = MemoryStateStore()
     store.publish("web-1", _record((4, 0), (40, 0)), 0.0)

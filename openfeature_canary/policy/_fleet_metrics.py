@@ -99,16 +99,18 @@ def rollbacks_in(states: Iterable[RolloutState]) -> dict[tuple[str, str], int]:
 
 
 class _RequestSums:
-    """Per process, the totals its record last showed; the departed's kept (never go down)."""
+    """Per process, the totals its record last showed, kept after the record left the store.
+
+    A process that died keeps what it contributed (fleet totals never go down, as in the
+    decider); a record that is missing from one read only (torn, being rewritten) and comes
+    back replaces its own totals, so nothing is counted twice.
+    """
 
     def __init__(self) -> None:
         self._last: dict[str, tuple[Mapping[str, Any], dict[tuple[str, str], tuple[int, int]]]] = {}
-        self._departed: dict[tuple[str, str], tuple[int, int]] = {}
 
     def update(self, records: Mapping[str, tuple[float, Mapping[str, Any]]]) -> Requests:
         """Fold the store's records in; the fleet's totals per (flag, cohort)."""
-        for process_id in [p for p in self._last if p not in records]:
-            _add(self._departed, self._last.pop(process_id)[1])
         for process_id, (_beat, record) in records.items():
             seen = self._last.get(process_id)
             if seen is not None and seen[0] == record:
@@ -122,7 +124,7 @@ class _RequestSums:
                 n = sum(sum(counts) for _bounds, counts in cohort.hist)
                 _add(totals, {(flag, cohort_of(variant)): (n, cohort.errors)})
             self._last[process_id] = (record, totals)
-        out = dict(self._departed)
+        out: dict[tuple[str, str], tuple[int, int]] = {}
         for _record, totals in self._last.values():
             _add(out, totals)
         return MappingProxyType(out)
