@@ -22,7 +22,7 @@ from openfeature_canary.plan import RolloutPlan, load_plan
 from openfeature_canary.policy._fleet_metrics import FleetMetrics, gate_thresholds
 from openfeature_canary.signals import snapshot_record
 from openfeature_canary.signals._snapshots import CohortTotals, Snapshot
-from openfeature_canary.state import LogEntry, RolloutState, Status
+from openfeature_canary.state import LOG_LIMIT, LogEntry, RolloutState, Status
 from openfeature_canary.stores import MemoryStateStore
 
 FLAG = "checkout"
@@ -221,6 +221,24 @@ def test_rollbacks_come_from_the_persisted_log(plan: RolloutPlan, scrape: _Scrap
     series = "canary_fleet_rollbacks_total"
     assert scrape.value(series, feature_flag_key=FLAG, reason="error_rate_breach") == 2
     assert scrape.value(series, feature_flag_key=FLAG, reason="p95_breach") == 1
+
+
+def test_rollbacks_do_not_go_down_when_the_log_drops_old_entries(
+    plan: RolloutPlan, scrape: _Scrape
+) -> None:
+    rolled_back = RolloutState(flag_key=FLAG).evolve(
+        LogEntry(5.0, "rollback", "p95_breach"), status=Status.ROLLED_BACK
+    )
+    states = [rolled_back]
+    metrics = _metrics(plan, MemoryStateStore(), scrape, states=states)
+    metrics.refresh(0.0)
+    # LOG_LIMIT later entries push the rollback out of the persisted log.
+    states[0] = rolled_back.evolve(
+        *(LogEntry(10.0 + i, "extend", "operator") for i in range(LOG_LIMIT))
+    )
+    assert not any(e.action == "rollback" for e in states[0].log)
+    metrics.refresh(1.0)
+    assert scrape.value("canary_fleet_rollbacks_total", reason="p95_breach") == 1
 
 
 def test_gate_lines_come_from_the_plan(plan: RolloutPlan, scrape: _Scrape) -> None:

@@ -138,14 +138,14 @@ def _add(into: dict[tuple[str, str], tuple[int, int]], more: Requests) -> None:
 
 def view_from(
     requests: Requests,
-    states: Iterable[RolloutState],
+    rollbacks: Mapping[tuple[str, str], int],
     thresholds: Mapping[tuple[str, int, str], float],
     breached: Mapping[tuple[str, str], int],
 ) -> FleetView:
-    """The view from its parts (the rollbacks counted in ``states``' logs)."""
+    """The view from its parts."""
     return FleetView(
         requests=MappingProxyType(dict(requests)),
-        rollbacks=MappingProxyType(rollbacks_in(states)),
+        rollbacks=MappingProxyType(dict(rollbacks)),
         thresholds=MappingProxyType(dict(thresholds)),
         breached=MappingProxyType(dict(breached)),
     )
@@ -175,8 +175,11 @@ class FleetMetrics:
         self._every_s = every_s
         self._thresholds = gate_thresholds(plan)
         self._sums = _RequestSums()
+        #: The most rollbacks seen per (flag, reason): the log keeps its last entries only,
+        #: and a counter must not go down when an old rollback leaves it.
+        self._rollbacks: dict[tuple[str, str], int] = {}
         self._refreshed_at = -math.inf
-        self.view = view_from({}, (), self._thresholds, {})
+        self.view = view_from({}, {}, self._thresholds, {})
         meter = meter_provider.get_meter("openfeature_canary.fleet")
         meter.create_observable_counter(
             "canary.fleet.requests",
@@ -192,7 +195,7 @@ class FleetMetrics:
         )
         meter.create_observable_counter(
             "canary.fleet.rollbacks",
-            [self._rollbacks],
+            [self._rollbacks_seen],
             description="Rollbacks in the persisted decision log, by flag and reason",
         )
         meter.create_observable_gauge(
@@ -218,7 +221,9 @@ class FleetMetrics:
             return
         self._refreshed_at = now
         requests = self._sums.update(records)
-        self.view = view_from(requests, self._states(), self._thresholds, self._breached())
+        for key, n in rollbacks_in(self._states()).items():
+            self._rollbacks[key] = max(n, self._rollbacks.get(key, 0))
+        self.view = view_from(requests, self._rollbacks, self._thresholds, self._breached())
 
     def _requests(self, _options: CallbackOptions) -> Iterable[Observation]:
         return [
@@ -232,7 +237,7 @@ class FleetMetrics:
             for (flag, cohort), (_n, errors) in self.view.requests.items()
         ]
 
-    def _rollbacks(self, _options: CallbackOptions) -> Iterable[Observation]:
+    def _rollbacks_seen(self, _options: CallbackOptions) -> Iterable[Observation]:
         return [
             Observation(n, {_KEY: flag, "reason": reason})
             for (flag, reason), n in self.view.rollbacks.items()
