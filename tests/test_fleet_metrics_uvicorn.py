@@ -127,7 +127,9 @@ def test_every_worker_shows_the_fleets_rollbacks_and_canary_total(
         scrapes = _all_show(url, 1.0, float(canary))
         assert all(s[:2] == (1.0, canary) for s in scrapes), (scrapes, service.log()[-3000:])
         # The scrapes reached several workers (their own request counts differ).
-        assert len({s[2] for s in scrapes}) >= 2, scrapes
+        workers = len({s[2] for s in scrapes})
+        print(f"\n{SCRAPES} scrapes reached {workers} workers: rollbacks 1, canary {canary}")
+        assert workers >= 2, scrapes
 
         holder = _wait_value(lambda: store.lease_holder(time.time()), 30)
         assert isinstance(holder, str), service.log()[-3000:]
@@ -139,6 +141,7 @@ def test_every_worker_shows_the_fleets_rollbacks_and_canary_total(
         assert _settled(store) == canary
         scrapes = _all_show(url, 1.0, float(canary))
         assert all(s[:2] == (1.0, canary) for s in scrapes), (scrapes, service.log()[-3000:])
+        print(f"after the SIGKILL: {len({s[2] for s in scrapes})} workers, all the same")
         assert len(store.records()) >= WORKERS
         assert "Traceback" not in service.log(), service.log()[-3000:]
     finally:
