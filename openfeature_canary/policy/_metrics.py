@@ -22,7 +22,7 @@ here, another process's through the store), and nothing is written between scrap
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry.metrics import (
@@ -34,6 +34,7 @@ from opentelemetry.metrics import (
 )
 from opentelemetry.util.types import Attributes
 
+from openfeature_canary.policy._fleet_metrics import FleetMetrics
 from openfeature_canary.policy._reasons import PLAN_REASONS
 from openfeature_canary.state import RolloutState, Status
 
@@ -95,6 +96,7 @@ class RolloutMetrics:
         self._shown: dict[str, tuple[float, int, Status]] = {}
         self._readers: object = _NOT_YET  # the SDK's reader storages at the last refresh
         self._refresh()
+        self.fleet = _fleet_metrics(rollout, self._provider, self._breached)
         # Registered last: its callback may run (a collection) as soon as it exists.
         meter.create_observable_gauge(
             "canary.trigger.value", [self._trigger_value], description="Last trigger reading"
@@ -106,6 +108,28 @@ class RolloutMetrics:
             # Operators write free text as a reason; a label must stay a small set.
             trigger = new.reason if new.reason in self._reasons else "operator"
             self._rollbacks.add(1, {_KEY: new.flag_key, _TRIGGER: trigger})
+
+    def refresh_fleet(self, now: float) -> None:
+        """Renew the fleet view (a runner round's last step; nothing outside a fleet)."""
+        if self.fleet is not None:
+            self.fleet.refresh(now)
+
+    def _breached(self) -> dict[tuple[str, str], int]:
+        """Per (flag, trigger): 1 when this process's last tick read it beyond its threshold
+        (empty where the policy does not run: the decider's view is the one that counts)."""
+        out: dict[tuple[str, str], int] = {}
+        last_tick = getattr(self.rollout.policy, "last", None)
+        if last_tick is None:
+            return out
+        for ctl in self.rollout.controllers():
+            last = last_tick(ctl.key)
+            if last is None:
+                continue
+            for trigger in ctl.flag.triggers:
+                reading = last.triggers.get(trigger.name)
+                if reading is not None and reading.value is not None:
+                    out[(ctl.key, trigger.name)] = int(trigger.breached(reading.value))
+        return out
 
     def _refresh(self) -> None:
         """Set the gauges whose value changed since the last refresh.
@@ -152,6 +176,24 @@ class RolloutMetrics:
                 if reading.value is not None:
                     out.append(Observation(reading.value, {_KEY: ctl.key, _TRIGGER: name}))
         return out
+
+
+def _fleet_metrics(
+    rollout: Rollout, provider: MeterProvider, breached: Callable[[], Mapping[tuple[str, str], int]]
+) -> FleetMetrics | None:
+    """The fleet view's instruments, for a process in a fleet (``None`` otherwise)."""
+    fleet = rollout.fleet
+    if fleet is None:
+        return None
+    every_s = min((f.tick_s for f in rollout.plan.flags.values()), default=1.0)
+    return FleetMetrics(
+        rollout.plan,
+        fleet.store,
+        provider,
+        lambda: [ctl.state for ctl in rollout.controllers()],
+        breached,
+        every_s=every_s,
+    )
 
 
 def _reader_storages(provider: MeterProvider) -> Any:

@@ -90,6 +90,8 @@ class BackgroundRunner:
         # The store was read once for every flag just above (or cannot be read); the due
         # flags decide and their changes are written together.
         run_round(self.rollout)
+        if self.rollout.metrics is not None:  # the fleet's view, for whoever scrapes here
+            self.rollout.metrics.refresh_fleet(self.rollout.clock.now())
 
     def read_store(self) -> bool:
         """Re-read every flag when the store's change token moved; report its health.
