@@ -189,7 +189,9 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
                 at=t1,
             )
             stamps = [float(t) for t, _ in series["values"]]
-            stretch = (t1 - t0) / (stamps[-1] - stamps[0])
+            # Prometheus keeps times in whole milliseconds: a millisecond either side of the
+            # window and of the sampled span bounds the rounding (a 2e-5 miss failed CI once).
+            stretch = (t1 - t0 + 0.002) / (stamps[-1] - stamps[0] - 0.002)
             source = PrometheusSignalSource(prom.url, timeout_s=5.0)
             yield Scenario(prom, source, local, t0, t1, stretch)
     finally:
