@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from test_fleet_metrics import FLAG, _record, _Scrape
 
 from openfeature_canary.plan import RolloutPlan, load_plan
 from openfeature_canary.policy import Fleet
@@ -27,7 +28,6 @@ from openfeature_canary.signals import (
     trigger_readings,
 )
 from openfeature_canary.stores import FileStateStore
-from tests.test_fleet_metrics import FLAG, _record, _Scrape
 
 TTL = 8.0
 
