@@ -164,7 +164,7 @@ def test_status_fresh_store_lists_every_flag_pending(cli, store):
 
 
 def test_status_json_parses_with_fields(cli, store):
-    assert cli("start", READ, "--force", "--store", store)[0] == 0
+    assert cli("start", READ, "--force", "--by", "alice", "--store", store)[0] == 0
     code, out, err = cli("status", "--json", "--store", store)
     assert (code, err) == (0, "")
     data = json.loads(out)
@@ -190,6 +190,8 @@ def test_status_json_parses_with_fields(cli, store):
             "at_epoch": T0,
             "action": "start",
             "reason": "operator",
+            "rule": "command:start",
+            "by": "operator:alice",
             "numbers": {"to_stage": 1, "to_pct": 5.0},
         },
     }

@@ -104,14 +104,12 @@ def _metrics(
     store: Any,
     scrape: _Scrape,
     states: list[RolloutState] | None = None,
-    breached: Mapping[tuple[str, str], int] | None = None,
 ) -> FleetMetrics:
     return FleetMetrics(
         plan,
         store,
         scrape.provider,
         lambda: states or [],
-        lambda: breached or {},
         every_s=1.0,
     )
 
@@ -253,11 +251,3 @@ def test_gate_lines_come_from_the_plan(plan: RolloutPlan, scrape: _Scrape) -> No
     assert scrape.value(series, stage="1", signal="error_rate") == 0.01
     assert scrape.value(series, stage="2", signal="error_rate") == 0.02
     assert scrape.value(series, stage="2", signal="p95_ms") is None
-
-
-def test_breached_triggers_are_0_or_1(plan: RolloutPlan, scrape: _Scrape) -> None:
-    breached = {(FLAG, "p95_breach"): 1, (FLAG, "lag"): 0}
-    metrics = _metrics(plan, MemoryStateStore(), scrape, breached=breached)
-    metrics.refresh(0.0)
-    assert scrape.value("canary_trigger_breached", trigger="p95_breach") == 1
-    assert scrape.value("canary_trigger_breached", trigger="lag") == 0

@@ -70,6 +70,34 @@ def _scrapes(url: str, n: int = SCRAPES) -> list[tuple[float, float, float]]:
     return out
 
 
+def _trigger_names(url: str, n: int = SCRAPES) -> list[frozenset[str]]:
+    """``n`` scrapes on new connections: per scrape, the triggers with a fleet reading that is
+    not breached (the values move at each tick; which triggers the decider read does not)."""
+    out = []
+    with httpx.Client(
+        limits=httpx.Limits(max_keepalive_connections=0), timeout=5, trust_env=False
+    ) as client:
+        for _ in range(n):
+            text = client.get(f"{url}/metrics").text
+            names = _triggers_in(text, "canary_fleet_trigger_value")
+            calm = _triggers_in(text, "canary_trigger_breached", value=0.0)
+            out.append(frozenset(names) & frozenset(calm))
+    return out
+
+
+def _triggers_in(text: str, name: str, value: float | None = None) -> frozenset[str]:
+    """The ``trigger`` labels of ``name``'s samples for FLAG (of the given value, if any)."""
+    found = set()
+    for line in text.splitlines():
+        match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
+        if not match or f'feature_flag_key="{FLAG}"' not in match.group(1):
+            continue
+        trigger = re.search(r'\btrigger="([^"]+)"', match.group(1))
+        if trigger and (value is None or float(match.group(2)) == value):
+            found.add(trigger.group(1))
+    return frozenset(found)
+
+
 def _store_canary_total(store: FleetStore) -> int:
     return sum(_canary_count(record) for _beat, record in store.records().values())
 
@@ -103,6 +131,11 @@ def test_every_worker_shows_the_fleets_rollbacks_and_canary_total(
     stub: Server,  # noqa: F811
 ) -> None:
     plan_path = _plan(tmp_path, tick="1s")
+    with plan_path.open("a") as plan:  # a trigger the stub's latencies never reach
+        plan.write(
+            f'\n[[flags.{FLAG}.triggers]]\nname = "p95_breach"\n'
+            'signal = "latency_p95_ms"\nabove = 2000\n'
+        )
     redis = RedisServer(tmp_path).start()
     env = _env(
         DATASERVICE_URL=stub.url,
@@ -120,6 +153,15 @@ def test_every_worker_shows_the_fleets_rollbacks_and_canary_total(
         _cli(env, plan_path, redis.url, "start", FLAG, "--force")
         served = _drive(url, seconds=4.0)
         assert served["canary"] > 0, served
+        # The decider's trigger readings, on whichever worker a scrape reaches.
+        shown: list[frozenset[str]] = []
+
+        def readings_everywhere() -> bool:
+            shown[:] = _trigger_names(url)
+            return all(names == {"p95_breach"} for names in shown)
+
+        _wait_for(readings_everywhere, 30)
+        assert all(names == {"p95_breach"} for names in shown), (shown, service.log()[-3000:])
         _cli(env, plan_path, redis.url, "rollback", FLAG, "--reason", "checking /metrics")
         _drive(url, seconds=2.0)  # baseline only now; every worker publishes again
         canary = _settled(store)

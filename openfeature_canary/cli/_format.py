@@ -143,6 +143,9 @@ def status_json(
                     "at_epoch": last.at,
                     "action": last.action,
                     "reason": last.reason,
+                    # Always present (null: not logged, as by older versions): a stable shape.
+                    "rule": last.rule or None,
+                    "by": last.by or None,
                     "numbers": dict(last.numbers),
                 },
             }

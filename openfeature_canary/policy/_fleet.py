@@ -29,12 +29,14 @@ import math
 import os
 import socket
 import threading
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final
 
 from openfeature_canary._forksafe import renew_locks_after_fork
 from openfeature_canary.errors import StateStoreError
 
 if TYPE_CHECKING:
+    from openfeature_canary.signals import TriggerReading
     from openfeature_canary.signals._fleet import Publisher
     from openfeature_canary.stores._fleet import FleetStore
 
@@ -138,6 +140,9 @@ class Fleet:
         self._leader = False
         self._publish_failing = False
         self._lease_failing = False
+        #: The policy's last trigger readings (set by the rollout's metrics): published with
+        #: this process's record while it decides, so every process can show them.
+        self.readings: Callable[[], Mapping[tuple[str, str], TriggerReading]] | None = None
 
     @property
     def process_id(self) -> str:
@@ -220,8 +225,10 @@ class Fleet:
     def _publish(self, now: float) -> None:
         if self.publisher is None:
             return
+        # Only the decider's readings count: a process that does not decide publishes none.
+        readings = self.readings() if self.readings is not None and self.holds(now) else None
         try:
-            self.publisher.publish(now)
+            self.publisher.publish(now, readings)
         except StateStoreError as exc:
             if not self._publish_failing:  # once per outage, not every tick
                 log.warning("openfeature-canary: cannot publish this process's signals: %s", exc)

@@ -11,7 +11,9 @@ Every process already reads the shared store, so each one derives the fleet's vi
   (every process reads the same log, so every process shows the same count);
 - ``canary.gate.threshold`` per flag, stage and signal: the plan's gate lines (a dashboard
   draws them from here, never from numbers copied out of one plan);
-- ``canary.trigger.breached`` per flag and trigger: 0/1 from the decider's last readings.
+- ``canary.fleet.trigger.value`` / ``canary.trigger.breached`` per flag and trigger: the
+  decider's last readings (the value in the signal's unit; 0/1), as the current lease holder
+  published them with its record (a process that does not decide publishes none).
 
 :class:`FleetMetrics` refreshes an immutable :class:`FleetView` at the runner's rounds (at most
 once per ``every_s``); the observable instruments' callbacks only read the view, so a
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
 from openfeature_canary.errors import StateStoreError
-from openfeature_canary.signals import snapshot_from_record
+from openfeature_canary.signals import TriggerReading, snapshot_from_record, trigger_readings
 from openfeature_canary.state import RolloutState
 
 if TYPE_CHECKING:
@@ -60,7 +62,8 @@ class FleetView:
 
     ``requests``: per (flag, cohort), (requests, 5xx) summed over every process's record;
     ``rollbacks``: per (flag, reason), the rollbacks in the persisted log; ``thresholds``: per
-    (flag, stage, signal), the gate's line; ``breached``: per (flag, trigger), 0 or 1.
+    (flag, stage, signal), the gate's line; ``triggers``: per (flag, trigger), the decider's
+    last reading.
     """
 
     requests: Requests = field(default_factory=lambda: MappingProxyType({}))
@@ -68,7 +71,9 @@ class FleetView:
     thresholds: Mapping[tuple[str, int, str], float] = field(
         default_factory=lambda: MappingProxyType({})
     )
-    breached: Mapping[tuple[str, str], int] = field(default_factory=lambda: MappingProxyType({}))
+    triggers: Mapping[tuple[str, str], TriggerReading] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
 
 def gate_thresholds(plan: RolloutPlan) -> dict[tuple[str, int, str], float]:
@@ -140,23 +145,22 @@ def view_from(
     requests: Requests,
     rollbacks: Mapping[tuple[str, str], int],
     thresholds: Mapping[tuple[str, int, str], float],
-    breached: Mapping[tuple[str, str], int],
+    triggers: Mapping[tuple[str, str], TriggerReading],
 ) -> FleetView:
     """The view from its parts."""
     return FleetView(
         requests=MappingProxyType(dict(requests)),
         rollbacks=MappingProxyType(dict(rollbacks)),
         thresholds=MappingProxyType(dict(thresholds)),
-        breached=MappingProxyType(dict(breached)),
+        triggers=MappingProxyType(dict(triggers)),
     )
 
 
 class FleetMetrics:
     """Registers the fleet instruments on ``meter_provider``; :meth:`refresh` renews the view.
 
-    ``states`` gives the flags' states as this process last read them from the store;
-    ``breached`` the decider's last trigger verdicts (per (flag, trigger), 0/1; empty in a
-    process that does not decide).
+    ``states`` gives the flags' states as this process last read them from the store. The
+    triggers' readings come from the record of the lease's holder (the decider).
     """
 
     def __init__(
@@ -165,13 +169,11 @@ class FleetMetrics:
         store: FleetStore,
         meter_provider: MeterProvider,
         states: Callable[[], Iterable[RolloutState]],
-        breached: Callable[[], Mapping[tuple[str, str], int]],
         *,
         every_s: float = 1.0,
     ) -> None:
         self._store = store
         self._states = states
-        self._breached = breached
         self._every_s = every_s
         self._thresholds = gate_thresholds(plan)
         self._sums = _RequestSums()
@@ -179,6 +181,9 @@ class FleetMetrics:
         #: and a counter must not go down when an old rollback leaves it.
         self._rollbacks: dict[tuple[str, str], int] = {}
         self._refreshed_at = -math.inf
+        #: The holder's readings as last parsed: (its record, the readings), parsed once each.
+        self._readings: tuple[Mapping[str, Any] | None, Mapping[tuple[str, str], TriggerReading]]
+        self._readings = (None, MappingProxyType({}))
         self.view = view_from({}, {}, self._thresholds, {})
         meter = meter_provider.get_meter("openfeature_canary.fleet")
         meter.create_observable_counter(
@@ -204,6 +209,11 @@ class FleetMetrics:
             description="A stage gate's line, in its signal's unit",
         )
         meter.create_observable_gauge(
+            "canary.fleet.trigger.value",
+            [self._trigger_values],
+            description="The decider's last reading of a trigger, in its signal's unit",
+        )
+        meter.create_observable_gauge(
             "canary.trigger.breached",
             [self._breaches],
             description="1 when the trigger's last reading was beyond its threshold",
@@ -216,6 +226,7 @@ class FleetMetrics:
             return
         try:
             records = self._store.records()
+            lease = self._store.lease()
         except StateStoreError as exc:
             log.debug("openfeature-canary: fleet metrics keep their last view: %s", exc)
             return
@@ -223,7 +234,27 @@ class FleetMetrics:
         requests = self._sums.update(records)
         for key, n in rollbacks_in(self._states()).items():
             self._rollbacks[key] = max(n, self._rollbacks.get(key, 0))
-        self.view = view_from(requests, self._rollbacks, self._thresholds, self._breached())
+        holder = records.get(lease.holder) if lease is not None else None
+        triggers = self._holder_readings(holder[1] if holder is not None else None)
+        self.view = view_from(requests, self._rollbacks, self._thresholds, triggers)
+
+    def _holder_readings(
+        self, record: Mapping[str, Any] | None
+    ) -> Mapping[tuple[str, str], TriggerReading]:
+        """The readings in the lease holder's record (none without one); a record whose
+        readings are bad shows none, said once per record at WARNING."""
+        if record is None:
+            return MappingProxyType({})
+        seen, readings = self._readings
+        if seen == record:
+            return readings
+        try:
+            readings = MappingProxyType(trigger_readings(record))
+        except ValueError as exc:
+            log.warning("openfeature-canary: the decider's trigger readings are refused: %s", exc)
+            readings = MappingProxyType({})
+        self._readings = (record, readings)
+        return readings
 
     def _requests(self, _options: CallbackOptions) -> Iterable[Observation]:
         return [
@@ -249,8 +280,15 @@ class FleetMetrics:
             for (flag, stage, signal), line in self.view.thresholds.items()
         ]
 
+    def _trigger_values(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(r.value, {_KEY: flag, "trigger": trigger})
+            for (flag, trigger), r in self.view.triggers.items()
+            if r.value is not None
+        ]
+
     def _breaches(self, _options: CallbackOptions) -> Iterable[Observation]:
         return [
-            Observation(b, {_KEY: flag, "trigger": trigger})
-            for (flag, trigger), b in self.view.breached.items()
+            Observation(int(r.breached), {_KEY: flag, "trigger": trigger})
+            for (flag, trigger), r in self.view.triggers.items()
         ]

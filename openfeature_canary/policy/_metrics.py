@@ -22,7 +22,7 @@ here, another process's through the store), and nothing is written between scrap
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry.metrics import (
@@ -36,6 +36,7 @@ from opentelemetry.util.types import Attributes
 
 from openfeature_canary.policy._fleet_metrics import FleetMetrics
 from openfeature_canary.policy._reasons import PLAN_REASONS
+from openfeature_canary.signals import TriggerReading
 from openfeature_canary.state import RolloutState, Status
 
 if TYPE_CHECKING:
@@ -96,7 +97,9 @@ class RolloutMetrics:
         self._shown: dict[str, tuple[float, int, Status]] = {}
         self._readers: object = _NOT_YET  # the SDK's reader storages at the last refresh
         self._refresh()
-        self.fleet = _fleet_metrics(rollout, self._provider, self._breached)
+        self.fleet = _fleet_metrics(rollout, self._provider)
+        if rollout.fleet is not None:
+            rollout.fleet.readings = self._readings
         # Registered last: its callback may run (a collection) as soon as it exists.
         meter.create_observable_gauge(
             "canary.trigger.value", [self._trigger_value], description="Last trigger reading"
@@ -114,10 +117,10 @@ class RolloutMetrics:
         if self.fleet is not None:
             self.fleet.refresh(now)
 
-    def _breached(self) -> dict[tuple[str, str], int]:
-        """Per (flag, trigger): 1 when this process's last tick read it beyond its threshold
-        (empty where the policy does not run: the decider's view is the one that counts)."""
-        out: dict[tuple[str, str], int] = {}
+    def _readings(self) -> dict[tuple[str, str], TriggerReading]:
+        """Per (flag, trigger): this process's last tick's reading (empty where the policy does
+        not run). Published with the decider's record: the fleet view shows the decider's."""
+        out: dict[tuple[str, str], TriggerReading] = {}
         last_tick = getattr(self.rollout.policy, "last", None)
         if last_tick is None:
             return out
@@ -127,8 +130,11 @@ class RolloutMetrics:
                 continue
             for trigger in ctl.flag.triggers:
                 reading = last.triggers.get(trigger.name)
-                if reading is not None and reading.value is not None:
-                    out[(ctl.key, trigger.name)] = int(trigger.breached(reading.value))
+                if reading is None:
+                    continue
+                value = reading.value
+                breached = value is not None and trigger.breached(value)
+                out[(ctl.key, trigger.name)] = TriggerReading(value, breached, last.at)
         return out
 
     def _refresh(self) -> None:
@@ -178,9 +184,7 @@ class RolloutMetrics:
         return out
 
 
-def _fleet_metrics(
-    rollout: Rollout, provider: MeterProvider, breached: Callable[[], Mapping[tuple[str, str], int]]
-) -> FleetMetrics | None:
+def _fleet_metrics(rollout: Rollout, provider: MeterProvider) -> FleetMetrics | None:
     """The fleet view's instruments, for a process in a fleet (``None`` otherwise)."""
     fleet = rollout.fleet
     if fleet is None:
@@ -191,7 +195,6 @@ def _fleet_metrics(
         fleet.store,
         provider,
         lambda: [ctl.state for ctl in rollout.controllers()],
-        breached,
         every_s=every_s,
     )
 

@@ -30,6 +30,7 @@ from openfeature_canary.signals._protocol import (
     SignalSource,
     retention_for_plan,
 )
+from openfeature_canary.signals._records import TriggerReading, trigger_readings
 from openfeature_canary.signals._snapshot_reads import SnapshotReads
 from openfeature_canary.signals._snapshots import CohortTotals, Snapshot
 from openfeature_canary.signals.prometheus import (
@@ -56,6 +57,7 @@ __all__ = [
     "SignalSource",
     "Snapshot",
     "SnapshotReads",
+    "TriggerReading",
     "count_above",
     "count_at_least",
     "default_queries",
@@ -64,5 +66,6 @@ __all__ = [
     "retention_for_plan",
     "snapshot_from_record",
     "snapshot_record",
+    "trigger_readings",
     "validate_queries",
 ]

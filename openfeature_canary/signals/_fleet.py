@@ -37,8 +37,10 @@ from openfeature_canary.instrumentation import UnitLog
 from openfeature_canary.instrumentation._units import UNIT_LOG_CAP
 from openfeature_canary.signals._in_process import InProcessSignalSource
 from openfeature_canary.signals._records import (
+    TriggerReading,
     snapshot_from_record,
     snapshot_record,
+    triggers_record,
 )
 from openfeature_canary.signals._snapshot_reads import SnapshotReads
 from openfeature_canary.signals._snapshots import (
@@ -370,8 +372,11 @@ class Publisher:
             self._process_id = new_process_id()
         return self._process_id
 
-    def publish(self, now: float) -> None:
-        """Take a local snapshot at ``now`` (source.snapshot) and publish it.
+    def publish(
+        self, now: float, triggers: Mapping[tuple[str, str], TriggerReading] | None = None
+    ) -> None:
+        """Take a local snapshot at ``now`` (source.snapshot) and publish it, with
+        ``triggers`` (the decider's last readings per (flag, trigger); none elsewhere).
 
         Store errors propagate as ``StateStoreError`` (the caller logs them). A failing local
         reader publishes nothing: it is logged once per outage, and the last record published
@@ -387,4 +392,7 @@ class Publisher:
         self._reader_failing = False
         snap = self._source.latest()
         if snap is not None:
-            self._store.publish(self.process_id, snapshot_record(snap), now)
+            record = snapshot_record(snap)
+            if triggers:  # optional: only the decider has readings
+                record["triggers"] = triggers_record(triggers)
+            self._store.publish(self.process_id, record, now)

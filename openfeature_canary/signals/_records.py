@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -29,13 +30,40 @@ from openfeature_canary.signals._snapshots import (
     Snapshot,
 )
 
-__all__ = ["RECORD_FORMAT", "Layout", "snapshot_from_record", "snapshot_record"]
+__all__ = [
+    "RECORD_FORMAT",
+    "TRIGGERS_CAP",
+    "Layout",
+    "TriggerReading",
+    "snapshot_from_record",
+    "snapshot_record",
+    "trigger_readings",
+    "triggers_record",
+]
 
 #: The record layout's version: a decider refuses records of another one (a mixed rollout).
 RECORD_FORMAT: Final = 1
 #: No count can be larger: JSON allows any integer, float conversion of a larger one overflows.
 _MAX_COUNT: Final = 2**63 - 1
 _COUNTERS: Final = frozenset((LEDGER_MISMATCHES, TELEMETRY_ACCEPTED, TELEMETRY_SENT))
+#: At most this many trigger readings in one record (a plan has a few triggers per flag): a
+#: record is read by every process at every round, so its size stays bounded.
+TRIGGERS_CAP: Final = 512
+#: A flag key or trigger name longer than this is not one a plan accepts.
+_NAME_CAP: Final = 256
+
+
+@dataclass(frozen=True)
+class TriggerReading:
+    """The decider's last reading of one trigger: ``value`` in the signal's unit (``None``: no
+    data), ``breached`` against the trigger's threshold, ``at`` the rollout clock's time read."""
+
+    value: float | None
+    breached: bool
+    at: float
+
+
+TriggerKey = tuple[str, str]
 
 Layout = tuple[Bounds, Counts]
 
@@ -84,7 +112,7 @@ def snapshot_from_record(data: Any) -> Snapshot:
     Raises ``ValueError`` naming the path of the first bad field (``record.requests[2].hist[0]
     .counts: …``), never another exception, whatever ``data`` is.
     """
-    top = _object(data, "record", ("format", "requests", "lag", "counters"), ("units",))
+    top = _object(data, "record", ("format", "requests", "lag", "counters"), ("units", "triggers"))
     if top["format"] != RECORD_FORMAT or isinstance(top["format"], bool):
         raise ValueError(
             f"record.format: {_shown(top['format'])} is not the supported format {RECORD_FORMAT}"
@@ -109,6 +137,7 @@ def snapshot_from_record(data: Any) -> Snapshot:
             raise ValueError(f"{path}: counter {name!r} flag {key[1]!r} appears twice")
         counters[key] = _number(entry["value"], f"{path}.value")
     units = _unit_logs(top.get("units", []), "record.units")
+    _triggers(top.get("triggers", []))  # validated here too: a bad record is refused whole
     return Snapshot(
         0.0,
         MappingProxyType(requests),
@@ -116,6 +145,69 @@ def snapshot_from_record(data: Any) -> Snapshot:
         MappingProxyType(counters),
         units=MappingProxyType(units),
     )
+
+
+def triggers_record(readings: Mapping[TriggerKey, TriggerReading]) -> list[dict[str, Any]]:
+    """The decider's trigger readings as the record's optional ``triggers`` list.
+
+    >>> triggers_record({("f", "p95_breach"): TriggerReading(120.0, False, 30.0)})
+    [{'flag': 'f', 'trigger': 'p95_breach', 'value': 120.0, 'breached': 0, 'at': 30.0}]
+    """
+    return [
+        {"flag": flag, "trigger": name, "value": r.value, "breached": int(r.breached), "at": r.at}
+        for (flag, name), r in readings.items()
+    ]
+
+
+def trigger_readings(data: Any) -> dict[TriggerKey, TriggerReading]:
+    """The trigger readings a record carries (none: an empty dict), per (flag, trigger).
+
+    Raises ``ValueError`` naming the first bad field (``record.triggers[0].value: …``).
+    """
+    if not isinstance(data, Mapping):
+        raise ValueError(f"record: expected an object, got {type(data).__name__}")
+    return _triggers(data.get("triggers", []))
+
+
+def _triggers(value: Any) -> dict[TriggerKey, TriggerReading]:
+    items = _array(value, "record.triggers")
+    if len(items) > TRIGGERS_CAP:
+        raise ValueError(f"record.triggers: {len(items)} readings (at most {TRIGGERS_CAP})")
+    out: dict[TriggerKey, TriggerReading] = {}
+    for i, item in enumerate(items):
+        where = f"record.triggers[{i}]"
+        entry = _object(item, where, ("flag", "trigger", "value", "breached", "at"))
+        key = (_name(entry["flag"], f"{where}.flag"), _name(entry["trigger"], f"{where}.trigger"))
+        if key in out:
+            raise ValueError(f"{where}: flag {key[0]!r} trigger {key[1]!r} appears twice")
+        reading = entry["value"]
+        if reading is not None:
+            reading = _finite(reading, f"{where}.value")
+        breached = entry["breached"]
+        if breached not in (0, 1) or isinstance(breached, bool):
+            raise ValueError(f"{where}.breached: {_shown(breached)} is not 0 or 1")
+        if breached and reading is None:
+            raise ValueError(f"{where}.breached: 1 without a value")
+        out[key] = TriggerReading(reading, bool(breached), _finite(entry["at"], f"{where}.at"))
+    return out
+
+
+def _name(value: Any, path: str) -> str:
+    name = _string(value, path)
+    if not 0 < len(name) <= _NAME_CAP:
+        raise ValueError(f"{path}: expected 1 to {_NAME_CAP} characters, got {len(name)}")
+    return name
+
+
+def _finite(value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{path}: expected a number, got {type(value).__name__}")
+    if isinstance(value, int) and abs(value) > _MAX_COUNT:
+        raise ValueError(f"{path}: {_shown(value)}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{path}: {value} is not a finite number")
+    return number
 
 
 def _unit_logs(value: Any, path: str) -> dict[CohortKey, UnitLog]:
