@@ -24,6 +24,7 @@ from openfeature_canary.events._markdown import (
     unit_of,
     users_got,
 )
+from openfeature_canary.events._runs import entry_field, entry_rule
 from openfeature_canary.state import LogEntry
 
 __all__ = [
@@ -239,8 +240,9 @@ def render_abort(record: AbortRecord) -> str:
     said = f" ({record.note})" if record.note else ""
     judged = record.value is not None or record.threshold is not None
     numbers = f", {value} vs {threshold}" if judged else ""
-    rule = record.rule or _field(entry, "rule")
-    by = record.by or _field(entry, "by")
+    rule = record.rule or (entry_rule(entry) if entry is not None else None)
+    found = entry_field(entry, "by") if entry is not None else None
+    by = record.by or (None if found is None else str(found))
     out = [
         # The heading already says what broke: the reason, and its value against the threshold.
         f"## {when} — `{record.flag_key}` rolled back from {fmt_percent(record.from_pct)}"
@@ -274,19 +276,6 @@ def render_abort(record: AbortRecord) -> str:
             out.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
         out.append("")
     return "\n".join(out)
-
-
-def _field(entry: LogEntry | None, name: str) -> str | None:
-    """A field of the rollback's entry: an attribute if a newer writer adds one, else a number
-    (``rule`` falls back to ``gate:<test>``)."""
-    if entry is None:
-        return None
-    value = getattr(entry, name, None) or None  # a LogEntry's empty default says nothing
-    if value is None:
-        value = entry.numbers.get(name)
-    if value is None and name == "rule" and entry.numbers.get("test") is not None:
-        value = f"gate:{entry.numbers['test']}"
-    return None if value is None else str(value)
 
 
 def _users_got(entry: LogEntry | None, percent: float) -> str:

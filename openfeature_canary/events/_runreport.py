@@ -39,7 +39,14 @@ from openfeature_canary.events._reports import (
     RESULTS_FILE,
     ReportWriter,
 )
-from openfeature_canary.events._runs import Run, StageRun, entry_field, entry_number, runs_of
+from openfeature_canary.events._runs import (
+    Run,
+    StageRun,
+    entry_field,
+    entry_number,
+    entry_rule,
+    runs_of,
+)
 from openfeature_canary.plan import FlagPlan, RolloutPlan
 from openfeature_canary.state import LogEntry, RolloutState
 
@@ -258,11 +265,9 @@ def _decision(e: LogEntry) -> str:
     if note:  # an operator's own words
         text += f": {note}"
     details = []
-    rule = entry_field(e, "rule")
-    if rule is None and entry_field(e, "test") is not None:
-        rule = f"gate:{entry_field(e, 'test')}"
+    rule = entry_rule(e)
     if rule is not None:
-        details.append(str(rule))
+        details.append(rule)
     value, threshold = entry_number(e, "value"), entry_number(e, "threshold")
     if value is not None or threshold is not None:
         unit = _unit(e)
@@ -326,7 +331,7 @@ def _abort_section(run: Run, plan_path: str) -> list[str]:
         ("Flag", f"`{run.flag_key}`"),
         ("From", f"{fmt_percent(pct)} (stage {fmt_number(from_stage)}), run {run.index}"),
         ("Reason", (f"`{end.reason}`" if end.reason else DASH) + said),
-        ("Rule", str(entry_field(end, "rule") or _rule_of(end) or DASH)),
+        ("Rule", entry_rule(end) or DASH),
         (
             "Value vs threshold",
             f"{fmt_in_unit(unit, entry_number(end, 'value'))} vs "
@@ -353,8 +358,3 @@ def _abort_section(run: Run, plan_path: str) -> list[str]:
     ]
     out += md_table(("Field", "Value"), rows)
     return [*out, ""]
-
-
-def _rule_of(e: LogEntry) -> str | None:
-    test = entry_field(e, "test")
-    return None if test is None else f"gate:{test}"

@@ -28,6 +28,7 @@ __all__ = [
     "WindowPoint",
     "entry_field",
     "entry_number",
+    "entry_rule",
     "runs_of",
 ]
 
@@ -145,6 +146,16 @@ def entry_field(entry: LogEntry, name: str) -> Number:
         return value
     got = entry.numbers.get(name)
     return got if isinstance(got, int | float | str) and not isinstance(got, bool) else None
+
+
+def entry_rule(entry: LogEntry) -> str | None:
+    """The rule that acted: the entry's ``rule``, else ``gate:<test>`` for a gate's entry
+    written before entries named their rule, else ``None``."""
+    rule = entry_field(entry, "rule")
+    if rule is None:
+        test = entry_field(entry, "test")
+        return None if test is None else f"gate:{test}"
+    return str(rule)
 
 
 def entry_number(entry: LogEntry | None, name: str) -> float | None:
