@@ -3,8 +3,9 @@
 A :class:`StageEvidence` holds, for the stage a flag is in, the running totals of both cohorts
 (requests, 5xx and request-duration bucket counts: a :class:`Tally` each), the running log
 e-values of the two canary-against-baseline tests, whose ticks cannot be recomputed from totals,
-and the hashed units that answered a 5xx (each counts once: errors are rare, the set is capped
-at :data:`MAX_ERROR_UNITS` per cohort). Its size does not grow with the stage's length. The
+the hashed units that answered a 5xx (each counts once: errors are rare, the set is capped
+at :data:`MAX_ERROR_UNITS` per cohort), and per guard the tracked event's totals
+(:class:`GuardTally`). Its size does not grow with the stage's length. The
 tests themselves are in :mod:`openfeature_canary.policy`.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 
 from openfeature_canary._validate import _bad, _finite, _integer, _join, _object, _show
 
-__all__ = ["MAX_ERROR_UNITS", "StageEvidence", "Tally"]
+__all__ = ["MAX_ERROR_UNITS", "GuardTally", "StageEvidence", "Tally", "Tracked"]
 
 #: Erroring units kept per cohort and stage (hashed ids, 16 hex digits each). Once either set is
 #: full the unit-level error comparison stops counting (less evidence, never false evidence);
@@ -87,6 +88,99 @@ class Tally:
 
 
 @dataclass(frozen=True)
+class Tracked:
+    """One tracked event's totals in one cohort (what ``track()`` recorded): ``count`` events,
+    ``valued`` of them with a ``value`` (finite, >= 0), whose sum is ``total`` and sum of
+    squares ``squares`` (a mean and its variance, without keeping the values).
+
+    >>> Tracked(3, 2, 5.0, 13.0).plus(Tracked(1, 1, 1.0, 1.0)).mean
+    2.0
+    """
+
+    count: int = 0
+    valued: int = 0
+    total: float = 0.0
+    squares: float = 0.0
+
+    @property
+    def mean(self) -> float | None:
+        """The mean ``value`` (``None`` with no valued event)."""
+        return self.total / self.valued if self.valued else None
+
+    def plus(self, other: Tracked) -> Tracked:
+        """The sum of two totals."""
+        return Tracked(
+            self.count + other.count,
+            self.valued + other.valued,
+            self.total + other.total,
+            self.squares + other.squares,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return {
+            "count": self.count,
+            "valued": self.valued,
+            "total": self.total,
+            "squares": self.squares,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, *, path: str = "") -> Tracked:
+        """Inverse of :meth:`to_dict`; ``StateStoreError`` naming the field otherwise."""
+        t = _object(data, path)
+        count, valued = _integer(t, path, "count"), _integer(t, path, "valued")
+        if valued > count:
+            _bad(_join(path, "valued"), f"must not exceed count ({count}), got {valued}")
+        total, squares = _finite(t, path, "total"), _finite(t, path, "squares")
+        if total < 0 or squares < 0:
+            _bad(path, f"total and squares must be >= 0, got {total:g} and {squares:g}")
+        return cls(count, valued, total, squares)
+
+
+@dataclass(frozen=True)
+class GuardTally:
+    """One guard's evidence in a stage: the guarded event's totals per cohort, the exposures
+    its rate is per (requests, or the ``per`` event's count) and the running log e-values of
+    its canary-against-baseline comparison, one per alternative (a rate is tested tick by
+    tick; a mean on the totals, so its ``log_e`` stays empty)."""
+
+    event: str
+    canary: Tracked = Tracked()
+    baseline: Tracked = Tracked()
+    canary_exposure: int = 0
+    baseline_exposure: int = 0
+    log_e: tuple[float, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return {
+            "event": self.event,
+            "canary": self.canary.to_dict(),
+            "baseline": self.baseline.to_dict(),
+            "canary_exposure": self.canary_exposure,
+            "baseline_exposure": self.baseline_exposure,
+            "log_e": list(self.log_e),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, *, path: str = "") -> GuardTally:
+        """Inverse of :meth:`to_dict`; ``StateStoreError`` naming the field otherwise."""
+        t = _object(data, path)
+        event = t.get("event")
+        if not isinstance(event, str) or not event:
+            _bad(_join(path, "event"), f"must be an event name, got {_show(event)}")
+        return cls(
+            event=event,
+            canary=Tracked.from_dict(t.get("canary", {}), path=_join(path, "canary")),
+            baseline=Tracked.from_dict(t.get("baseline", {}), path=_join(path, "baseline")),
+            canary_exposure=_integer(t, path, "canary_exposure"),
+            baseline_exposure=_integer(t, path, "baseline_exposure"),
+            log_e=tuple(_numbers(t, path, "log_e", integer=False)),
+        )
+
+
+@dataclass(frozen=True)
 class StageEvidence:
     """The evidence of stage ``stage``, gathered from ``started`` up to ``through`` (the time
     of the last data folded in: the next tick reads from there, so nothing counts twice).
@@ -106,6 +200,11 @@ class StageEvidence:
     ratio_log_e: tuple[float, ...] = ()
     tail_log_e: tuple[float, ...] = ()
     error_units: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+    guards: tuple[GuardTally, ...] = ()
+
+    def guard(self, event: str) -> GuardTally:
+        """The evidence of the guard on ``event`` (empty before its first data)."""
+        return next((g for g in self.guards if g.event == event), GuardTally(event))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
@@ -120,6 +219,8 @@ class StageEvidence:
         }
         if any(self.error_units):
             data["error_units"] = [list(u) for u in self.error_units]
+        if self.guards:
+            data["guards"] = [g.to_dict() for g in self.guards]
         return data
 
     @classmethod
@@ -137,7 +238,16 @@ class StageEvidence:
             ratio_log_e=tuple(_numbers(t, path, "ratio_log_e", integer=False)),
             tail_log_e=tuple(_numbers(t, path, "tail_log_e", integer=False)),
             error_units=_units(t, path),
+            guards=_guards(t, path),
         )
+
+
+def _guards(t: Mapping[str, Any], path: str) -> tuple[GuardTally, ...]:
+    value = t.get("guards", [])
+    where = _join(path, "guards")
+    if not isinstance(value, list):
+        _bad(where, f"must be an array, got {_show(value)}")
+    return tuple(GuardTally.from_dict(g, path=f"{where}[{i}]") for i, g in enumerate(value))
 
 
 def _units(t: Mapping[str, Any], path: str) -> tuple[tuple[str, ...], tuple[str, ...]]:

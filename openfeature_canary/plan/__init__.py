@@ -11,6 +11,7 @@ broken rule raises :class:`PlanError` naming the file, the exact path and the ru
 
 from openfeature_canary.errors import PlanError
 from openfeature_canary.plan._decisions import DecisionRules
+from openfeature_canary.plan._guards import Guard
 from openfeature_canary.plan._loader import load_plan, parse_plan
 from openfeature_canary.plan._model import (
     MIN_PERCENT,
@@ -32,6 +33,7 @@ __all__ = [
     "OPERATORS",
     "DecisionRules",
     "FlagPlan",
+    "Guard",
     "OnBaselineBreach",
     "OnError",
     "OnNoGo",

@@ -12,6 +12,7 @@ from typing import Any
 from openfeature_canary.bucketing import SCHEMES, percent_to_basis_points
 from openfeature_canary.errors import PlanError
 from openfeature_canary.plan._decisions import DecisionRules, parse_decisions
+from openfeature_canary.plan._guards import parse_guards
 from openfeature_canary.plan._model import (
     DEFAULT_MIN_EVENTS,
     MIN_PERCENT,
@@ -125,6 +126,7 @@ def _flag(r: Reader, key: str, data: Any, rules: DecisionRules) -> FlagPlan:
             "on_no_go",
             "source_error_for",
             "decisions",
+            "guards",
         },
     )
     if not key.strip():
@@ -170,6 +172,7 @@ def _flag(r: Reader, key: str, data: Any, rules: DecisionRules) -> FlagPlan:
         dry_run=r.bool_(t, path, "dry_run", False),
         source_error_for_s=r.duration(t, path, "source_error_for", "1m"),
         decisions=decisions,
+        guards=parse_guards(r, t.get("guards"), f"{path}.guards"),
     )
 
 

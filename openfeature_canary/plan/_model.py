@@ -9,6 +9,7 @@ from typing import Final, Literal
 
 from openfeature_canary.errors import UnknownFlagError
 from openfeature_canary.plan._decisions import DecisionRules
+from openfeature_canary.plan._guards import Guard
 from openfeature_canary.plan._signals import MS_SIGNALS, RATE_SIGNALS
 
 __all__ = [
@@ -136,6 +137,11 @@ class FlagPlan:
     dry_run: bool = False
     source_error_for_s: float = 60.0
     decisions: DecisionRules = field(default_factory=DecisionRules)
+    guards: tuple[Guard, ...] = ()
+
+    def tracked_events(self) -> frozenset[str]:
+        """Every event name the flag's guards read (what ``track()`` records for it)."""
+        return frozenset(name for guard in self.guards for name in guard.events)
 
     def stage(self, index: int) -> Stage:
         """Stage by its 1-based index (stage 0 is "pending", 0 %, and has no ``Stage``)."""

@@ -11,13 +11,20 @@ binomial proportion like the 5xx share.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Final
+
+from openfeature_canary.evidence import Tracked
 
 # Hashed where the unit is recorded (instrumentation); re-exported where the evidence reads it.
 from openfeature_canary.instrumentation import unit_digest
 
-__all__ = ["EMPTY_COHORT", "CohortCounts", "CountsReading", "unit_digest"]
+__all__ = ["EMPTY_COHORT", "NO_EVENTS", "CohortCounts", "CountsReading", "Tracked", "unit_digest"]
+
+#: No tracked event (the default of :attr:`CohortCounts.tracked`).
+NO_EVENTS: Final[Mapping[str, Tracked]] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,9 @@ class CohortCounts:
     unit, or overran the per-cohort log: then the gates treat every request as its own unit,
     which holds when bucketing is by request and overstates the evidence when units repeat).
 
+    ``tracked``: per event name the plan's guards read, what ``track()`` recorded for this
+    cohort over the span (:class:`Tracked`); an event nobody tracked is absent.
+
     >>> CohortCounts(3, 1, (100.0,), (2, 1)).n
     3
     """
@@ -43,6 +53,7 @@ class CohortCounts:
     bounds: tuple[float, ...] = ()
     counts: tuple[int, ...] = (0,)
     error_units: frozenset[str] | None = None
+    tracked: Mapping[str, Tracked] = field(default_factory=lambda: NO_EVENTS)
 
     def __post_init__(self) -> None:
         if len(self.counts) != len(self.bounds) + 1:
