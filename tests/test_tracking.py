@@ -34,6 +34,7 @@ from openfeature_canary import ManualClock, RolloutPlan, parse_plan
 from openfeature_canary.evidence import Tracked
 from openfeature_canary.instrumentation._tracking import TrackingRecorder, tracking_recorder
 from openfeature_canary.signals import InProcessSignalSource
+from openfeature_canary.telemetry import setup_telemetry
 
 ROOT = Path(__file__).resolve().parent.parent
 F1 = "dataservice-read-canary"
@@ -196,6 +197,38 @@ def test_track_values_sum_and_bad_values_count_as_events_without_a_value(
     assert world.recorder.totals() == {(F1, "on", "basket"): expected}
     invalid = len(bad) - 1  # None is no value, not a bad one
     assert world.recorder.dropped() == {"invalid_value": invalid}
+
+
+def test_track_with_telemetry_reaches_the_policys_own_signal_source() -> None:
+    telemetry = setup_telemetry(guarded_plan())
+    try:
+        provider = CanaryProvider(
+            guarded_plan(),
+            clock=ManualClock(start=1000.0),
+            environ={},
+            telemetry=telemetry,
+            background=False,
+        )
+        api.set_provider_and_wait(provider)
+        provider.controller(F1).start(force=True)
+        policy = provider.rollout.policy
+        assert policy is not None
+        source = policy.source
+        source.snapshot(1000.0)
+        client = api.get_client()
+        cohorts = {"on": 0, "off": 0}
+        for i in range(400):
+            ctx = _ctx(f"user-{i}")
+            variant = client.get_boolean_details(F1, False, ctx).variant
+            assert variant is not None
+            cohorts[variant] += 1
+            client.track("viewed", ctx)
+        source.snapshot(1001.0)
+        counts = source.counts_between(F1, 1000.0, 1001.0)
+        assert counts.canary.tracked["viewed"].count == cohorts["on"] > 0
+        assert counts.baseline.tracked["viewed"].count == cohorts["off"]
+    finally:
+        telemetry.shutdown()
 
 
 # ------------------------------------------------------------------ nothing to record
