@@ -33,6 +33,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from openfeature_canary import ManualClock, RolloutPlan, parse_plan
 from openfeature_canary.evidence import Tracked
 from openfeature_canary.instrumentation._tracking import TrackingRecorder, tracking_recorder
+from openfeature_canary.policy import Autopilot
 from openfeature_canary.signals import InProcessSignalSource
 from openfeature_canary.telemetry import setup_telemetry
 
@@ -212,7 +213,7 @@ def test_track_with_telemetry_reaches_the_policys_own_signal_source() -> None:
         api.set_provider_and_wait(provider)
         provider.controller(F1).start(force=True)
         policy = provider.rollout.policy
-        assert policy is not None
+        assert isinstance(policy, Autopilot)
         source = policy.source
         source.snapshot(1000.0)
         client = api.get_client()
