@@ -93,7 +93,9 @@ def _cmd_controller(args: argparse.Namespace, io: Io) -> int:
     source: SourceHealth | None = None
     if args.prometheus:
         try:
-            prometheus = PrometheusSignalSource(args.prometheus, queries=dict(plan.signals))
+            prometheus = PrometheusSignalSource(
+                args.prometheus, queries=dict(plan.signals), plan=plan
+            )
         except ValueError as exc:
             raise UsageError(f"--prometheus {args.prometheus!r}: {exc}") from exc
         source = SourceHealth(prometheus, f"Prometheus {prometheus.url}")
