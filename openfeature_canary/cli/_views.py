@@ -111,7 +111,9 @@ def _needs(state: RolloutState) -> str:
             break
         needed = entry.numbers.get("needed")
         if isinstance(needed, int | float) and not isinstance(needed, bool):
-            text = f"gate needs {format_number(float(needed))} more canary requests"
+            unit = entry.numbers.get("needed_unit")
+            unit = unit if isinstance(unit, str) else "canary requests"
+            text = f"gate needs {format_number(float(needed))} more {unit}"
             needed_s = entry.numbers.get("needed_s")
             if isinstance(needed_s, int | float) and not isinstance(needed_s, bool):
                 text += f" (~{_span(float(needed_s))} at this rate)"

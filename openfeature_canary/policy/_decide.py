@@ -32,11 +32,14 @@ from openfeature_canary.plan._signals import COHORT_SIGNALS
 from openfeature_canary.policy._decision import Action, Decision, Memory, Reading, Readings
 from openfeature_canary.policy._gates import (
     GateTest,
+    Information,
+    alpha_per_test,
     current_evidence,
     fold,
     information,
     judge,
 )
+from openfeature_canary.policy._guards import guard_information
 from openfeature_canary.policy._numbers import information_numbers, stage_summary, test_numbers
 from openfeature_canary.policy._windows import WindowSpan, judge_window, windows_due
 from openfeature_canary.state import Number, RolloutState, Status, Verdict, WindowRecord
@@ -335,6 +338,27 @@ class _Tick:
         return Decision(Action.EXTEND, reason, memory, numbers, self.judged, self.changed)
 
 
+def _needs(short: list[Information], elapsed: float) -> dict[str, Number]:
+    """How much more a stage short of information needs: ``needed`` (canary requests for a
+    line, else a guard's events, ``needed_unit`` says which), each guard's own
+    (``needed_guard:<event>``), and ``needed_s``, the longest time that takes at the rate seen
+    so far (absent when nothing was seen)."""
+    out: dict[str, Number] = {}
+    lines = [i for i in short if not i.name.startswith("guard:")]
+    worst = max(lines or short, key=lambda i: i.needed - i.n)
+    out["needed"] = worst.needed - worst.n
+    out["needed_unit"] = "canary requests" if lines else f"{worst.name[6:]} events"
+    seconds = []
+    for info in short:
+        if info.name.startswith("guard:"):
+            out[f"needed_{info.name}"] = info.needed - info.n
+        if info.n and elapsed > 0:
+            seconds.append(round((info.needed - info.n) * elapsed / info.n))
+    if seconds and len(seconds) == len(short):  # each rate known: the slowest decides
+        out["needed_s"] = max(seconds)
+    return out
+
+
 def _uncovered(end: float, tick: _Tick) -> str | None:
     """Why the stage's signals do not reach its end yet (``None``: they do).
 
@@ -379,9 +403,10 @@ def _decide_end(
             return Decision(Action.PAUSE, reason, memory, numbers, judged, changed)
         return tick.extend(index, reason, numbers, held=reason)
     infos = information(flag, index, evidence)
+    guards = guard_information(flag, index, evidence, alpha_per_test(flag))
     summary = stage_summary(flag, index, evidence, (*state.windows, *judged))
-    numbers = {**summary, **information_numbers(infos)}
-    short = [i for i in infos if i.power < flag.decisions.power]
+    numbers = {**summary, **information_numbers(infos), **information_numbers(guards)}
+    short = [i for i in (*infos, *guards) if i.power < flag.decisions.power]
     overtime = now + 1e-9 >= end + stage.duration_s
     # A test half-way to its boundary (e-value >= sqrt(1/alpha)) holds the stage, up to its
     # duration again: going on would throw away evidence that leans towards a breach.
@@ -407,12 +432,7 @@ def _decide_end(
     if not short:
         numbers.update(leaning=leaning[0].name, e_value=round(leaning[0].e_value, 3))
         return tick.extend(index, f"evidence leaning towards a breach ({leaning[0].name})", numbers)
-    needed = max(i.needed - i.n for i in short)
-    numbers["needed"] = needed
-    # The time that traffic takes at the stage's canary rate so far (none seen: unknown).
-    elapsed = now - evidence.started
-    if evidence.canary.n and elapsed > 0:
-        numbers["needed_s"] = round(needed * elapsed / evidence.canary.n)
+    numbers.update(_needs(short, now - evidence.started))
     if overtime:
         memory = replace(tick.memory, extended=-1)
         return Decision(Action.PAUSE, "gate_inconclusive", memory, numbers, judged, changed)

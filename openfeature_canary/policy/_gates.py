@@ -27,6 +27,8 @@ from typing import Final, Protocol
 
 from openfeature_canary.evidence import MAX_ERROR_UNITS, StageEvidence, Tally
 from openfeature_canary.plan import FlagPlan, Stage
+from openfeature_canary.policy._guards import fold_guards, guard_of, guard_tests, judge_guard
+from openfeature_canary.policy._judgement import GateTest, Information, Judgement
 from openfeature_canary.policy._stats import (
     RATIO_MULTIPLIERS,
     line_log_e,
@@ -75,66 +77,6 @@ COMPARISONS: Final = ("error_ratio", "latency_tail")
 _ALLOWED_ABOVE: Final = {"p95_line": 0.05, "p99_line": 0.01}
 
 
-@dataclass(frozen=True)
-class GateTest:
-    """One test's standing: ``log_e`` against the ``boundary`` ``ln(1/alpha)``.
-
-    ``estimate`` is the canary's share (lines), or its ratio to the baseline's (comparisons: 5xx
-    share, or share over the tail bound); ``line`` is the null's edge (the line, or the
-    margin); ``n`` the requests behind it.
-    ``baseline_breached``: a line the baseline cohort breaches too, on its own evidence.
-    """
-
-    name: str
-    log_e: float
-    boundary: float
-    estimate: float | None
-    line: float
-    n: int
-    baseline_breached: bool = False
-
-    @property
-    def breached(self) -> bool:
-        """True once the evidence has crossed the boundary."""
-        return self.log_e >= self.boundary
-
-    @property
-    def e_value(self) -> float:
-        """``exp(log_e)``, capped for display."""
-        return math.exp(min(self.log_e, 700.0))
-
-
-@dataclass(frozen=True)
-class Judgement:
-    """Every test of a stage at one tick."""
-
-    tests: tuple[GateTest, ...]
-    alpha: float
-
-    @property
-    def breach(self) -> GateTest | None:
-        """The first breached test, if any."""
-        return next((t for t in self.tests if t.breached), None)
-
-
-@dataclass(frozen=True)
-class Information:
-    """What a line test could have caught: ``power`` against ``detect`` with ``n`` requests;
-    ``needed`` requests would reach the plan's power (required). ``power_3x`` and
-    ``needed_3x``: the same against three times the line (a 5xx share 3x ``max_error_rate``; 15 %
-    over a P95 line, 3 % over a P99 line): the effect the docs state, reported, not required.
-    ``line``: the share the line allows (the null's edge)."""
-
-    name: str
-    detect: float
-    power: float
-    n: int
-    needed: int
-    power_3x: float | None = None
-    needed_3x: int | None = None
-    line: float = 0.0
-
-
 def stage_lines(stage: Stage) -> tuple[str, ...]:
     """The line tests of ``stage``: one per line it sets."""
     names = []
@@ -149,12 +91,13 @@ def stage_lines(stage: Stage) -> tuple[str, ...]:
 
 def stage_tests(flag: FlagPlan, index: int) -> tuple[str, ...]:
     """The tests of stage ``index``: its lines, then the comparisons where a live baseline is
-    served (below 100 %, or with a ``holdback``); ``latency_margin = 0.5`` turns the latency
+    served (below 100 %, or with a ``holdback``): the 5xx ratio, the latency tail and one per
+    guard (``guard:<event>``, :mod:`._guards`); ``latency_margin = 0.5`` turns the latency
     comparison off, as it did the rank test it replaces."""
     if flag.serving_percent(index) >= 100.0:
         return stage_lines(flag.stage(index))
     latency = () if flag.decisions.latency_margin >= 0.5 else ("latency_tail",)
-    return (*stage_lines(flag.stage(index)), "error_ratio", *latency)
+    return (*stage_lines(flag.stage(index)), "error_ratio", *latency, *guard_tests(flag, index))
 
 
 def tail_bound(stage: Stage, bounds: tuple[float, ...]) -> float | None:
@@ -208,14 +151,18 @@ def fold(
     served (a dry run keeps its own), by default what the stage serves."""
     if counts is None or counts.error is not None:
         return evidence
-    folded = evidence.canary.n > 0 or evidence.baseline.n > 0
+    folded = (
+        evidence.canary.n > 0
+        or evidence.baseline.n > 0
+        or any(g.canary.count or g.baseline.count for g in evidence.guards)
+    )
     if folded and counts.start < evidence.through - 1e-6:
         # Data from before what is folded in already would count twice: refuse it (the safe
         # side: less evidence, never false evidence). The first reading of a stage may start
         # at the last snapshot before the stage began: nothing is folded in yet.
         return evidence
     c, b = counts.canary, counts.baseline
-    if c.n == 0 and b.n == 0:
+    if c.n == 0 and b.n == 0 and not c.tracked and not b.tracked:
         return evidence
     if served_percent is None:
         served_percent = flag.serving_percent(evidence.stage)
@@ -228,6 +175,7 @@ def fold(
         ratio_log_e=_plus(evidence.ratio_log_e, ratio),
         tail_log_e=_plus(evidence.tail_log_e, _tail_step(flag, evidence.stage, c, b)),
         error_units=units,
+        guards=fold_guards(flag, evidence, c, b),
     )
 
 
@@ -283,6 +231,8 @@ def judge(flag: FlagPlan, index: int, evidence: StageEvidence) -> Judgement:
             tests.append(_ratio_test(flag, evidence, boundary))
         elif name == "latency_tail":
             tests.append(_tail_test(flag, index, evidence, boundary))
+        elif (guard := guard_of(flag, name)) is not None:
+            tests.append(judge_guard(guard, evidence, boundary))
         else:
             tests.append(_line_test(name, stage, evidence, boundary))
     return Judgement(tuple(tests), alpha)

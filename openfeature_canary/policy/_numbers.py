@@ -9,6 +9,7 @@ from typing import Final
 from openfeature_canary.evidence import StageEvidence
 from openfeature_canary.plan import FlagPlan
 from openfeature_canary.policy._gates import GateTest, Information, quantile
+from openfeature_canary.policy._guards import guard_estimate, guard_of
 from openfeature_canary.state import Number, Verdict, WindowRecord
 
 __all__ = ["information_numbers", "stage_summary", "test_numbers"]
@@ -54,6 +55,9 @@ def test_numbers(
     against ``threshold`` in the line's own unit (a latency line: the stage's P95 or P99 in
     ms against the line in ms), the share or ratio the test judged, the e-value against its
     boundary, and n."""
+    guard = guard_of(flag, test.name)
+    if guard is not None:
+        return _guard_numbers(flag, index, evidence, test)
     stage = flag.stage(index)
     value: float | None = test.estimate
     threshold: float | None = test.line
@@ -65,6 +69,37 @@ def test_numbers(
         "signal": _SIGNAL_OF.get(test.name),
         "value": value,
         "threshold": threshold,
+        "estimate": test.estimate,
+        "null": test.line,
+        "e_value": round(test.e_value, 3),
+        "e_boundary": round(math.exp(test.boundary), 3),
+        "n": test.n,
+    }
+
+
+def _guard_numbers(
+    flag: FlagPlan, index: int, evidence: StageEvidence, test: GateTest
+) -> dict[str, Number]:
+    """A guard test's numbers: ``value`` is the canary's relative change the wrong way
+    against the baseline (0.21: 21 % fewer clicks), ``threshold`` the guard's ``max_drop``."""
+    guard = guard_of(flag, test.name)
+    assert guard is not None
+    tally = evidence.guard(guard.event)
+    canary, baseline = guard_estimate(guard, tally)
+    drop = None
+    if test.estimate is not None:
+        drop = 1.0 - test.estimate if guard.higher_is_better else test.estimate - 1.0
+    return {
+        "test": test.name,
+        "event": guard.event,
+        "measure": guard.measure,
+        "per": guard.per if guard.measure == "rate" else "event",
+        "value": None if drop is None else round(drop, 6),
+        "threshold": guard.max_drop,
+        "canary_value": canary,
+        "baseline_value": baseline,
+        "canary_events": tally.canary.count,
+        "baseline_events": tally.baseline.count,
         "estimate": test.estimate,
         "null": test.line,
         "e_value": round(test.e_value, 3),

@@ -1,9 +1,10 @@
 """Reasons in the cutover plan's words (spec §2, §7), whichever rule acted.
 
 A decision names what broke (``reason``: ``p95_breach``, ``error_rate_breach``,
-``ledger_mismatch`` …), which rule acted (``rule``: ``gate:<test>``, ``trigger:<name>``,
-``command:<command>``), and the numbers it judged (``value`` against ``threshold``, in
-``unit``: ``ms`` for latencies, ``fraction`` for rates, 0.005 = 0.5 %). :func:`explain` turns
+``ledger_mismatch``, ``guard_breach`` …), which rule acted (``rule``: ``gate:<test>``,
+``guard:<event>``, ``trigger:<name>``, ``command:<command>``), and the numbers it judged
+(``value`` against ``threshold``, in ``unit``: ``ms`` for latencies, ``fraction`` for rates,
+0.005 = 0.5 %, ``relative drop`` for a guard). :func:`explain` turns
 what the policy decided into those fields once, in the core, so the event, the reports, the
 log line, ``status`` and the metrics read the same ones. Pure: no I/O, no clock.
 
@@ -27,6 +28,7 @@ from openfeature_canary.state import Number
 
 __all__ = [
     "GATE_SIGNALS",
+    "GUARD_BREACH",
     "OPERATOR",
     "PLAN_REASONS",
     "SIGNAL_REASONS",
@@ -65,9 +67,12 @@ SIGNAL_REASONS: Final[Mapping[str, str]] = MappingProxyType(
     }
 )
 
+#: The reason of a breached guard (a business metric from ``track()``).
+GUARD_BREACH: Final = "guard_breach"
+
 #: Every reason an automatic rollback can give besides a trigger's own name (a metrics label
 #: must stay a small set).
-PLAN_REASONS: Final = frozenset({*SIGNAL_REASONS.values(), "signal_source_error"})
+PLAN_REASONS: Final = frozenset({*SIGNAL_REASONS.values(), "signal_source_error", GUARD_BREACH})
 
 #: The gates' decisions on the information a stage gathered (go, extend, pause).
 _INFORMATION: Final = frozenset({"gate_passed", "gate_inconclusive", "too little information"})
@@ -121,6 +126,8 @@ def reason_of_test(test: str, signal: str | None = None) -> str:
     >>> reason_of_test("slow_share_new", "latency_p95_ms"), reason_of_test("odd_5xx_test")
     ('p95_breach', 'error_rate_breach')
     """
+    if test.startswith("guard:"):
+        return GUARD_BREACH
     judged = GATE_SIGNALS.get(test) or signal
     if judged is not None and judged in SIGNAL_REASONS:
         return SIGNAL_REASONS[judged]
@@ -150,7 +157,8 @@ def explain(flag: FlagPlan, reason: str, numbers: Mapping[str, Number]) -> Expla
         return _information(flag, reason, nums)
     leaning = nums.get("leaning")
     if isinstance(leaning, str):  # a test half-way to its boundary holds the stage
-        return Explained(reason, f"gate:{leaning}", nums)
+        rule = leaning if leaning.startswith("guard:") else f"gate:{leaning}"
+        return Explained(reason, rule, nums)
     if "baseline quiet" in reason:  # stage 0's gate: no trigger breaches on the baseline
         nums.update(value=0, threshold=0, unit="breaching triggers")
         return Explained(reason, "gate:baseline_quiet", nums)
@@ -159,6 +167,11 @@ def explain(flag: FlagPlan, reason: str, numbers: Mapping[str, Number]) -> Expla
 
 def _gate(test: str, signal: str | None, nums: dict[str, Number]) -> Explained:
     """A breached gate test: value and threshold in the signal's unit, never null."""
+    if test.startswith("guard:"):
+        # A guard: the canary's relative change the wrong way against the guard's max_drop.
+        value = _number(nums.get("value"))
+        nums.update(value=0.0 if value is None else value, unit="relative drop")
+        return Explained(GUARD_BREACH, test, nums)
     judged = GATE_SIGNALS.get(test) or signal
     reason = reason_of_test(test, signal)
     unit = unit_of(judged) or ("ms" if reason in ("p95_breach", "p99_breach") else "fraction")
