@@ -19,6 +19,7 @@ from openfeature.contrib.provider.canary._answers import (
 )
 from openfeature.contrib.provider.canary._arguments import check_arguments
 from openfeature.contrib.provider.canary._health import StoreHealth
+from openfeature.contrib.provider.canary._tracking import Tracker
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.event import ProviderEventDetails
 from openfeature.exception import (
@@ -31,7 +32,8 @@ from openfeature.exception import (
 from openfeature.flag_evaluation import FlagResolutionDetails
 from openfeature.hook import Hook
 from openfeature.provider import AbstractProvider, Metadata
-from opentelemetry.metrics import MeterProvider
+from openfeature.track import TrackingEventDetails
+from opentelemetry.metrics import MeterProvider, get_meter_provider
 
 from openfeature_canary import (
     Clock,
@@ -46,6 +48,7 @@ from openfeature_canary import (
 from openfeature_canary._forksafe import hold_locks_across_fork
 from openfeature_canary.engine import EngineOptions, build_engine
 from openfeature_canary.events import EventQueue, EventSink, render_plan_markdown
+from openfeature_canary.instrumentation._tracking import tracking_recorder
 from openfeature_canary.policy import FlagView
 from openfeature_canary.signals import SignalSource
 from openfeature_canary.stores import FileStateStore
@@ -189,6 +192,12 @@ class CanaryProvider(AbstractProvider):
             if status_page_port is None
             else DecidingStatusPage(self.rollout, port=status_page_port, host=status_page_host)
         )
+        #: ``track()``'s attribution (None: no flag has guards, nothing is ever recorded).
+        self._tracker = (
+            Tracker(self.plan, tracking_recorder(self.meter_provider or get_meter_provider()))
+            if any(flag.guards for flag in self.plan.flags.values())
+            else None
+        )
         self._hooks: list[Hook] = []
         if telemetry is not None:
             from openfeature.contrib.hook.canary import MetricsHook
@@ -217,6 +226,8 @@ class CanaryProvider(AbstractProvider):
             )
         if self.status_page is not None:
             self.status_page.start()
+        if self._tracker is not None:  # the answers decide what is recorded (none while unread)
+            self._tracker.live = True
         try:
             self.rollout.load()
         except StateStoreError as exc:
@@ -237,6 +248,8 @@ class CanaryProvider(AbstractProvider):
     def shutdown(self) -> None:
         """Stop background work (undelivered telemetry events stay in the outbox) and give
         the decider lease up, so that another process takes over at once."""
+        if self._tracker is not None:
+            self._tracker.live = False
         if self.status_page is not None:
             self.status_page.stop()
         self.engine.stop()
@@ -329,6 +342,28 @@ class CanaryProvider(AbstractProvider):
             log.critical("openfeature-canary: %s; every flag serves the old path (0 %%)", error)
             self.emit_provider_error(
                 ProviderEventDetails(message=health.unavailable, error_code=ErrorCode.GENERAL)
+            )
+
+    # ------------------------------------------------------------------ tracking
+
+    def track(
+        self,
+        tracking_event_name: str,
+        evaluation_context: EvaluationContext | None = None,
+        tracking_event_details: TrackingEventDetails | None = None,
+    ) -> None:
+        """Count a tracked event in the cohort the context's unit is in, for every flag whose
+        guards read it and that serves a split now (docs/metrics.md, "Tracked events").
+
+        The cohort is the one evaluation gives the same context (same unit, same snapshot).
+        ``details.value``, when a finite number >= 0, is added to the cohort's sums. Never
+        raises: an event that cannot be attributed (no unit, a unit that cannot be bucketed,
+        provider not initialised) is dropped and counted in ``canary.tracking.dropped``.
+        """
+        tracker = self._tracker
+        if tracker is not None:
+            tracker.track(
+                self._answers, tracking_event_name, evaluation_context, tracking_event_details
             )
 
     # ------------------------------------------------------------------ resolution
