@@ -14,8 +14,11 @@ from typing import Any
 from openfeature_canary._format import format_number, format_percent, format_span, iso_utc
 from openfeature_canary.bucketing import bucket, in_rollout
 from openfeature_canary.cli._views import left_text, next_decision, short_decision, stage_clock
+from openfeature_canary.evidence import StageEvidence
 from openfeature_canary.plan import FlagPlan
-from openfeature_canary.policy._gates import stage_power
+from openfeature_canary.plan._guards import PER_REQUEST
+from openfeature_canary.policy._gates import alpha_per_test, stage_power
+from openfeature_canary.policy._guards import guard_information, guard_of
 from openfeature_canary.state import RolloutState, Status
 from openfeature_canary.stores import Lease
 
@@ -244,11 +247,36 @@ def power_lines(flag: FlagPlan, rps: float) -> list[str]:
                 f"{info.name} ({effect}): power {100 * info.power_3x:.3g} %, {want} needs {need}"
             )
         stage = flag.stage(index)
+        parts.extend(_guard_parts(flag, index, rps))
         out.append(
             f"  stage {index} ({format_pct(flag.serving_percent(index))} for "
             f"{format_span(stage.duration_s)}) at {format_number(rps)} rps: "
             f"{sp.canary} canary requests; " + "; ".join(parts)
         )
+    return out
+
+
+def _guard_parts(flag: FlagPlan, index: int, rps: float) -> list[str]:
+    """What each guard of stage ``index`` needs to catch its ``detect_drop`` with the plan's
+    power: events in both cohorts within the stage (a rate; per request also as a share of the
+    requests), or canary values (a mean, for values whose spread equals their mean)."""
+    empty = StageEvidence(index, 0.0, 0.0)
+    duration = flag.stage(index).duration_s
+    out = []
+    for info in guard_information(flag, index, empty, alpha_per_test(flag)):
+        guard = guard_of(flag, info.name)
+        assert guard is not None
+        way = "drop" if guard.higher_is_better else "rise"
+        head = f"{info.name} (a {100 * guard.detect_drop:.3g} % {way}): "
+        if guard.measure == "mean":
+            out.append(head + f"needs {info.needed} canary values (spread = mean assumed)")
+            continue
+        rate = info.needed / duration
+        text = head + f"needs {info.needed} {guard.event} events in {format_span(duration)} "
+        text += f"({rate:.3g}/s"
+        if guard.per == PER_REQUEST:
+            text += f", {100 * rate / rps:.3g} % of the requests"
+        out.append(text + ")")
     return out
 
 
