@@ -388,7 +388,8 @@ def test_prometheus_quiet_window_reads_no_value_and_no_error(count: list[str]) -
     assert (reading.value, reading.n, reading.error) == (None, 0, None)
     assert (requests.value, requests.n, requests.error) == (0.0, 0, None)
     assert counts.error is None and counts.canary.n == counts.baseline.n == 0
-    assert len(server.queries) == 1 + 1 + 2  # the value query waits for a count above 0
+    # The value query waits for a count above 0; counts_between: buckets, 5xx, 4 tracked.
+    assert len(server.queries) == 1 + 1 + 2 + 4
 
 
 def test_prometheus_value_in_ms_is_rounded_onto_the_bound() -> None:

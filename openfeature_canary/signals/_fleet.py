@@ -50,6 +50,7 @@ from openfeature_canary.signals._snapshots import (
     Counts,
     Snapshot,
 )
+from openfeature_canary.signals._tracked import TrackedTotals, tracked_increase
 
 if TYPE_CHECKING:
     from openfeature_canary.plan import RolloutPlan
@@ -143,6 +144,7 @@ class _Totals:
 
     def __init__(self) -> None:
         self._units = _FleetUnits()
+        self._tracked = TrackedTotals()
         self._requests: dict[CohortKey, tuple[list[int], dict[Bounds, list[int]]]] = {}
         self._lag: dict[Bounds, list[int]] = {}
         self._counters: dict[tuple[str, str], float] = {}
@@ -154,6 +156,10 @@ class _Totals:
     def add(self, new: Snapshot, old: Snapshot | None) -> None:
         """Add what process snapshot ``new`` grew by since ``old`` (``None``: first seen)."""
         self._units.add(new, old)
+        for series, tracked in new.tracked.items():
+            seen = old.tracked.get(series) if old is not None else None
+            if seen != tracked:
+                self._tracked.add_tracked(series, tracked_increase(tracked, seen))
         for cohort, totals in new.requests.items():
             prev = old.requests.get(cohort) if old is not None else None
             if prev == totals:
@@ -191,7 +197,12 @@ class _Totals:
             self._views[2] = MappingProxyType(dict(self._counters))
         self._lag_dirty = self._counters_dirty = False
         return Snapshot(
-            t, self._views[0], self._views[1], self._views[2], units=self._units.freeze()
+            t,
+            self._views[0],
+            self._views[1],
+            self._views[2],
+            units=self._units.freeze(),
+            tracked=self._tracked.freeze(),
         )
 
 

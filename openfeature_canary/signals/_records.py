@@ -2,8 +2,9 @@
 
 What a process publishes for the fleet's decider (:mod:`._fleet`): requests per flag and cohort
 with their 5xx count and bucket counts per layout, the event-loop lag histogram, the counters,
-and (when any 5xx was logged with its unit) each cohort's log of erroring units: its total and
-its newest entries, hashed (``unit_digest``; never the raw unit), at most ``UNIT_LOG_CAP``.
+(when any 5xx was logged with its unit) each cohort's log of erroring units: its total and
+its newest entries, hashed (``unit_digest``; never the raw unit), at most ``UNIT_LOG_CAP``,
+and (when ``track()`` recorded any) the tracked events' totals per flag, cohort and event.
 :func:`snapshot_from_record` raises only ``ValueError``, naming the path of the first bad
 field, whatever the record holds.
 """
@@ -17,6 +18,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from openfeature_canary._validate import _show
+from openfeature_canary.evidence import Tracked
 from openfeature_canary.instrumentation import UnitLog
 from openfeature_canary.instrumentation._units import UNIT_LOG_CAP
 from openfeature_canary.signals._snapshots import (
@@ -29,9 +31,11 @@ from openfeature_canary.signals._snapshots import (
     Counts,
     Snapshot,
 )
+from openfeature_canary.signals._tracked import TrackedKey
 
 __all__ = [
     "RECORD_FORMAT",
+    "TRACKED_CAP",
     "TRIGGERS_CAP",
     "Layout",
     "TriggerReading",
@@ -49,6 +53,9 @@ _COUNTERS: Final = frozenset((LEDGER_MISMATCHES, TELEMETRY_ACCEPTED, TELEMETRY_S
 #: At most this many trigger readings in one record (a plan has a few triggers per flag): a
 #: record is read by every process at every round, so its size stays bounded.
 TRIGGERS_CAP: Final = 512
+#: At most this many tracked series (flag, cohort, event) in one record: ``track()`` records
+#: only the events of a plan's guards, a few per flag.
+TRACKED_CAP: Final = 4096
 #: A flag key or trigger name longer than this is not one a plan accepts.
 _NAME_CAP: Final = 256
 
@@ -99,6 +106,11 @@ def snapshot_record(snapshot: Snapshot) -> dict[str, Any]:
             {"flag": flag, "variant": variant, "total": log.total, "recent": list(log.recent)}
             for (flag, variant), log in snapshot.units.items()
         ]
+    if snapshot.tracked:  # optional: a record without it tracked nothing
+        record["tracked"] = [
+            {"flag": flag, "variant": variant, "event": event, **totals.to_dict()}
+            for (flag, variant, event), totals in snapshot.tracked.items()
+        ]
     return record
 
 
@@ -112,7 +124,9 @@ def snapshot_from_record(data: Any) -> Snapshot:
     Raises ``ValueError`` naming the path of the first bad field (``record.requests[2].hist[0]
     .counts: …``), never another exception, whatever ``data`` is.
     """
-    top = _object(data, "record", ("format", "requests", "lag", "counters"), ("units", "triggers"))
+    top = _object(
+        data, "record", ("format", "requests", "lag", "counters"), ("units", "triggers", "tracked")
+    )
     if top["format"] != RECORD_FORMAT or isinstance(top["format"], bool):
         raise ValueError(
             f"record.format: {_shown(top['format'])} is not the supported format {RECORD_FORMAT}"
@@ -137,6 +151,7 @@ def snapshot_from_record(data: Any) -> Snapshot:
             raise ValueError(f"{path}: counter {name!r} flag {key[1]!r} appears twice")
         counters[key] = _number(entry["value"], f"{path}.value")
     units = _unit_logs(top.get("units", []), "record.units")
+    tracked = _tracked(top.get("tracked", []), "record.tracked")
     _triggers(top.get("triggers", []))  # validated here too: a bad record is refused whole
     return Snapshot(
         0.0,
@@ -144,6 +159,7 @@ def snapshot_from_record(data: Any) -> Snapshot:
         MappingProxyType(lag),
         MappingProxyType(counters),
         units=MappingProxyType(units),
+        tracked=MappingProxyType(tracked),
     )
 
 
@@ -233,6 +249,33 @@ def _unit_logs(value: Any, path: str) -> dict[CohortKey, UnitLog]:
                 raise ValueError(f"{where}.recent[{j}]: expected a unit digest or null")
         logs[cohort] = UnitLog(total, tuple(recent))
     return logs
+
+
+def _tracked(value: Any, path: str) -> dict[TrackedKey, Tracked]:
+    items = _array(value, path)
+    if len(items) > TRACKED_CAP:
+        raise ValueError(f"{path}: {len(items)} tracked series (at most {TRACKED_CAP})")
+    out: dict[TrackedKey, Tracked] = {}
+    keys = ("flag", "variant", "event", "count", "valued", "total", "squares")
+    for i, item in enumerate(items):
+        where = f"{path}[{i}]"
+        entry = _object(item, where, keys)
+        key = (
+            _name(entry["flag"], f"{where}.flag"),
+            _name(entry["variant"], f"{where}.variant"),
+            _name(entry["event"], f"{where}.event"),
+        )
+        if key in out:
+            raise ValueError(f"{where}: flag {key[0]!r} variant {key[1]!r} event {key[2]!r} twice")
+        count, valued = (
+            _count(entry["count"], f"{where}.count"),
+            _count(entry["valued"], f"{where}.valued"),
+        )
+        if valued > count:
+            raise ValueError(f"{where}.valued: {valued} valued events but only {count} events")
+        total = _number(entry["total"], f"{where}.total")
+        out[key] = Tracked(count, valued, total, _number(entry["squares"], f"{where}.squares"))
+    return out
 
 
 def _cohort(item: Any, path: str) -> tuple[CohortKey, CohortTotals]:

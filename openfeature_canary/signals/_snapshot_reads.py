@@ -29,6 +29,7 @@ from openfeature_canary.signals._snapshots import (
     TELEMETRY_SENT,
     Snapshot,
 )
+from openfeature_canary.signals._tracked import tracked_between
 
 if TYPE_CHECKING:
     from openfeature_canary.plan import RolloutPlan
@@ -215,6 +216,7 @@ class SnapshotReads:
         the layout holding most requests is counted and the others are left out.
         ``error_units`` are the units logged for the span's 5xx when every one of them was
         logged with its unit and is still kept (``UnitLog.between``), else ``None``.
+        ``tracked`` holds what ``track()`` recorded for each cohort over the same span.
         """
         _check_time("start", start)
         _check_time("end", end)
@@ -243,7 +245,12 @@ class SnapshotReads:
                 old,
                 new,
             )
-            return CountsReading(canary, baseline, old.t, new.t)
+            return CountsReading(
+                _with_tracked(canary, flag_key, CANARY, old, new),
+                _with_tracked(baseline, flag_key, BASELINE, old, new),
+                old.t,
+                new.t,
+            )
 
     # -- internals (called with the lock held) --------------------------------------------
 
@@ -352,6 +359,14 @@ def _with_units(
         return counts if counts.errors else replace(counts, error_units=frozenset())
     units = log.between(old.units.get(cohort), counts.errors)
     return counts if units is None else replace(counts, error_units=units)
+
+
+def _with_tracked(
+    counts: CohortCounts, flag: str, variant: str, old: Snapshot, new: Snapshot
+) -> CohortCounts:
+    """``counts`` with the tracked events of the span (unchanged when there are none)."""
+    tracked = tracked_between(new.tracked, old.tracked, flag, variant)
+    return replace(counts, tracked=tracked) if tracked else counts
 
 
 def _check_time(name: str, value: float) -> None:

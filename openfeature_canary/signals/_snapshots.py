@@ -37,6 +37,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.util.types import Attributes
 
+from openfeature_canary.evidence import Tracked
 from openfeature_canary.instrumentation import (
     EVENT_LOOP_LAG_NAME,
     LEDGER_MISMATCHES_NAME,
@@ -44,6 +45,13 @@ from openfeature_canary.instrumentation import (
     TELEMETRY_ACCEPTED_NAME,
     TELEMETRY_SENT_NAME,
     UnitLog,
+)
+from openfeature_canary.instrumentation._names import ATTR_TRACKING_EVENT
+from openfeature_canary.signals._tracked import (
+    NO_TRACKED,
+    TRACKING_FIELDS,
+    TrackedKey,
+    TrackedTotals,
 )
 
 __all__ = [
@@ -69,8 +77,8 @@ TELEMETRY_ACCEPTED: Final = TELEMETRY_ACCEPTED_NAME
 EVENT_LOOP_LAG: Final = EVENT_LOOP_LAG_NAME
 _HISTOGRAMS: Final = frozenset((REQUEST_DURATION, EVENT_LOOP_LAG))
 _COUNTERS: Final = frozenset((LEDGER_MISMATCHES, TELEMETRY_SENT, TELEMETRY_ACCEPTED))
-#: The only instruments a snapshot stores anything of (spec §6).
-INSTRUMENTS: Final = _HISTOGRAMS | _COUNTERS
+#: The only instruments a snapshot stores anything of (spec §6, and the tracked events).
+INSTRUMENTS: Final = _HISTOGRAMS | _COUNTERS | frozenset(TRACKING_FIELDS)
 
 _FLAG: Final = "feature_flag.key"
 _VARIANT: Final = "feature_flag.result.variant"
@@ -114,6 +122,7 @@ class Snapshot:
     process-wide counters). ``problems`` maps an instrument name to what was wrong with its data
     in this collection (wrong type, unit, shape). ``units[(flag, variant)]`` is the cohort's
     cumulative log of erroring units (hashed; ``instrumentation.UnitLog``), when recorded.
+    ``tracked[(flag, variant, event)]`` are the totals of the events ``track()`` recorded.
     Unchanged parts are shared between snapshots.
     """
 
@@ -123,6 +132,7 @@ class Snapshot:
     counters: Mapping[tuple[str, str], float]
     problems: Mapping[str, str] = field(default_factory=lambda: _NO_PROBLEMS)
     units: Mapping[tuple[str, str], UnitLog] = field(default_factory=lambda: _NO_UNITS)
+    tracked: Mapping[TrackedKey, Tracked] = field(default_factory=lambda: NO_TRACKED)
 
 
 def _attrs_key(attrs: Attributes) -> Hashable:
@@ -159,6 +169,7 @@ class Accumulator:
         self._errors: dict[CohortKey, int] = {}
         self._lag: dict[Bounds, list[int]] = {}
         self._counters: dict[tuple[str, str], float] = {}
+        self._tracked = TrackedTotals()
         self._dirty: set[CohortKey] = set()
         self._lag_dirty = False
         self._counters_dirty = False
@@ -186,6 +197,8 @@ class Accumulator:
                     prefix = (*scope, name)
                     if name in _HISTOGRAMS:
                         self._histogram(metric.data, metric.unit, prefix, seen_hist, problems)
+                    elif name in TRACKING_FIELDS:
+                        self._tracking(metric.data, prefix, seen_counter, problems)
                     else:
                         self._counter(metric.data, prefix, seen_counter, problems)
         # Series absent from this collection are forgotten: the SDK reports every cumulative
@@ -198,6 +211,7 @@ class Accumulator:
             lag=self._freeze_lag(),
             counters=self._freeze_counters(),
             problems=MappingProxyType(problems) if problems else _NO_PROBLEMS,
+            tracked=self._tracked.freeze(),
         )
 
     def _freeze_requests(self) -> Mapping[CohortKey, CohortTotals]:
@@ -346,3 +360,37 @@ class Accumulator:
             if increase or (name, flag) not in self._counters:
                 self._counters[(name, flag)] = self._counters.get((name, flag), 0.0) + increase
                 self._counters_dirty = True
+
+    def _tracking(
+        self,
+        data: object,
+        prefix: tuple[str, str, str],
+        seen: dict[_SeriesKey, tuple[int, float]],
+        problems: dict[str, str],
+    ) -> None:
+        """One tracking counter (``instrumentation/_tracking.py``) into the tracked totals."""
+        name = prefix[2]
+        if not isinstance(data, Sum):
+            problems[name] = f"{name} is a {type(data).__name__}, not a counter (Sum)"
+            return
+        delta = data.aggregation_temporality == AggregationTemporality.DELTA
+        index = TRACKING_FIELDS[name]
+        for point in data.data_points:
+            attrs = point.attributes or {}
+            flag, variant = attrs.get(_FLAG), attrs.get(_VARIANT)
+            event = attrs.get(ATTR_TRACKING_EVENT)
+            if not (isinstance(flag, str) and isinstance(variant, str) and isinstance(event, str)):
+                continue  # not what track() records
+            value = float(point.value)
+            if not (math.isfinite(value) and value >= 0):
+                problems[name] = f"{name} has a value of {value}"
+                continue
+            increase = value
+            if not delta:
+                key = (*prefix, _attrs_key(attrs))
+                start = point.start_time_unix_nano
+                seen[key] = (start, value)
+                last = self._last_counter.get(key)
+                if last is not None and last[0] == start and value >= last[1]:
+                    increase = value - last[1]
+            self._tracked.add((flag, variant, event), index, increase)

@@ -23,7 +23,16 @@ from openfeature_canary.plan._signals import (
     split_signal,
 )
 
-__all__ = ["PrometheusNames", "QueryBook", "SignalQueries", "default_queries"]
+__all__ = ["TRACKING_METRICS", "PrometheusNames", "QueryBook", "SignalQueries", "default_queries"]
+
+#: The :class:`PrometheusNames` fields of the four tracking counters, in ``Tracked`` order
+#: (count, valued, total, squares).
+TRACKING_METRICS: Final = (
+    "tracking_events",
+    "tracking_valued",
+    "tracking_value",
+    "tracking_value_squares",
+)
 
 _METRIC_NAME: Final = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -47,17 +56,22 @@ class PrometheusNames:
     ledger_mismatches: str = "canary_ledger_mismatches_total"
     telemetry_sent: str = "canary_telemetry_sent_total"
     telemetry_accepted: str = "canary_telemetry_accepted_total"
+    tracking_events: str = "feature_flag_tracking_events_total"
+    tracking_valued: str = "feature_flag_tracking_valued_total"
+    tracking_value: str = "feature_flag_tracking_value_total"
+    tracking_value_squares: str = "feature_flag_tracking_value_squares_total"
     flag_label: str = "feature_flag_key"
     variant_label: str = "feature_flag_result_variant"
     status_label: str = "http_response_status_code"
+    event_label: str = "feature_flag_tracking_event"
     matchers: str = ""
 
     def __post_init__(self) -> None:
         for name in ("request_duration", "event_loop_lag", "ledger_mismatches"):
             _check_name(name, getattr(self, name), _METRIC_NAME)
-        for name in ("telemetry_sent", "telemetry_accepted"):
+        for name in ("telemetry_sent", "telemetry_accepted", *TRACKING_METRICS):
             _check_name(name, getattr(self, name), _METRIC_NAME)
-        for name in ("flag_label", "variant_label", "status_label"):
+        for name in ("flag_label", "variant_label", "status_label", "event_label"):
             _check_name(name, getattr(self, name), _LABEL_NAME)
         if "{" in self.matchers or "}" in self.matchers:
             raise ValueError(
@@ -100,6 +114,7 @@ class _Defaults:
     lag_buckets: str
     counts_buckets: str
     counts_errors: str
+    tracked: tuple[str, ...]
 
 
 def _defaults(names: PrometheusNames) -> _Defaults:
@@ -141,6 +156,11 @@ def _defaults(names: PrometheusNames) -> _Defaults:
         counts_errors=(
             f"sum by ({names.variant_label}) "
             f"({_delta(_selector(f'{duration}_count', *both, five))})"
+        ),
+        tracked=tuple(
+            f"sum by ({names.variant_label}, {names.event_label}) "
+            f"({_delta(_selector(getattr(names, field), *both))})"
+            for field in TRACKING_METRICS
         ),
     )
 
@@ -199,6 +219,7 @@ class QueryBook:
         self._lag_buckets = compile_template("event_loop_lag_ms", defaults.lag_buckets)
         self._counts_buckets = compile_template("requests", defaults.counts_buckets)
         self._counts_errors = compile_template("error_rate", defaults.counts_errors)
+        self._tracked = tuple(compile_template("requests", text) for text in defaults.tracked)
 
     def templates(self) -> Mapping[str, str]:
         """The value template in effect for every signal (defaults and overrides)."""
@@ -237,3 +258,8 @@ class QueryBook:
             self._counts_buckets.render(flag=flag, window=window),
             self._counts_errors.render(flag=flag, window=window),
         )
+
+    def tracked(self, flag: str, window: str) -> tuple[str, ...]:
+        """Growth of each tracking counter by ``(variant, event)``, in ``Tracked`` order
+        (``counts_between``'s tracked events)."""
+        return tuple(t.render(flag=flag, window=window) for t in self._tracked)

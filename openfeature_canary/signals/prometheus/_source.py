@@ -14,13 +14,17 @@ the trigger's ``on_error`` decides. ``docs/signals.md`` ("Prometheus source") ha
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Final, TypeVar
+from dataclasses import replace
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from openfeature_canary._forksafe import renew_locks_after_fork
+from openfeature_canary.evidence import Tracked
 from openfeature_canary.plan._promql import (
     promql_duration,
     validate_queries,
@@ -39,7 +43,12 @@ from openfeature_canary.signals.prometheus._queries import PrometheusNames, Quer
 
 __all__ = ["DEFAULT_PROMETHEUS_TIMEOUT_S", "PrometheusSignalSource"]
 
+if TYPE_CHECKING:
+    from openfeature_canary.plan import RolloutPlan
+
 T = TypeVar("T")
+
+log = logging.getLogger("openfeature_canary")
 
 #: Total time one read may take (every query of it, connecting included).
 DEFAULT_PROMETHEUS_TIMEOUT_S: Final = 5.0
@@ -165,6 +174,29 @@ async def _counts(
     return cohorts[0], cohorts[1]
 
 
+async def _tracked(
+    session: Session, queries: tuple[str, ...], at: float, labels: tuple[str, str]
+) -> dict[str, dict[str, Tracked]]:
+    """Per variant, per event: the tracking counters' growth (count, valued, total, squares)."""
+    sums: dict[tuple[str, str], list[float]] = {}
+    for field, query in enumerate(queries):
+        for sample in await session.instant(query, at):
+            variant, event = sample.labels.get(labels[0]), sample.labels.get(labels[1])
+            if variant is None or event is None:
+                continue
+            if not math.isfinite(sample.value):
+                raise QueryFailed(f"a tracked total of {sample.value:g} (query: {_short(query)})")
+            sums.setdefault((variant, event), [0.0, 0.0, 0.0, 0.0])[field] += sample.value
+    out: dict[str, dict[str, Tracked]] = {CANARY: {}, BASELINE: {}}
+    for (variant, event), (count, valued, total, squares) in sums.items():
+        n = max(_round(count), 0)
+        if variant in out and n:
+            out[variant][event] = Tracked(
+                n, min(max(_round(valued), 0), n), max(total, 0.0), max(squares, 0.0)
+            )
+    return out
+
+
 class PrometheusSignalSource:
     """The built-in signals read from Prometheus, for a decider that judges a whole fleet.
 
@@ -182,6 +214,8 @@ class PrometheusSignalSource:
     Prometheus answer, ``status: error``, a value query that gives nothing, NaN or an
     infinity while its count says there were samples) has ``value=None``, ``n=0`` and
     ``error`` saying why; nothing is raised but ``ValueError`` for bad arguments.
+    ``plan``, when given, limits the tracked-event queries of ``counts_between`` to the
+    flags that have guards (without it, every flag's tracked events are read).
 
     >>> source = PrometheusSignalSource("http://127.0.0.1:9090")
     >>> source.read("my-flag", "latency_p95_ms", 60, time.time())  # doctest: +SKIP
@@ -196,15 +230,25 @@ class PrometheusSignalSource:
         timeout_s: float = DEFAULT_PROMETHEUS_TIMEOUT_S,
         names: PrometheusNames | None = None,
         headers: Mapping[str, str] | None = None,
+        plan: RolloutPlan | None = None,
     ) -> None:
         self._api = PrometheusApi(url, timeout_s=timeout_s, headers=headers)
         self._names = names or PrometheusNames()
+        # Flags whose tracked events are read (None: every flag's); a flag without guards
+        # costs no tracking query.
+        self._guarded: frozenset[str] | None = (
+            None
+            if plan is None
+            else frozenset(k for k, f in plan.flags.items() if f.tracked_events())
+        )
         self._book = QueryBook(self._names, validate_queries(queries or {}))
         self._lock = threading.Lock()
         renew_locks_after_fork(self, "_lock")
         # (monotonic time, reason) of the latest unreachable or late answer: until the next
         # tick the other reads fail at once instead of each waiting out its own deadline.
         self._failed: tuple[float, str] | None = None
+        # Whether the tracked events could not be read last time (warned once until they can).
+        self._tracked_failing = False
 
     @property
     def url(self) -> str:
@@ -286,6 +330,10 @@ class PrometheusSignalSource:
         ``end`` minus the one at or before ``start`` (a series that restarted or appeared in
         between counts its value since then). Consecutive spans therefore add up to the
         whole: nothing is extrapolated, nothing counted twice.
+
+        The tracked events (``CohortCounts.tracked``) are read the same way; when they cannot
+        be read, the request counts are still returned, without tracked events (a warning
+        says so once, until they can be read again).
         """
         _check_span(start, end)
         if round((end - start) * 1000) < 1:
@@ -296,7 +344,33 @@ class PrometheusSignalSource:
             canary, baseline = self._call(lambda s: _counts(s, queries, end, label))
         except QueryFailed as exc:
             return CountsReading(EMPTY_COHORT, EMPTY_COHORT, start, end, self._error(exc))
+        if self._guarded is not None and flag_key not in self._guarded:
+            return CountsReading(canary, baseline, start, end)
+        tracked = self._read_tracked(flag_key, end - start, end)
+        if tracked[CANARY]:
+            canary = replace(canary, tracked=MappingProxyType(tracked[CANARY]))
+        if tracked[BASELINE]:
+            baseline = replace(baseline, tracked=MappingProxyType(tracked[BASELINE]))
         return CountsReading(canary, baseline, start, end)
+
+    def _read_tracked(self, flag: str, span_s: float, end: float) -> dict[str, dict[str, Tracked]]:
+        """The tracked events by variant; none (warned once) when they cannot be read."""
+        queries = self._book.tracked(flag, promql_duration(span_s))
+        labels = (self._names.variant_label, self._names.event_label)
+        try:
+            tracked = self._call(lambda s: _tracked(s, queries, end, labels))
+        except QueryFailed as exc:
+            with self._lock:
+                warn, self._tracked_failing = not self._tracked_failing, True
+            if warn:
+                log.warning(
+                    "openfeature-canary: tracked events not read (the request counts are): %s",
+                    self._error(exc),
+                )
+            return {CANARY: {}, BASELINE: {}}
+        with self._lock:
+            self._tracked_failing = False
+        return tracked
 
     # -- internals ---------------------------------------------------------------------
 
