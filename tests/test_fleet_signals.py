@@ -28,6 +28,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 
 from openfeature_canary.errors import SignalSourceError, StateStoreError
+from openfeature_canary.evidence import Tracked
+from openfeature_canary.instrumentation._tracking import tracking_recorder
 from openfeature_canary.signals import (
     FleetSignalSource,
     InProcessSignalSource,
@@ -103,6 +105,7 @@ class App:
         self.sent = meter.create_counter("canary.telemetry.sent")
         self.accepted = meter.create_counter("canary.telemetry.accepted")
         self.lag = meter.create_histogram("canary.event_loop.lag", unit="s")
+        self.tracking = tracking_recorder(self.provider)  # what CanaryProvider.track() records
         self.source = InProcessSignalSource(self)
 
     def get_metrics_data(self) -> MetricsData | None:
@@ -123,8 +126,10 @@ class App:
 
 def traffic(seed: int, n: int) -> list[Callable[[App], None]]:
     """``n`` seeded events (requests of both flags and cohorts, 5xx, mismatches, telemetry,
-    lag), each replayable into any app."""
+    lag), each replayable into any app; about a third of the requests track an event (values
+    in quarters: their sums are exact in any order)."""
     rng = random.Random(seed)
+    tracks = random.Random(seed + 10_000)  # its own stream: the other events stay as they were
     events: list[Callable[[App], None]] = []
     for _ in range(n):
         kind = rng.random()
@@ -134,6 +139,12 @@ def traffic(seed: int, n: int) -> list[Callable[[App], None]]:
             status = 503 if rng.random() < 0.03 else 200
             flag = FLAG if rng.random() < 0.8 else OTHER
             events.append(lambda a, s=seconds, v=variant, c=status, f=flag: a.request(s, v, c, f))
+            if tracks.random() < 0.35:
+                event = tracks.choice(("opened", "viewed"))
+                value = tracks.choice((None, 0.25, 1.0, 2.5))
+                events.append(
+                    lambda a, f=flag, v=variant, e=event, x=value: a.tracking.record(f, v, e, x)
+                )
         elif kind < 0.9:
             flag = rng.choice((FLAG, OTHER))
             events.append(lambda a, f=flag: a.mismatches.add(1, {"feature_flag.key": f}))
@@ -264,6 +275,14 @@ def _set(path: tuple[Any, ...], value: Any) -> dict[str, Any]:
         (("counters", 0, "value"), -1.0, "record.counters[0].value"),
         (("counters", 0, "value"), math.inf, "record.counters[0].value"),
         (("counters", 0, "name"), "http.server.active", "record.counters[0].name"),
+        (("tracked", 0, "count"), -1, "record.tracked[0].count"),
+        (("tracked", 0, "valued"), 10**6, "record.tracked[0].valued: 1000000 valued events"),
+        (("tracked", 0, "total"), math.nan, "record.tracked[0].total"),
+        (("tracked", 0, "squares"), -2.0, "record.tracked[0].squares"),
+        (("tracked", 0, "event"), "", "record.tracked[0].event: expected 1 to 256"),
+        (("tracked", 0, "flag"), None, "record.tracked[0].flag: expected a string"),
+        (("tracked", 0, "extra"), 1, "record.tracked[0]: unexpected 'extra'"),
+        (("tracked",), {}, "record.tracked: expected a list"),
     ],
 )
 def test_snapshot_from_record_bad_field_raises_value_error_naming_path(
@@ -282,6 +301,10 @@ def test_snapshot_from_record_duplicates_and_missing_keys_are_named() -> None:
     del missing["counters"]
     with pytest.raises(ValueError, match="record: missing counters"):
         snapshot_from_record(missing)
+    tracked = copy.deepcopy(VALID)
+    tracked["tracked"].append(tracked["tracked"][0])
+    with pytest.raises(ValueError, match=r"record\.tracked\[\d+\]: flag .* twice"):
+        snapshot_from_record(tracked)
 
 
 JSON = st.recursive(
@@ -371,6 +394,25 @@ def test_fleet_three_processes_read_exactly_what_one_process_sees() -> None:
     for signal in ("latency_p95_ms", "baseline_latency_p95_ms", "telemetry_acceptance"):
         assert fleet.read(FLAG, signal, 60, 60.0).value is not None
     assert fleet.read(FLAG, "ledger_mismatches", 60, 60.0).n > 0
+
+
+def test_fleet_two_processes_tracked_events_sum_into_one_counts_reading() -> None:
+    world = Fleet()
+    a, b = world.start("web-1:1:aa"), world.start("web-2:2:bb")
+    fleet = FleetSignalSource(world.store)
+    world.tick(0.0, fleet, ("web-1:1:aa", "web-2:2:bb"))
+    for app, n in ((a, 3), (b, 5)):  # one record each through JSON, as every store does
+        for i in range(n):
+            app.tracking.record(FLAG, "on", "opened", float(i))
+            app.tracking.record(FLAG, "off", "opened", None)
+        app.request(0.1, "on")
+    world.tick(TICK, fleet, ("web-1:1:aa", "web-2:2:bb"))
+    counts = fleet.counts_between(FLAG, 0.0, TICK)
+    assert counts.error is None and counts.canary.n == 2
+    # 0+1+2 and 0+1+2+3+4: 8 events with values, their sum 13 and sum of squares 5 + 30.
+    assert dict(counts.canary.tracked) == {"opened": Tracked(8, 8, 13.0, 35.0)}
+    assert dict(counts.baseline.tracked) == {"opened": Tracked(8, 0, 0.0, 0.0)}
+    assert fleet.counts_between(OTHER, 0.0, TICK).canary.tracked == {}
 
 
 def test_fleet_process_that_stops_publishing_keeps_its_totals() -> None:

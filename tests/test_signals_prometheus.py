@@ -49,6 +49,7 @@ from openfeature_canary.instrumentation import (
     IngestInstruments,
     record_request,
 )
+from openfeature_canary.instrumentation._tracking import TrackingRecorder, tracking_recorder
 from openfeature_canary.plan import RolloutPlan
 from openfeature_canary.plan._signals import KNOWN_SIGNALS, MS_SIGNALS, RATE_SIGNALS
 from openfeature_canary.policy import Autopilot, Rollout
@@ -92,6 +93,7 @@ class App:
     lag: Histogram
     mismatches: Counter
     ingest: IngestInstruments
+    tracking: TrackingRecorder
 
     @classmethod
     def of(cls, telemetry: Telemetry) -> App:
@@ -101,6 +103,7 @@ class App:
             meter.create_histogram(EVENT_LOOP_LAG_NAME, unit="s"),
             meter.create_counter(LEDGER_MISMATCHES_NAME, unit="{mismatch}"),
             IngestInstruments(telemetry.meter_provider),
+            tracking_recorder(telemetry.meter_provider),
         )
 
     def request(self, flag: str, variant: str, ms: float, status: int) -> None:
@@ -118,6 +121,8 @@ class App:
         self.mismatches.add(1, {"feature_flag.key": FLAG})
         self.ingest.sent(1)
         self.ingest.accepted(1)
+        for variant in ("on", "off"):
+            self.tracking.record(FLAG, variant, "opened", 1.0)
 
     def traffic(self, rng: random.Random) -> None:
         """Both cohorts of FLAG (canary slower, more 5xx), ODD_FLAG, lag, mismatches, ingest."""
@@ -125,10 +130,12 @@ class App:
             slow = rng.random() < 0.1
             ms = rng.uniform(130, 220) if slow else rng.uniform(20, 120)
             self.request(FLAG, "on", ms, 503 if rng.random() < 0.015 else 200)
+            self.track(rng, "on", 0.25)
         for _ in range(2500):
             slow = rng.random() < 0.03
             ms = rng.uniform(150, 260) if slow else rng.uniform(10, 140)
             self.request(FLAG, "off", ms, 500 if rng.random() < 0.004 else 200)
+            self.track(rng, "off", 0.3)
         for _ in range(ODD_REQUESTS):
             self.request(ODD_FLAG, "on", 30, 200)
         for seconds in [rng.uniform(0.001, 0.05) for _ in range(28)] + [0.32, 0.41]:
@@ -136,6 +143,14 @@ class App:
         self.mismatches.add(3, {"feature_flag.key": FLAG})
         self.ingest.sent(50)
         self.ingest.accepted(48)
+
+    def track(self, rng: random.Random, variant: str, rate: float) -> None:
+        """A request's tracked events: ``opened`` at ``rate`` (value in quarters, or none) and
+        ``viewed`` always (never valued)."""
+        self.tracking.record(FLAG, variant, "viewed", None)
+        if rng.random() < rate:
+            value = rng.choice([None, 0.25, 1.0, 2.5, 4.0])
+            self.tracking.record(FLAG, variant, "opened", value)
 
 
 def _scraped(prom: PrometheusServer, expected: Mapping[str, float]) -> Callable[[], bool]:
@@ -164,6 +179,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
                 "canary_event_loop_lag_seconds_count": 1,
                 "canary_ledger_mismatches_total": 1,
                 "canary_telemetry_sent_total": 1,
+                "feature_flag_tracking_events_total": 2,
             }
             prom.wait_until("the primed series", _scraped(prom, primed), 20.0)
             t0 = time.time()
@@ -177,6 +193,9 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
                 "canary_event_loop_lag_seconds_count": 31,
                 "canary_ledger_mismatches_total": 4,
                 "canary_telemetry_sent_total": 51,
+                "feature_flag_tracking_events_total": sum(
+                    t.count for t in app.tracking.totals().values()
+                ),
             }
             prom.wait_until("the traffic", _scraped(prom, after), 10.0)
             time.sleep(1.5)  # deliberate: quiet scrapes of the settled totals end the window
@@ -266,6 +285,48 @@ def test_prometheus_counts_between_equals_in_process_exactly(scenario: Scenario)
     assert (remote.canary, remote.baseline) == (local.canary, local.baseline)
     assert (remote.canary.n, remote.baseline.n) == (1500, 2500)
     assert remote.canary.bounds[remote.canary.bounds.index(150.0)] == 150.0
+
+
+def test_prometheus_tracked_events_equal_in_process_exactly(scenario: Scenario) -> None:
+    remote = scenario.source.counts_between(FLAG, scenario.t0, scenario.t1)
+    local = scenario.local.counts_between(FLAG, scenario.t0, scenario.t1)
+    for part in ("canary", "baseline"):
+        there, here = getattr(remote, part).tracked, getattr(local, part).tracked
+        assert dict(there) == dict(here) and set(here) == {"opened", "viewed"}
+    assert (remote.canary.tracked["viewed"].count, remote.baseline.tracked["viewed"].count) == (
+        1500,
+        2500,
+    )
+    opened = remote.baseline.tracked["opened"]
+    assert 0 < opened.valued < opened.count < 2500 and opened.total > 0
+    assert remote.canary.tracked["viewed"].valued == 0
+
+
+def test_prometheus_tracked_events_only_for_guarded_flags_given_the_plan(
+    scenario: Scenario,
+) -> None:
+    plan = load_plan(PLAN)  # no guards: no tracking query, the request counts as ever
+    source = PrometheusSignalSource(scenario.prometheus.url, plan=plan)
+    counts = source.counts_between(FLAG, scenario.t0, scenario.t1)
+    assert counts.error is None and (counts.canary.n, counts.baseline.n) == (1500, 2500)
+    assert dict(counts.canary.tracked) == dict(counts.baseline.tracked) == {}
+
+
+def test_prometheus_tracked_events_failing_leave_request_counts_readable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    answer = _vector("3", labels={"le": "+Inf", "feature_flag_result_variant": "on"})
+
+    def prometheus(query: str) -> tuple[int, bytes]:
+        return (500, b"boom") if "tracking" in query else answer
+
+    with caplog.at_level("WARNING", "openfeature_canary"), CannedPrometheus(prometheus) as server:
+        source = PrometheusSignalSource(server.url)
+        readings = [source.counts_between(FLAG, time.time() - 60, time.time()) for _ in "ab"]
+    for counts in readings:
+        assert counts.error is None and counts.canary.n == 3 and not counts.canary.tracked
+    said = [r for r in caplog.records if "tracked events not read" in r.getMessage()]
+    assert len(said) == 1 and "HTTP 500" in said[0].getMessage()
 
 
 def test_prometheus_counts_between_consecutive_spans_add_up(scenario: Scenario) -> None:

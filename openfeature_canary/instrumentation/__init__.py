@@ -15,6 +15,11 @@ instrument                     kind      attributes
 ``canary.telemetry.accepted``  counter   none
 ============================== ========= ==========================================================
 
+``CanaryProvider.track()`` records tracked events (``_tracking.py``; docs/metrics.md):
+``feature_flag.tracking.events``, ``.valued``, ``.value`` and ``.value_squares`` (observable
+counters by ``feature_flag.key``, ``feature_flag.result.variant`` and
+``feature_flag.tracking.event``), and ``canary.tracking.dropped`` by ``reason``.
+
 What to use when:
 
 * :class:`CanaryMiddleware` wraps an ASGI app and records every HTTP request with the variant

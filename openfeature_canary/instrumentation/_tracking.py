@@ -206,7 +206,12 @@ class TrackingRecorder:
     # ------------------------------------------------------------------ ended threads
 
     def _thread_ended(self, shard: _Shard) -> None:
+        """The token's callback, on the ending thread: queue the shard, fold if the lock is
+        free (never wait: a collection holding it folds the queue after releasing it)."""
         self._ended.append(shard)
+        self._fold_ended()
+
+    def _fold_ended(self) -> None:
         while self._ended and self._lock.acquire(blocking=False):
             try:
                 self._settle()
@@ -248,7 +253,7 @@ class TrackingRecorder:
                     total = sums.setdefault(key, [0, 0, 0.0, 0.0])
                     for i, v in enumerate(_read(cell)):
                         total[i] += v
-        self._thread_ended_retry()
+        self._fold_ended()  # a thread that ended while the lock was held
         return {k: Tracked(int(c), int(v), float(t), float(s)) for k, (c, v, t, s) in sums.items()}
 
     def dropped(self) -> dict[str, int]:
@@ -258,16 +263,8 @@ class TrackingRecorder:
             for shard in self._settle():
                 for reason, n in tuple(shard.dropped.items()):
                     out[reason] = out.get(reason, 0) + n
-        self._thread_ended_retry()
+        self._fold_ended()
         return out
-
-    def _thread_ended_retry(self) -> None:
-        # A thread that ended while the lock was held queued its shard: fold it now.
-        while self._ended and self._lock.acquire(blocking=False):
-            try:
-                self._settle()
-            finally:
-                self._lock.release()
 
     def _callback(self, index: int) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
@@ -295,7 +292,7 @@ class TrackingRecorder:
         if self._fork_locked:
             self._fork_locked = False
             self._lock.release()
-            self._thread_ended_retry()
+            self._fold_ended()
 
     def _after_fork_in_child(self) -> None:
         # The child's counts start at zero: the parent keeps reporting its own.

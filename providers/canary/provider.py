@@ -92,6 +92,11 @@ class CanaryProvider(AbstractProvider):
     the metrics). Without either, the provider only serves: an operator (or the process that
     runs the policy) moves the rollout.
 
+    **Tracking.** ``client.track(event, ctx, TrackingEventDetails(value=…))`` reaches
+    :meth:`track`: for every flag whose guards read ``event`` and that serves a split, the event
+    counts in the cohort ``ctx``'s unit is in (docs/metrics.md, "Tracked events"), on the meter
+    provider of ``telemetry``/``meter_provider`` (else OpenTelemetry's global one).
+
     **Effects.** Every transition this process makes is persisted, then served (with
     ``PROVIDER_CONFIGURATION_CHANGED`` and ``flags_changed``), then its event goes to ``events``
     (by default a durable outbox drained to the plan's ingest URL) and the reports to
