@@ -10,7 +10,8 @@
   with the shipped config and rules. The rollout is started with the CLI, traffic goes
   through both read paths, then the stub answers wrong data: the shadow compare counts
   mismatches and the policy rolls back via ``ledger_mismatch`` (its event reaches the stub's
-  ingest). Every instrument is then in ``/metrics``;
+  ingest). Every other dashboard view is followed by a click on the provider's detail (the
+  guard's tracked events, in both cohorts). Every instrument is then in ``/metrics``;
 * every PromQL expression of the dashboard (targets, variables, annotations) and of the
   rules is parsed (``promql-parser``) and names only metrics and labels of that scrape;
 * the real Prometheus evaluates every dashboard query with data, loads the rules healthy and
@@ -65,6 +66,11 @@ _RULE_LABEL = re.compile(r"\$labels\.(\w+)")
 _LABEL_VALUES = re.compile(r"^\s*label_values\((?:(.*),)?\s*(\w+)\s*\)\s*$", re.DOTALL)
 
 DEADLINE_S = 20.0  # for any one wait of the scenario
+#: The canary's clicks as Prometheus stores them: the guard panel's data, in the smaller cohort.
+CANARY_CLICKS = (
+    f'feature_flag_tracking_events_total{{feature_flag_key="{FLAG}",'
+    'feature_flag_result_variant="on",feature_flag_tracking_event="provider_detail_opened"}'
+)
 ROLLED_BACK = 'canary_rollout_status="rolled_back"'
 
 
@@ -397,13 +403,22 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
                     sent += 1
                     headers = {"X-Request-Id": f"req-{sent}"}
                     provider, session = sent % 50 + 1, sent % 20 + 1
-                    client.get(f"{app_url}/api/v6/providers/{provider}/dashboard", headers=headers)
+                    dashboard = f"{app_url}/api/v6/providers/{provider}"
+                    viewed = client.get(f"{dashboard}/dashboard", headers=headers)
+                    if viewed.status_code == 200 and sent % 2 == 0:  # the same unit clicks
+                        client.get(f"{dashboard}/detail", headers=headers)
                     client.get(f"{app_url}/api/v1/sessions/{session}/basic", headers=headers)
                     if sent % 10 == 0:
                         client.get(f"{bad_url}/api/v6/providers/1/dashboard", headers=headers)
 
             traffic(3.0)  # both paths at 5 %: a few ticks and scrapes
             wait_seen(f'canary_rollout_stage{{feature_flag_key="{FLAG}"}} == 1')
+            # The guard panel needs the canary's clicks in two scrapes before the rollback
+            # stops the split (tracked events are recorded only while the flag splits).
+            deadline = time.monotonic() + DEADLINE_S
+            while not _seen(prom_url, f"count_over_time({CANARY_CLICKS}[1m]) >= 2"):
+                assert time.monotonic() < deadline, "no canary click seen by Prometheus"
+                traffic(0.5)
             httpx.post(f"{stub_url}/admin/faults", json={"wrong_data": True}).raise_for_status()
             deadline = time.monotonic() + DEADLINE_S
             while flag_state()["status"] != "rolled_back":
@@ -477,11 +492,30 @@ def test_example_scrape_after_rollback_shows_every_instrument(scenario: Scenario
         "feature_flag_evaluation_error_total": {"feature_flag_key", "error_type"},
         "feature_flag_evaluation_active_count": {"feature_flag_key"},
         "feature_flag_evaluation_duration_seconds_bucket": {"feature_flag_key", "le"},
+        "feature_flag_tracking_events_total": {
+            "feature_flag_key",
+            "feature_flag_result_variant",
+            "feature_flag_tracking_event",
+        },
     }
     for name, labels in expected.items():
         assert name in exposed, f"{name} missing from the scrape"
         assert labels <= exposed[name], f"{name}: labels {labels - exposed[name]} missing"
     assert 'canary_trigger_name="ledger_mismatch"' in scenario.scrape
+    # The guard's events, in both cohorts (the guard panel divides one by the other).
+    tracked = {
+        (s.labels["feature_flag_result_variant"], s.labels["feature_flag_tracking_event"])
+        for family in text_string_to_metric_families(scenario.scrape)
+        for s in family.samples
+        if s.name == "feature_flag_tracking_events_total"
+        and s.labels.get("feature_flag_key") == FLAG
+        and s.value > 0
+    }
+    assert tracked == {
+        (variant, event)
+        for variant in ("on", "off")
+        for event in ("dashboard_viewed", "provider_detail_opened")
+    }
     assert 'service_name="dataservice-example"' in scenario.scrape  # target_info
 
 

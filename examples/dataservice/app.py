@@ -5,6 +5,10 @@ Two endpoints, each choosing its read path with a canary flag::
     GET /api/v6/providers/{id}/dashboard   flag dataservice-read-canary (A6, phase 1)
         current: a direct SQL query on the embedded SQLite database seeded at startup
         canary:  DataService  GET /api/v1/providers/{id}
+        a 200 tracks ``dashboard_viewed`` (OpenFeature ``track()``, the request's unit)
+    GET /api/v6/providers/{id}/detail      the user opens the provider's detail from the
+        dashboard (send the view's X-Request-Id): the SQLite record, not under a flag;
+        a 200 tracks ``provider_detail_opened`` for that unit (the example plan's guard)
     GET /api/v1/sessions/{id}/basic        flag dataservice-user-read-canary (A1, phase 2)
         current: the in-process user cache
         canary:  DataService  GET /api/v1/users/{id}
@@ -71,7 +75,6 @@ import httpx
 from openfeature import api
 from openfeature.client import OpenFeatureClient
 from openfeature.contrib.provider.canary import CanaryProvider
-from openfeature.evaluation_context import EvaluationContext
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -89,6 +92,7 @@ from openfeature_canary.instrumentation import (
     shadow_compare,
 )
 
+from .engagement import DASHBOARD_VIEWED, PROVIDER_DETAIL_OPENED, agrees, context, track
 from .seed import PROVIDER_COLUMNS, PROVIDERS, SESSIONS, USERS, Record, provider, session_user, user
 
 __all__ = [
@@ -359,9 +363,8 @@ class DataServiceExample:
     # ------------------------------------------------------------------ helpers
 
     def _canary(self, flag_key: str, request: Request) -> tuple[bool, str]:
-        request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-        context = EvaluationContext(targeting_key=request_id)
-        return self.client.get_boolean_value(flag_key, False, context), request_id
+        request_id = _request_id(request)
+        return self.client.get_boolean_value(flag_key, False, context(request_id)), request_id
 
     @staticmethod
     def _answer(body: Any, status: int, canary: bool, request_id: str) -> JSONResponse:
@@ -395,6 +398,7 @@ class DataServiceExample:
                 FLAG_PROVIDERS,
                 record,
                 lambda: database.provider(provider_id),
+                compare=agrees,  # DataService omits empty fields: only a wrong value differs
                 sample_rate=self.settings.shadow_sample_rate,
                 meter_provider=self.meter_provider,
             )
@@ -402,7 +406,23 @@ class DataServiceExample:
             record = await run_in_threadpool(database.provider, provider_id)
         if record is None:
             return self._answer({"error": "no such provider"}, 404, canary, request_id)
+        # What users do with the dashboard is judged per view, in the cohort that served it.
+        track(self.client, DASHBOARD_VIEWED, request_id)
         return self._answer({"provider": record}, 200, canary, request_id)
+
+    async def detail(self, request: Request) -> JSONResponse:
+        """``GET /api/v6/providers/{id}/detail``: the user opened the provider's detail from
+        the dashboard (the same ``X-Request-Id``). Served by the old path and not under a flag
+        (it is not what the canary changes): it only reports the click for the view's unit."""
+        provider_id: int = request.path_params["id"]
+        assert self.database is not None
+        request_id = _request_id(request)
+        record = await run_in_threadpool(self.database.provider, provider_id)
+        headers = {REQUEST_ID_HEADER: request_id}
+        if record is None:
+            return JSONResponse({"error": "no such provider"}, status_code=404, headers=headers)
+        track(self.client, PROVIDER_DETAIL_OPENED, request_id)
+        return JSONResponse({"provider": record}, headers=headers)
 
     async def session_basic(self, request: Request) -> JSONResponse:
         """A1: ``GET /api/v1/sessions/{id}/basic``."""
@@ -458,6 +478,7 @@ class DataServiceExample:
         return Starlette(
             routes=[
                 Route("/api/v6/providers/{id:int}/dashboard", self.dashboard),
+                Route("/api/v6/providers/{id:int}/detail", self.detail),
                 Route("/api/v1/sessions/{id:int}/basic", self.session_basic),
                 Route("/metrics", self.metrics),
                 Route("/healthz", self.healthz),
@@ -468,6 +489,11 @@ class DataServiceExample:
             ],
             lifespan=self.lifespan,
         )
+
+
+def _request_id(request: Request) -> str:
+    """The request's bucketing unit: its ``X-Request-Id``, else a fresh one."""
+    return request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
 
 
 def create_app(

@@ -6,7 +6,8 @@ It serves the same seeded data as the service's old paths (:mod:`.seed`)::
     GET  /api/v1/users/{id}          the user's basic record (404 for an unknown id)
     GET  /admin/faults               the current fault switches
     POST /admin/faults               replace them: {"latency_ms": 300, "error_rate": 0.1,
-                                     "wrong_data": true}; {} clears every fault
+                                     "wrong_data": true, "incomplete": true}; {} clears
+                                     every fault
     POST /telemetry/ingest           a local stand-in for the telemetry ingest (A8): point the
                                      plan's url_env at this stub to see rollout events
     GET  /admin/events               the events received there (the last 1000)
@@ -14,7 +15,9 @@ It serves the same seeded data as the service's old paths (:mod:`.seed`)::
 
 Faults apply to the two data routes only: ``latency_ms`` is added to every answer,
 ``error_rate`` (0..1) is the share answered ``503``, ``wrong_data`` makes every record differ
-from the seed (what the service's shadow comparison must catch).
+from the seed (what the service's shadow comparison must catch), ``incomplete`` answers every
+provider record without its figures (:data:`INCOMPLETE_DROPS`): still 200, just as fast, and
+right in every field it has, so only what users do shows it (the example's guard).
 
 Run it (127.0.0.1 only)::
 
@@ -31,7 +34,7 @@ import random
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Final
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -40,11 +43,16 @@ from starlette.routing import Route
 
 from .seed import PROVIDERS, USERS, Record, provider, user
 
-__all__ = ["Faults", "create_stub", "main"]
+__all__ = ["INCOMPLETE_DROPS", "Faults", "create_stub", "main"]
 
 log = logging.getLogger("dataservice_stub")
 
 _EVENTS_KEPT = 1000
+#: What ``incomplete`` leaves out of a provider record: its figures, the part of the dashboard
+#: users open a provider's detail for. DataService omits fields it has no value for, and the
+#: service's shadow comparison accepts an omitted field, so this passes the ledger.
+INCOMPLETE_DROPS: Final = ("rating", "active_patients")
+_FIELDS: Final = frozenset({"latency_ms", "error_rate", "wrong_data", "incomplete"})
 
 
 @dataclass(frozen=True)
@@ -54,18 +62,20 @@ class Faults:
     latency_ms: float = 0.0
     error_rate: float = 0.0
     wrong_data: bool = False
+    incomplete: bool = False
 
     @classmethod
     def parse(cls, body: object) -> Faults:
         """Faults from a JSON body; ``ValueError`` naming the field for anything else."""
         if not isinstance(body, Mapping):
             raise ValueError("the body must be a JSON object")
-        unknown = set(body) - {"latency_ms", "error_rate", "wrong_data"}
+        unknown = set(body) - _FIELDS
         if unknown:
             raise ValueError(f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")
         latency = body.get("latency_ms", 0)
         rate = body.get("error_rate", 0)
         wrong = body.get("wrong_data", False)
+        incomplete = body.get("incomplete", False)
         if isinstance(latency, bool) or not isinstance(latency, (int, float)):
             raise ValueError("latency_ms must be a number")
         if not 0 <= latency <= 10_000:
@@ -74,7 +84,9 @@ class Faults:
             raise ValueError("error_rate must be a number in [0, 1]")
         if not isinstance(wrong, bool):
             raise ValueError("wrong_data must be true or false")
-        return cls(float(latency), float(rate), wrong)
+        if not isinstance(incomplete, bool):
+            raise ValueError("incomplete must be true or false")
+        return cls(float(latency), float(rate), wrong, incomplete)
 
 
 def _corrupt(record: Record) -> Record:
@@ -85,6 +97,11 @@ def _corrupt(record: Record) -> Record:
     else:
         wrong["display_name"] = f"{wrong['display_name']} (stale)"
     return wrong
+
+
+def _incomplete(record: Record) -> Record:
+    """A provider record without its figures (a user record has none: unchanged)."""
+    return {k: v for k, v in record.items() if k not in INCOMPLETE_DROPS}
 
 
 def create_stub(*, seed: int | None = None) -> Starlette:
@@ -101,6 +118,8 @@ def create_stub(*, seed: int | None = None) -> Starlette:
             return JSONResponse({"error": "injected fault"}, status_code=503)
         if record is None:
             return JSONResponse({"error": "not found"}, status_code=404)
+        if faults.incomplete:
+            record = _incomplete(record)
         return JSONResponse(_corrupt(record) if faults.wrong_data else record)
 
     async def get_provider(request: Request) -> JSONResponse:
