@@ -23,6 +23,8 @@ ONE_WORKER_MODULES = frozenset(
 #: once and run beside everything else instead of last and alone: each entry is a node id
 #: prefix under tests/, in order. The two-day simulations take minutes on a loaded machine.
 SLOW_FIRST = (
+    "test_guard_rollouts.py",
+    "test_example_guard.py",
     "test_demo.py::test_demo_healthy",
     "test_rollout_e2e.py::test_healthy_traffic",
     "test_example_dataservice.py",
