@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType as M
 from typing import Any
@@ -18,9 +19,10 @@ from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CollectorRegistry, generate_latest
 
 from openfeature_canary.errors import StateStoreError
+from openfeature_canary.evidence import Tracked
 from openfeature_canary.plan import RolloutPlan, load_plan
 from openfeature_canary.policy._fleet_metrics import FleetMetrics, gate_thresholds
-from openfeature_canary.signals import snapshot_record
+from openfeature_canary.signals import snapshot_from_record, snapshot_record
 from openfeature_canary.signals._snapshots import CohortTotals, Snapshot
 from openfeature_canary.state import LOG_LIMIT, LogEntry, RolloutState, Status
 from openfeature_canary.stores import MemoryStateStore
@@ -251,3 +253,24 @@ def test_gate_lines_come_from_the_plan(plan: RolloutPlan, scrape: _Scrape) -> No
     assert scrape.value(series, stage="1", signal="error_rate") == 0.01
     assert scrape.value(series, stage="2", signal="error_rate") == 0.02
     assert scrape.value(series, stage="2", signal="p95_ms") is None
+
+
+def test_tracked_events_are_summed_over_every_process_record(
+    plan: RolloutPlan, scrape: _Scrape
+) -> None:
+    def with_events(record: dict[str, Any], on: int, off: int) -> dict[str, Any]:
+        snap = snapshot_from_record(record)
+        tracked = {
+            (FLAG, "on", "clicked"): Tracked(on),
+            (FLAG, "off", "clicked"): Tracked(off),
+        }
+        return snapshot_record(replace(snap, tracked=M(tracked)))
+
+    store = MemoryStateStore()
+    store.publish("web-1", with_events(_record((10, 0), (200, 0)), 3, 61), 0.0)
+    store.publish("web-2", with_events(_record((7, 0), (150, 0)), 2, 44), 0.0)
+    metrics = _metrics(plan, store, scrape)
+    metrics.refresh(0.0)
+    series = "canary_fleet_tracked_total"
+    assert scrape.value(series, feature_flag_key=FLAG, cohort="canary", event="clicked") == 5
+    assert scrape.value(series, feature_flag_key=FLAG, cohort="baseline", event="clicked") == 105

@@ -7,6 +7,8 @@ Every process already reads the shared store, so each one derives the fleet's vi
 - ``canary.fleet.requests`` / ``canary.fleet.errors`` per flag and cohort: the sum of the
   records every process publishes (the decider's evidence). Cumulative: a process whose record
   left the store (it died and was forgotten) keeps what it contributed, as in the decider;
+- ``canary.fleet.tracked`` per flag, cohort and event: the tracked events (``track()``, what
+  the guards judge) summed over every process's record, likewise;
 - ``canary.fleet.rollbacks`` per flag and reason: the rollbacks in the persisted decision log
   (every process reads the same log, so every process shows the same count);
 - ``canary.gate.threshold`` per flag, stage and signal: the plan's gate lines (a dashboard
@@ -63,7 +65,8 @@ class FleetView:
     ``requests``: per (flag, cohort), (requests, 5xx) summed over every process's record;
     ``rollbacks``: per (flag, reason), the rollbacks in the persisted log; ``thresholds``: per
     (flag, stage, signal), the gate's line; ``triggers``: per (flag, trigger), the decider's
-    last reading.
+    last reading; ``tracked``: per (flag, cohort, event), the tracked events summed over every
+    process's record.
     """
 
     requests: Requests = field(default_factory=lambda: MappingProxyType({}))
@@ -72,6 +75,9 @@ class FleetView:
         default_factory=lambda: MappingProxyType({})
     )
     triggers: Mapping[tuple[str, str], TriggerReading] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    tracked: Mapping[tuple[str, str, str], int] = field(
         default_factory=lambda: MappingProxyType({})
     )
 
@@ -113,6 +119,8 @@ class _RequestSums:
 
     def __init__(self) -> None:
         self._last: dict[str, tuple[Mapping[str, Any], dict[tuple[str, str], tuple[int, int]]]] = {}
+        #: Per process, its record's tracked events per (flag, cohort, event).
+        self._events: dict[str, dict[tuple[str, str, str], int]] = {}
 
     def update(self, records: Mapping[str, tuple[float, Mapping[str, Any]]]) -> Requests:
         """Fold the store's records in; the fleet's totals per (flag, cohort)."""
@@ -129,9 +137,21 @@ class _RequestSums:
                 n = sum(sum(counts) for _bounds, counts in cohort.hist)
                 _add(totals, {(flag, cohort_of(variant)): (n, cohort.errors)})
             self._last[process_id] = (record, totals)
+            self._events[process_id] = {
+                (flag, cohort_of(variant), event): t.count
+                for (flag, variant, event), t in snap.tracked.items()
+            }
         out: dict[tuple[str, str], tuple[int, int]] = {}
         for _record, totals in self._last.values():
             _add(out, totals)
+        return MappingProxyType(out)
+
+    def tracked(self) -> Mapping[tuple[str, str, str], int]:
+        """The fleet's tracked events per (flag, cohort, event), as of the last update."""
+        out: dict[tuple[str, str, str], int] = {}
+        for events in self._events.values():
+            for key, count in events.items():
+                out[key] = out.get(key, 0) + count
         return MappingProxyType(out)
 
 
@@ -146,6 +166,7 @@ def view_from(
     rollbacks: Mapping[tuple[str, str], int],
     thresholds: Mapping[tuple[str, int, str], float],
     triggers: Mapping[tuple[str, str], TriggerReading],
+    tracked: Mapping[tuple[str, str, str], int] | None = None,
 ) -> FleetView:
     """The view from its parts."""
     return FleetView(
@@ -153,6 +174,7 @@ def view_from(
         rollbacks=MappingProxyType(dict(rollbacks)),
         thresholds=MappingProxyType(dict(thresholds)),
         triggers=MappingProxyType(dict(triggers)),
+        tracked=MappingProxyType(dict(tracked or {})),
     )
 
 
@@ -199,6 +221,12 @@ class FleetMetrics:
             description="5xx responses per cohort, summed over every process of the fleet",
         )
         meter.create_observable_counter(
+            "canary.fleet.tracked",
+            [self._tracked],
+            unit="{event}",
+            description="Tracked events per cohort and event, summed over every process",
+        )
+        meter.create_observable_counter(
             "canary.fleet.rollbacks",
             [self._rollbacks_seen],
             description="Rollbacks in the persisted decision log, by flag and reason",
@@ -236,7 +264,9 @@ class FleetMetrics:
             self._rollbacks[key] = max(n, self._rollbacks.get(key, 0))
         holder = records.get(lease.holder) if lease is not None else None
         triggers = self._holder_readings(holder[1] if holder is not None else None)
-        self.view = view_from(requests, self._rollbacks, self._thresholds, triggers)
+        self.view = view_from(
+            requests, self._rollbacks, self._thresholds, triggers, self._sums.tracked()
+        )
 
     def _holder_readings(
         self, record: Mapping[str, Any] | None
@@ -266,6 +296,12 @@ class FleetMetrics:
         return [
             Observation(errors, {_KEY: flag, "cohort": cohort})
             for (flag, cohort), (_n, errors) in self.view.requests.items()
+        ]
+
+    def _tracked(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(n, {_KEY: flag, "cohort": cohort, "event": event})
+            for (flag, cohort, event), n in self.view.tracked.items()
         ]
 
     def _rollbacks_seen(self, _options: CallbackOptions) -> Iterable[Observation]:
