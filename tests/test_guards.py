@@ -400,3 +400,23 @@ def test_plan_check_rps_states_what_each_guard_needs(tmp_path: Path) -> None:
     assert f"{needed / 1800:.3g}/s, {100 * needed / 1800 / 20:.3g} % of the requests" in lines[1]
     assert "guard:basket (a 50 % drop): needs" in lines[1] and "canary values" in lines[1]
     assert "guard:" not in lines[3]  # 100 % without a holdback: nothing to compare with
+
+
+def test_plan_check_and_render_show_the_guards() -> None:
+    from openfeature_canary.cli._format import flag_summary
+    from openfeature_canary.events import render_plan_markdown
+
+    data = plan_data(
+        [
+            {"event": "opened", "per": "viewed"},
+            {"event": "complaint", "higher_is_better": False, "max_drop": 0.1},
+        ]
+    )
+    plan = parse_plan(data, source="plan.toml")
+    summary = flag_summary(plan.flag(KEY))
+    assert "2 guards (opened per viewed, drop <= 5%, complaint per request, rise <= 10%)" in summary
+    text = render_plan_markdown(plan)
+    assert "| `guard:opened` | opened per viewed | canary at most 5 % below the baseline |" in text
+    assert "| `guard:complaint` | complaint per request | canary at most 10 % above" in text
+    assert "a rise of 50 %" in text and "a drop of 50 %" in text
+    assert "### Guards" not in render_plan_markdown(load_plan(EXAMPLE))

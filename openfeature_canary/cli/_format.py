@@ -191,7 +191,7 @@ def decider_json(
 
 
 def flag_summary(flag: FlagPlan) -> str:
-    """One line for ``plan check``: stages with percent and duration, trigger count."""
+    """One line for ``plan check``: stages with percent and duration, trigger count, guards."""
     stages = ", ".join(
         f"{format_pct(s.percent)} for {format_span(s.duration_s)}" for s in flag.stages
     )
@@ -200,6 +200,9 @@ def flag_summary(flag: FlagPlan) -> str:
         f"{flag.key}: {n_stages} stage{'s' if n_stages != 1 else ''} ({stages}), "
         f"{n_triggers} trigger{'s' if n_triggers != 1 else ''}"
     )
+    if flag.guards:
+        n = len(flag.guards)
+        line += f", {n} guard{'s' if n != 1 else ''} ({', '.join(g.describe for g in flag.guards)})"
     if flag.after:
         line += f", after {flag.after}"
     if flag.env_override:

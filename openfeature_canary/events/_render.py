@@ -142,9 +142,36 @@ def _flag_section(plan: RolloutPlan, key: str, flag: FlagPlan) -> list[str]:
         ]
     else:
         out.append("None: only the stage gates and operators move this flag.")
+    out += _guard_section(flag)
     out += [
         "",
         "Rollback: the flag goes to 0 % and stays there until an operator resets it.",
+    ]
+    return out
+
+
+def _guard_section(flag: FlagPlan) -> list[str]:
+    """The flag's guards (business events from ``track()``), when it has any."""
+    if not flag.guards:
+        return []
+    out = ["", "### Guards (what users do, from OpenFeature `track()`; docs/guards.md)", ""]
+    out += md_table(
+        ("Guard", "Judged", "Healthy", "A stage goes once it could catch"),
+        [
+            (
+                f"`{g.rule}`",
+                g.describe.rpartition(", ")[0],
+                f"canary at most {100 * g.max_drop:.3g} % "
+                f"{'below' if g.higher_is_better else 'above'} the baseline",
+                f"a {'drop' if g.higher_is_better else 'rise'} of {100 * g.detect_drop:.3g} %",
+            )
+            for g in flag.guards
+        ],
+    )
+    out += [
+        "",
+        "Judged like the gates, against the baseline of the same tick, in every stage with a "
+        "live baseline; a breach acts with the stage's on_no_go and says `guard_breach`.",
     ]
     return out
 
