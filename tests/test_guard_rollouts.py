@@ -25,6 +25,7 @@ import tomllib
 from openfeature import api
 from openfeature.contrib.provider.canary import CanaryProvider
 from openfeature.evaluation_context import EvaluationContext
+from openfeature.track import TrackingEventDetails
 
 from openfeature_canary import ManualClock, Status
 from openfeature_canary.instrumentation import record_request
@@ -34,14 +35,15 @@ from openfeature_canary.telemetry import setup_telemetry
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "canary_plan.toml"
 KEY = "dataservice-read-canary"
 EVENT = "provider_detail_opened"
+BASKET = "checkout_value"
 RUNS = 200
 RPS, CLICK, TICK = 20, 0.3, 10.0
 START = 1_800_000_000.0
 
 
-def guarded_plan(tmp: Path) -> RolloutPlan:
+def guarded_plan(tmp: Path, guard: dict[str, Any] | None = None) -> RolloutPlan:
     data: dict[str, Any] = tomllib.loads(EXAMPLE.read_text())
-    data["flags"][KEY]["guards"] = [{"event": EVENT}]
+    data["flags"][KEY]["guards"] = [guard or {"event": EVENT}]
     data["reports"] = {"dir": str(tmp / "reports")}
     data["telemetry"] = {"app": "test"}  # no ingest: the outbox keeps the events
     return parse_plan(data, source="guarded plan")
@@ -84,8 +86,12 @@ def one_run(plan: RolloutPlan, seed: int, scenario: str) -> Ending:
                 ctx = EvaluationContext(targeting_key=f"{seed}-{request}")
                 variant = client.get_boolean_details(KEY, False, ctx).variant
                 record_request(KEY, variant, 0.05, 200, meter_provider=telemetry.meter_provider)
-                chance = CLICK * shared * (0.8 if scenario == "drop" and variant == "on" else 1)
-                if rng.random() < chance:
+                worse = variant == "on" and scenario in ("drop", "mean-drop")
+                if scenario.startswith("mean"):
+                    if rng.random() < CLICK:  # a basket's value: lognormal, 30 % less if worse
+                        value = rng.lognormvariate(3.0, 0.8) * (0.7 if worse else 1.0)
+                        client.track(BASKET, ctx, TrackingEventDetails(value=value))
+                elif rng.random() < CLICK * shared * (0.8 if worse else 1):
                     client.track(EVENT, ctx)
             clock.advance(TICK)
             ctl.tick()
@@ -133,3 +139,20 @@ def test_a_healthy_canary_is_rolled_back_in_at_most_2_percent(
     # The others went on: the stage passed at its end, the guard having the information.
     went = [e for e in endings if (e.action, e.reason) == ("advance", "gate_passed")]
     assert len(went) + len(rolled_back) == RUNS, [e for e in endings if e not in went]
+
+
+@pytest.mark.parametrize(
+    ("scenario", "action"), [("mean-drop", "rollback"), ("mean-same", "advance")]
+)
+def test_a_mean_guard_on_tracked_values(tmp_path: Path, scenario: str, action: str) -> None:
+    # The mean of details.value: baskets 30 % smaller in the canary are rolled back by the
+    # guard within stage 2; the same baskets in both cohorts go on at the stage's end.
+    guard = {"event": BASKET, "measure": "mean"}
+    plan = guarded_plan(tmp_path, guard)
+    ending = one_run(plan, 4242, scenario)
+    assert ending.action == action, ending
+    if action == "rollback":
+        assert (ending.reason, ending.rule) == ("guard_breach", f"guard:{BASKET}")
+        assert ending.after_s <= plan.flag(KEY).stage(2).duration_s
+    else:
+        assert (ending.reason, ending.after_s) == ("gate_passed", 1800.0)
