@@ -74,6 +74,17 @@ def test_next_decision_says_what_the_gate_needs(flag):
     )
     # what an earlier stage needed is not this stage's
     assert "needs" not in next_decision(flag, _running(2, T0 + 601, short), T0 + 700)
+    # a guard short of events says so in its events
+    guard = _entry(
+        T0 + 600,
+        "extend",
+        "too little information",
+        needed=606,
+        needed_unit="provider_detail_opened events",
+        needed_s=420,
+    )
+    line = next_decision(flag, _running(1, T0, guard, through=T0 + 600), T0 + 603)
+    assert line.endswith("gate needs 606 more provider_detail_opened events (~7m at this rate)")
 
 
 def test_next_decision_outside_a_running_stage(flag):
