@@ -33,6 +33,7 @@ from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
     Histogram,
     MetricsData,
+    NumberDataPoint,
     Sum,
 )
 from opentelemetry.util.types import Attributes
@@ -349,14 +350,7 @@ class Accumulator:
                     continue
                 flag = raw
                 self.flags.add(flag)
-            increase = value
-            if not delta:
-                key = (*prefix, _attrs_key(attrs))
-                start = point.start_time_unix_nano
-                seen[key] = (start, value)
-                last = self._last_counter.get(key)
-                if last is not None and last[0] == start and value >= last[1]:
-                    increase = value - last[1]
+            increase = value if delta else self._increase(prefix, attrs, point, value, seen)
             if increase or (name, flag) not in self._counters:
                 self._counters[(name, flag)] = self._counters.get((name, flag), 0.0) + increase
                 self._counters_dirty = True
@@ -385,12 +379,23 @@ class Accumulator:
             if not (math.isfinite(value) and value >= 0):
                 problems[name] = f"{name} has a value of {value}"
                 continue
-            increase = value
-            if not delta:
-                key = (*prefix, _attrs_key(attrs))
-                start = point.start_time_unix_nano
-                seen[key] = (start, value)
-                last = self._last_counter.get(key)
-                if last is not None and last[0] == start and value >= last[1]:
-                    increase = value - last[1]
+            increase = value if delta else self._increase(prefix, attrs, point, value, seen)
             self._tracked.add((flag, variant, event), index, increase)
+
+    def _increase(
+        self,
+        prefix: tuple[str, str, str],
+        attrs: Attributes,
+        point: NumberDataPoint,
+        value: float,
+        seen: dict[_SeriesKey, tuple[int, float]],
+    ) -> float:
+        """A cumulative counter point's increase since the last collection (all of it when
+        the series is new or restarted: a new start time, or a value that went down)."""
+        key = (*prefix, _attrs_key(attrs))
+        start = point.start_time_unix_nano
+        seen[key] = (start, value)
+        last = self._last_counter.get(key)
+        if last is not None and last[0] == start and value >= last[1]:
+            return value - last[1]
+        return value
