@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,11 @@ def _client(guarded: tuple[str, ...], domain: str, hook: bool) -> tuple[Any, Tra
     data["flags"][F2].pop("after", None)  # both flags under a split at once
     meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
     provider = CanaryProvider(
-        parse_plan(data), clock=ManualClock(), environ={}, meter_provider=meter_provider
+        parse_plan(data),
+        clock=ManualClock(),
+        environ={},
+        meter_provider=meter_provider,
+        reports_dir=tempfile.mkdtemp(prefix="bench-tracking-"),  # not the current folder
     )
     api.set_provider_and_wait(provider, domain=domain)
     for key in (F1, F2):
