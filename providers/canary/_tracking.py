@@ -16,11 +16,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from openfeature.contrib.provider.canary._answers import Answers
+from opentelemetry.metrics import MeterProvider
 
-from openfeature_canary.instrumentation._tracking import TrackingRecorder
+from openfeature_canary.instrumentation._tracking import TrackingRecorder, tracking_recorder
 from openfeature_canary.plan import RolloutPlan
 
-__all__ = ["Tracker"]
+__all__ = ["Tracker", "tracker_for"]
 
 
 def _value(details: Any) -> tuple[float | None, bool]:
@@ -112,3 +113,11 @@ class Tracker:
         except ValueError:
             return "invalid_unit"
         return "on" if slot < answers.view.basis_points else "off"
+
+
+def tracker_for(plan: RolloutPlan, meter_provider: MeterProvider) -> Tracker | None:
+    """The tracker of a provider serving ``plan``, recording on ``meter_provider``; ``None``
+    when no flag has guards (``track()`` then records nothing and costs nothing)."""
+    if not any(flag.guards for flag in plan.flags.values()):
+        return None
+    return Tracker(plan, tracking_recorder(meter_provider))

@@ -19,7 +19,7 @@ from openfeature.contrib.provider.canary._answers import (
 )
 from openfeature.contrib.provider.canary._arguments import check_arguments
 from openfeature.contrib.provider.canary._health import StoreHealth
-from openfeature.contrib.provider.canary._tracking import Tracker
+from openfeature.contrib.provider.canary._tracking import tracker_for
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.event import ProviderEventDetails
 from openfeature.exception import (
@@ -48,7 +48,6 @@ from openfeature_canary import (
 from openfeature_canary._forksafe import hold_locks_across_fork
 from openfeature_canary.engine import EngineOptions, build_engine
 from openfeature_canary.events import EventQueue, EventSink, render_plan_markdown
-from openfeature_canary.instrumentation._tracking import tracking_recorder
 from openfeature_canary.policy import FlagView
 from openfeature_canary.signals import SignalSource
 from openfeature_canary.stores import FileStateStore
@@ -184,13 +183,6 @@ class CanaryProvider(AbstractProvider):
         self._answers: Mapping[str, Answers] = MappingProxyType(
             rebuilt({}, self._states(), self.plan, self._environ, None)[0]
         )
-        if self.meter_provider is not None:
-            self.meter_provider.get_meter("openfeature_canary.provider").create_observable_gauge(
-                "canary.store.health",
-                [self._health.observe],
-                description="1 for how the state store reads now: ready, stale (the last "
-                "known state is served) or error (every flag serves the old path)",
-            )
         #: The live status page, served while this process decides (docs/status-page.md).
         self.status_page = (
             None
@@ -198,16 +190,24 @@ class CanaryProvider(AbstractProvider):
             else DecidingStatusPage(self.rollout, port=status_page_port, host=status_page_host)
         )
         #: ``track()``'s attribution (None: no flag has guards, nothing is ever recorded).
-        self._tracker = (
-            Tracker(self.plan, tracking_recorder(self.meter_provider or get_meter_provider()))
-            if any(flag.guards for flag in self.plan.flags.values())
-            else None
-        )
-        self._hooks: list[Hook] = []
-        if telemetry is not None:
-            from openfeature.contrib.hook.canary import MetricsHook
+        self._tracker = tracker_for(self.plan, self.meter_provider or get_meter_provider())
+        self._hooks = self._instrument(telemetry)
 
-            self._hooks = [MetricsHook(meter_provider=telemetry.meter_provider)]
+    def _instrument(self, telemetry: Telemetry | None) -> list[Hook]:
+        """The store-health gauge on the meter provider, and the provider's hooks: a
+        ``MetricsHook`` on the telemetry's meter provider (none without ``telemetry``)."""
+        if self.meter_provider is not None:
+            self.meter_provider.get_meter("openfeature_canary.provider").create_observable_gauge(
+                "canary.store.health",
+                [self._health.observe],
+                description="1 for how the state store reads now: ready, stale (the last "
+                "known state is served) or error (every flag serves the old path)",
+            )
+        if telemetry is None:
+            return []
+        from openfeature.contrib.hook.canary import MetricsHook
+
+        return [MetricsHook(meter_provider=telemetry.meter_provider)]
 
     # ------------------------------------------------------------------ lifecycle
 
