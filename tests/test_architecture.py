@@ -53,7 +53,16 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("events", "signals"),
     ("stores",),
     ("plan", "state", "evidence", "instrumentation"),
-    ("bucketing", "clock", "errors", "_forksafe", "_atomicfile", "_format", "_validate"),
+    (
+        "bucketing",
+        "clock",
+        "errors",
+        "_forksafe",
+        "_perthread",
+        "_atomicfile",
+        "_format",
+        "_validate",
+    ),
 )
 
 #: The OpenFeature plugins built on the engine; the engine never imports them.

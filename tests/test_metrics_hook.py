@@ -297,7 +297,8 @@ def test_metrics_hook_async_evaluation_counts_and_times() -> None:
 def held_shards(hook: MetricsHook) -> int:
     """Per-thread shards the hook holds, which every collection adds up: live threads', new
     ones not yet taken in, ended ones not yet folded."""
-    return len({*hook._shards, *hook._joined, *hook._ended})
+    threads = hook._threads
+    return len({*threads._live, *threads._joined, *threads._ended})
 
 
 def run_threads(target: Callable[[], object], count: int, batch: int = 100) -> None:
@@ -387,7 +388,7 @@ def test_metrics_hook_2000_short_lived_threads_fold_into_one_total_counts_exact(
         value(reader, "feature_flag.evaluation_active_count", feature_flag__key="no-such-flag") == 0
     )
     assert value(reader, "feature_flag.evaluation.duration", feature_flag__key="f") == 4002
-    assert len(hook._shards) == 1  # after collections too: only the live thread's shard
+    assert len(hook._threads._live) == 1  # after collections too: only the live thread's shard
     # Timing, generously bounded (the assertion above is the one that cannot flake).
     assert collection_s(reader) < 2 * one_thread_s
 
@@ -452,7 +453,7 @@ def test_metrics_hook_collecting_while_threads_end_never_loses_or_double_counts(
 def test_metrics_hook_threads_ending_during_collection_never_wait_then_are_folded() -> None:
     reader = InMemoryMetricReader()
     client, hook = hooked_client(reader)
-    with hook._lock:  # as a collection under way holds it
+    with hook._threads.lock:  # as a collection under way holds it
         threads = [
             threading.Thread(target=client.get_boolean_value, args=("f", False)) for _ in range(50)
         ]
@@ -461,7 +462,7 @@ def test_metrics_hook_threads_ending_during_collection_never_wait_then_are_folde
         for t in threads:
             t.join(5)
         assert not any(t.is_alive() for t in threads)  # none waited for the lock
-        assert len(hook._ended) == 50  # queued for whoever holds the lock next
+        assert len(hook._threads._ended) == 50  # queued for whoever holds the lock next
 
     run_threads(lambda: client.get_boolean_value("f", False), 1)  # the next thread to end
     assert held_shards(hook) == 0  # folded them all, no collection needed
@@ -475,12 +476,12 @@ def test_metrics_hook_threads_ending_during_collection_never_wait_then_are_folde
 def test_metrics_hook_thread_folded_before_its_shard_is_taken_in_is_counted_once() -> None:
     reader = InMemoryMetricReader()
     client, hook = hooked_client(reader)
-    with hook._lock:  # a collection under way: the thread's shard waits in both queues
+    with hook._threads.lock:  # a collection under way: the thread's shard waits in both queues
         run_threads(lambda: client.get_boolean_value("f", False), 1)
-        assert len(hook._joined) == len(hook._ended) == 1
+        assert len(hook._threads._joined) == len(hook._threads._ended) == 1
         # What a collection meets when a thread begins after it took the new shards in and
         # ends before it folds the ended ones: folded first, taken in after.
-        hook._fold(hook._ended.popleft())
+        hook._threads.fold(hook._threads._ended.popleft())
 
     t = totals(reader)
     assert t["feature_flag.evaluation_requests_total"] == 1

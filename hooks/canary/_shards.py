@@ -33,7 +33,6 @@ __all__ = [
     "Outcome",
     "OutcomeKey",
     "Shard",
-    "Token",
 ]
 
 UNKNOWN = "unknown"
@@ -136,12 +135,6 @@ class DurationTotal:
         self.max = max(self.max, other.max)
 
 
-class Token:
-    """Held only by its thread's ``threading.local`` storage: freed when the thread ends."""
-
-    __slots__ = ("__weakref__",)
-
-
 class Shard:
     """One live thread's counts. Only its thread writes; collection reads ints (atomic)."""
 
@@ -152,4 +145,4 @@ class Shard:
         self.started: dict[str, int] = {}  # per flag key: evaluations whose ``before`` ran
         #: Weak reference to the thread's token, whose callback folds this shard (it is kept
         #: here so that the callback runs); None once folded.
-        self.token: weakref.ref[Token] | None = None
+        self.token: weakref.ref[Any] | None = None

@@ -12,8 +12,9 @@ since the last collection into the histogram's SDK aggregations (``_sdk_histogra
 with other buckets), each evaluation records its duration itself, as before.
 
 Threads come and go (a thread-per-request server starts one per request), so a shard lives only
-as long as its thread: an ended thread's counts are folded into one shared total, and a
-collection costs as much after thousands of short-lived threads as with one. The thread's
+as long as its thread (``openfeature_canary._perthread``, shared with ``track()``'s
+recorder): an ended thread's counts are folded into one shared total, and a collection costs
+as much after thousands of short-lived threads as with one. The thread's
 ``threading.local`` storage holds a token besides its shard, and CPython frees that storage
 when the thread ends, after its last evaluation; a weak-reference callback on the token then
 moves the shard's (final) counts into the total. Folding and collection take one lock, which
@@ -33,10 +34,7 @@ The evaluation path takes none of these locks.
 from __future__ import annotations
 
 import logging
-import threading
-import weakref
 from bisect import bisect_left
-from collections import deque
 from collections.abc import Iterable
 from time import perf_counter
 from typing import Final
@@ -60,7 +58,6 @@ from openfeature.contrib.hook.canary._shards import (
     Outcome,
     OutcomeKey,
     Shard,
-    Token,
 )
 from openfeature.flag_evaluation import FlagEvaluationDetails, FlagValueType
 from openfeature.hook import Hook, HookContext, HookHints
@@ -74,10 +71,10 @@ from opentelemetry.util.types import AttributeValue
 
 from openfeature_canary._forksafe import (
     HOOKS,
-    acquire_until,
     hold_opentelemetry_across_fork,
     on_fork,
 )
+from openfeature_canary._perthread import PerThread
 from openfeature_canary.instrumentation import bucketing_unit, remember_variant
 
 __all__ = ["MetricsHook"]
@@ -131,13 +128,10 @@ class MetricsHook(Hook):
     def __init__(self, meter_provider: MeterProvider | None = None) -> None:
         mp = meter_provider if meter_provider is not None else get_meter_provider()
         meter = mp.get_meter(METER_NAME)
-        self._local = threading.local()
-        # Taken by collection and folding only, never by the evaluation path.
-        self._lock = threading.Lock()
-        self._fork_locked = False
-        self._shards: set[Shard] = set()  # live threads' shards (under the lock)
-        self._joined: deque[Shard] = deque()  # new threads' shards, not yet in ``_shards``
-        self._ended: deque[Shard] = deque()  # ended threads' shards, not yet folded
+        # Each thread's shard; the lock is taken by collection and folding only, never by the
+        # evaluation path, which reads ``_local.shard`` (the same storage) directly.
+        self._threads = PerThread(Shard, self._fold, "MetricsHook")
+        self._local = self._threads.local
         self._folded: dict[OutcomeKey, Outcome] = {}  # ended threads' counts (under the lock)
         self._ended_flags: set[str] = set()  # flags started by ended threads: 0 in flight
         self._duration = meter.create_histogram(
@@ -188,23 +182,12 @@ class MetricsHook(Hook):
     # ------------------------------------------------------------------ evaluation path
     # Hot path: about 1 µs of our own work per evaluation, no lock, no OpenTelemetry call.
 
-    def _new_shard(self) -> Shard:
-        """A thread's first evaluation: its shard, announced without a lock."""
-        shard = Shard()
-        token = Token()
-        shard.token = weakref.ref(token, lambda _: self._thread_ended(shard))
-        local = self._local
-        local.token = token  # the thread's storage is the only owner of the token
-        local.shard = shard
-        self._joined.append(shard)  # atomic; folding and collection take it in
-        return shard
-
     def before(self, hook_context: HookContext, hints: HookHints) -> None:
         """Count the evaluation in flight and start its clock."""
         try:
             started = self._local.shard.started
         except AttributeError:
-            started = self._new_shard().started
+            started = self._threads.join().started
         flag_key = hook_context.flag_key
         started[flag_key] = started.get(flag_key, 0) + 1
         hook_context.hook_data[_START] = perf_counter()
@@ -221,7 +204,7 @@ class MetricsHook(Hook):
         try:
             outcomes = self._local.shard.outcomes
         except AttributeError:
-            outcomes = self._new_shard().outcomes
+            outcomes = self._threads.join().outcomes
         pm = hook_context.provider_metadata
         flag_key = hook_context.flag_key
         variant = details.variant
@@ -252,47 +235,9 @@ class MetricsHook(Hook):
 
     # ------------------------------------------------------------------ ended threads
 
-    def _thread_ended(self, shard: Shard) -> None:
-        """The token's callback, on the ending thread after its last evaluation: fold.
-
-        Never waits for the lock: if a collection (or another ending thread) holds it, the
-        shard is queued, and whoever holds the lock sees the queue when releasing it.
-        """
-        self._ended.append(shard)
-        self._fold_ended()
-
-    def _fold_ended(self) -> None:
-        # Queue first, then try the lock; a holder re-checks the queue after releasing: a
-        # shard queued while the lock was busy is never left behind.
-        while self._ended and self._lock.acquire(blocking=False):
-            try:
-                self._settle()
-            finally:
-                self._lock.release()
-
-    def _settle(self) -> set[Shard]:
-        """Take in the new shards, fold the ended ones; return the live shards. Lock held."""
-        shards = self._shards
-        joined = self._joined
-        while joined:  # only a lock holder takes from the queues
-            shard = joined.popleft()
-            if shard.token is not None:  # not folded yet (its thread may be gone already)
-                shards.add(shard)
-        ended = self._ended
-        while ended:
-            self._fold(ended.popleft())
-        return shards
-
     def _fold(self, shard: Shard) -> None:
-        """Add an ended thread's counts (final: nothing writes them any more) to the total.
-
-        Lock held. The shard may still wait in ``_joined`` (a thread that ended right after
-        it began), whose draining then skips it.
-        """
-        if shard.token is None:  # folded already (a fork folds without the callback)
-            return
-        shard.token = None
-        self._shards.discard(shard)
+        """Add an ended thread's counts (final: nothing writes them any more) to the total
+        (``PerThread.fold`` calls it once per shard, with the lock held)."""
         folded = self._folded
         for key, o in shard.outcomes.items():
             total = folded.get(key)
@@ -307,25 +252,21 @@ class MetricsHook(Hook):
 
     def _before_fork(self, deadline: float) -> None:
         # No fold half done in the child: wait for the callback or fold under way, if any.
-        self._fork_locked = acquire_until(self._lock, deadline, "MetricsHook")
+        self._threads.before_fork(deadline)
 
     def _after_fork_in_parent(self) -> None:
-        if self._fork_locked:
-            self._fork_locked = False
-            self._lock.release()
-            self._fold_ended()  # threads that ended during the fork
+        self._threads.after_fork_in_parent()  # and fold the threads that ended meanwhile
 
     def _after_fork_in_child(self) -> None:
         # Only this thread exists here: fold every other thread's shard. The fork may have
         # freed their storage (their callbacks, finding the lock held, queued their shards)
         # or not all of it (what their stacks referred to leaks): either way, fold here.
-        self._lock = threading.Lock()
-        self._fork_locked = False
-        mine = getattr(self._local, "shard", None)
-        with self._lock:
-            for shard in tuple(self._settle()):
+        threads = self._threads
+        mine = threads.after_fork_in_child()
+        with threads.lock:
+            for shard in tuple(threads.settle()):
                 if shard is not mine:
-                    self._fold(shard)
+                    threads.fold(shard)
 
     # ------------------------------------------------------------------ collection
     # Each callback reads the total and the live shards under the lock, so a thread that
@@ -334,7 +275,7 @@ class MetricsHook(Hook):
     def _outcomes(self) -> list[Outcome]:
         """Every outcome's counts: the ended threads' totals and each live thread's. Lock held."""
         # ``tuple(dict.values())`` runs in C under the GIL: safe while the owner inserts.
-        live = [o for shard in self._settle() for o in tuple(shard.outcomes.values())]
+        live = [o for shard in self._threads.settle() for o in tuple(shard.outcomes.values())]
         return [*self._folded.values(), *live]
 
     def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:
@@ -343,7 +284,7 @@ class MetricsHook(Hook):
         totals: dict[tuple[str, str], int] = {}
         durations: dict[tuple[tuple[str, AttributeValue], ...], DurationTotal] = {}
         sink = self._sink
-        with self._lock:
+        with self._threads.lock:
             for o in self._outcomes():
                 flag = (o.flag_key, o.provider)
                 totals[flag] = totals.get(flag, 0) + o.count
@@ -353,7 +294,7 @@ class MetricsHook(Hook):
                     if total is None:
                         total = durations[ident] = DurationTotal(o.duration_attrs)
                     total.add(o)
-        self._fold_ended()
+        self._threads.fold_ended()
         if sink is not None:  # outside the hook's lock: it takes the SDK's
             try:
                 sink.add(durations.values())
@@ -368,13 +309,13 @@ class MetricsHook(Hook):
     def _observe_outcomes(self, success: bool) -> list[Observation]:
         # Outcomes with equal keys (threads', ended threads') have equal attributes: add up.
         totals: dict[tuple[tuple[str, AttributeValue], ...], tuple[int, Attributes]] = {}
-        with self._lock:
+        with self._threads.lock:
             for o in self._outcomes():
                 if o.success is success:
                     ident = tuple(o.outcome_attrs.items())
                     n, attrs = totals.get(ident, (0, o.outcome_attrs))
                     totals[ident] = (n + o.count, attrs)
-        self._fold_ended()
+        self._threads.fold_ended()
         return [Observation(n, attrs) for n, attrs in totals.values()]
 
     def _observe_successes(self, options: CallbackOptions) -> Iterable[Observation]:
@@ -384,9 +325,9 @@ class MetricsHook(Hook):
         return self._observe_outcomes(False)
 
     def _observe_active(self, options: CallbackOptions) -> Iterable[Observation]:
-        with self._lock:
+        with self._threads.lock:
             active = dict.fromkeys(self._ended_flags, 0)
-            for shard in self._settle():
+            for shard in self._threads.settle():
                 # Read what finished before what started: an evaluation ending in between
                 # is then seen as still in flight, never as a negative count.
                 for o in tuple(shard.outcomes.values()):
@@ -394,5 +335,5 @@ class MetricsHook(Hook):
                         active[o.flag_key] = active.get(o.flag_key, 0) - o.timed
                 for flag_key, n in tuple(shard.started.items()):
                     active[flag_key] = active.get(flag_key, 0) + n
-        self._fold_ended()
+        self._threads.fold_ended()
         return [Observation(n, {FLAG_KEY: flag_key}) for flag_key, n in active.items()]

@@ -14,8 +14,8 @@ Why no OpenTelemetry call per event: a ``Counter.add`` with attributes costs abo
 whole flag evaluation and takes the SDK's locks. As ``MetricsHook`` does for evaluations, each
 thread adds into plain Python numbers of its own (a *shard*: no lock, no contention, exact), and
 the counters are *observable*: their callbacks add the shards up when a reader collects. An
-ended thread's shard is folded into one shared total (a weak-reference callback on a token its
-``threading.local`` storage holds), so short-lived threads cost nothing once gone.
+ended thread's shard is folded into one shared total (``_perthread.PerThread``, the same
+mechanism as the hook's), so short-lived threads cost nothing once gone.
 
 A forked child starts from zero: its counts are its own, so a fleet that adds every process's
 records up never counts the parent's events twice (the parent keeps reporting them).
@@ -26,19 +26,18 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Any, Final
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
 from openfeature_canary._forksafe import (
     HOOKS,
-    acquire_until,
     hold_opentelemetry_across_fork,
     on_fork,
     renew_locks_after_fork,
 )
+from openfeature_canary._perthread import PerThread
 from openfeature_canary.evidence import Tracked
 from openfeature_canary.instrumentation._names import (
     ATTR_DROP_REASON,
@@ -86,12 +85,6 @@ class _Cell:
         self.squares = 0.0
 
 
-class _Token:
-    """Held only by its thread's ``threading.local`` storage: freed when the thread ends."""
-
-    __slots__ = ("__weakref__",)
-
-
 class _Shard:
     """One live thread's counts; only its thread writes."""
 
@@ -101,7 +94,7 @@ class _Shard:
         self.cells: dict[TrackedKey, _Cell] = {}
         self.dropped: dict[str, int] = {}
         #: Weak reference to the thread's token (kept so its callback runs); None once folded.
-        self.token: weakref.ref[_Token] | None = None
+        self.token: weakref.ref[Any] | None = None
 
 
 def _read(cell: _Cell) -> tuple[int, int, float, float]:
@@ -119,12 +112,7 @@ class TrackingRecorder:
 
     def __init__(self, meter_provider: MeterProvider) -> None:
         meter = meter_provider.get_meter(METER_NAME)
-        self._local = threading.local()
-        self._lock = threading.Lock()  # collection and folding only
-        self._fork_locked = False
-        self._shards: set[_Shard] = set()
-        self._joined: deque[_Shard] = deque()
-        self._ended: deque[_Shard] = deque()
+        self._threads = PerThread(_Shard, self._fold, "TrackingRecorder")
         self._folded: dict[TrackedKey, list[float]] = {}
         self._folded_dropped: dict[str, int] = {}
         self._warned: set[str] = set()
@@ -163,14 +151,9 @@ class TrackingRecorder:
 
     def _shard(self) -> _Shard:
         try:
-            shard: _Shard = self._local.shard
+            shard: _Shard = self._threads.local.shard
         except AttributeError:
-            shard = _Shard()
-            token = _Token()
-            shard.token = weakref.ref(token, lambda _: self._thread_ended(shard))
-            self._local.token = token  # the thread's storage is the token's only owner
-            self._local.shard = shard
-            self._joined.append(shard)  # atomic; collection takes it in
+            shard = self._threads.join()
         return shard
 
     def record(self, flag_key: str, variant: str, event: str, value: float | None) -> None:
@@ -205,34 +188,8 @@ class TrackingRecorder:
 
     # ------------------------------------------------------------------ ended threads
 
-    def _thread_ended(self, shard: _Shard) -> None:
-        """The token's callback, on the ending thread: queue the shard, fold if the lock is
-        free (never wait: a collection holding it folds the queue after releasing it)."""
-        self._ended.append(shard)
-        self._fold_ended()
-
-    def _fold_ended(self) -> None:
-        while self._ended and self._lock.acquire(blocking=False):
-            try:
-                self._settle()
-            finally:
-                self._lock.release()
-
-    def _settle(self) -> set[_Shard]:
-        """Take in new shards, fold ended ones; the live shards. Lock held."""
-        while self._joined:
-            shard = self._joined.popleft()
-            if shard.token is not None:
-                self._shards.add(shard)
-        while self._ended:
-            self._fold(self._ended.popleft())
-        return self._shards
-
     def _fold(self, shard: _Shard) -> None:
-        if shard.token is None:  # folded already
-            return
-        shard.token = None
-        self._shards.discard(shard)
+        """An ended thread's final counts into the total (``PerThread`` holds the lock)."""
         for key, cell in shard.cells.items():
             total = self._folded.setdefault(key, [0, 0, 0.0, 0.0])
             for i, v in enumerate(_read(cell)):
@@ -245,25 +202,27 @@ class TrackingRecorder:
     def totals(self) -> dict[TrackedKey, Tracked]:
         """Every series' cumulative counts: the ended threads' and each live thread's."""
         sums: dict[TrackedKey, list[float]] = {}
-        with self._lock:
+        threads = self._threads
+        with threads.lock:
             for key, folded in self._folded.items():
                 sums[key] = list(folded)
-            for shard in self._settle():
+            for shard in threads.settle():
                 for key, cell in tuple(shard.cells.items()):
                     total = sums.setdefault(key, [0, 0, 0.0, 0.0])
                     for i, v in enumerate(_read(cell)):
                         total[i] += v
-        self._fold_ended()  # a thread that ended while the lock was held
+        threads.fold_ended()  # a thread that ended while the lock was held
         return {k: Tracked(int(c), int(v), float(t), float(s)) for k, (c, v, t, s) in sums.items()}
 
     def dropped(self) -> dict[str, int]:
         """Drops so far per reason (cumulative)."""
-        with self._lock:
+        threads = self._threads
+        with threads.lock:
             out = dict(self._folded_dropped)
-            for shard in self._settle():
+            for shard in threads.settle():
                 for reason, n in tuple(shard.dropped.items()):
                     out[reason] = out.get(reason, 0) + n
-        self._fold_ended()
+        threads.fold_ended()
         return out
 
     def _callback(self, index: int) -> Callable[[CallbackOptions], Iterable[Observation]]:
@@ -286,32 +245,20 @@ class TrackingRecorder:
     # ------------------------------------------------------------------ fork
 
     def _before_fork(self, deadline: float) -> None:
-        self._fork_locked = acquire_until(self._lock, deadline, "TrackingRecorder")
+        self._threads.before_fork(deadline)
 
     def _after_fork_in_parent(self) -> None:
-        if self._fork_locked:
-            self._fork_locked = False
-            self._lock.release()
-            self._fold_ended()
+        self._threads.after_fork_in_parent()
 
     def _after_fork_in_child(self) -> None:
         # The child's counts start at zero: the parent keeps reporting its own.
-        self._lock = threading.Lock()
+        self._threads.after_fork_in_child()
+        self._threads.forget()
         self._warn_lock = threading.Lock()
-        self._fork_locked = False
-        mine = getattr(self._local, "shard", None)
-        for shard in (*self._shards, *self._joined, *self._ended):
-            shard.token = None  # never folded here (a callback may still run for it)
-        self._shards.clear()
-        self._joined.clear()
-        self._ended.clear()
         self._folded.clear()
         self._folded_dropped.clear()
         self._collected = {}
         self._warned.clear()
-        if mine is not None:
-            del self._local.shard  # the next event starts a fresh shard
-            del self._local.token
 
 
 class _RecorderCache:
