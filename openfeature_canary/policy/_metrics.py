@@ -22,7 +22,7 @@ here, another process's through the store), and nothing is written between scrap
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry.metrics import (
@@ -40,6 +40,8 @@ from openfeature_canary.signals import TriggerReading
 from openfeature_canary.state import RolloutState, Status
 
 if TYPE_CHECKING:
+    from openfeature_canary.policy._autopilot import TickResult
+    from openfeature_canary.policy._controller import Controller
     from openfeature_canary.policy._rollout import Rollout
 
 __all__ = ["RolloutMetrics"]
@@ -121,13 +123,7 @@ class RolloutMetrics:
         """Per (flag, trigger): this process's last tick's reading (empty where the policy does
         not run). Published with the decider's record: the fleet view shows the decider's."""
         out: dict[tuple[str, str], TriggerReading] = {}
-        last_tick = getattr(self.rollout.policy, "last", None)
-        if last_tick is None:
-            return out
-        for ctl in self.rollout.controllers():
-            last = last_tick(ctl.key)
-            if last is None:
-                continue
+        for ctl, last in self._last_ticks():
             for trigger in ctl.flag.triggers:
                 reading = last.triggers.get(trigger.name)
                 if reading is None:
@@ -170,18 +166,23 @@ class RolloutMetrics:
 
     def _trigger_value(self, _options: CallbackOptions) -> Iterable[Observation]:
         self._refresh()
-        out: list[Observation] = []
-        last_tick = getattr(self.rollout.policy, "last", None)  # the autopilot's readings
+        return [
+            Observation(reading.value, {_KEY: ctl.key, _TRIGGER: name})
+            for ctl, last in self._last_ticks()
+            for name, reading in last.triggers.items()
+            if reading.value is not None
+        ]
+
+    def _last_ticks(self) -> Iterator[tuple[Controller, TickResult]]:
+        """Each flag's controller with the autopilot's last tick of it (none where this
+        process does not run the policy, or before the flag's first tick)."""
+        last_tick = getattr(self.rollout.policy, "last", None)
         if last_tick is None:
-            return out
+            return
         for ctl in self.rollout.controllers():
             last = last_tick(ctl.key)
-            if last is None:
-                continue
-            for name, reading in last.triggers.items():
-                if reading.value is not None:
-                    out.append(Observation(reading.value, {_KEY: ctl.key, _TRIGGER: name}))
-        return out
+            if last is not None:
+                yield ctl, last
 
 
 def _fleet_metrics(rollout: Rollout, provider: MeterProvider) -> FleetMetrics | None:
