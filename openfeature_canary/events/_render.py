@@ -160,7 +160,7 @@ def _guard_section(flag: FlagPlan) -> list[str]:
         [
             (
                 f"`{g.rule}`",
-                g.describe.rpartition(", ")[0],
+                g.judged,
                 f"canary at most {100 * g.max_drop:.3g} % "
                 f"{'below' if g.higher_is_better else 'above'} the baseline",
                 f"a {'drop' if g.higher_is_better else 'rise'} of {100 * g.detect_drop:.3g} %",

@@ -74,13 +74,17 @@ class Guard:
         return (self.event,)
 
     @property
+    def judged(self) -> str:
+        """What is judged, e.g. ``provider_detail_opened per dashboard_viewed``."""
+        if self.measure == "mean":
+            return f"mean value of {self.event}"
+        return f"{self.event} per {self.per}"
+
+    @property
     def describe(self) -> str:
-        """Human-readable, e.g. ``provider_detail_opened per dashboard_viewed, drop <= 5 %``."""
-        what = f"mean value of {self.event}" if self.measure == "mean" else self.event
-        if self.measure == "rate":
-            what += f" per {self.per}"
+        """Human-readable, e.g. ``provider_detail_opened per dashboard_viewed, drop <= 5%``."""
         way = "drop" if self.higher_is_better else "rise"
-        return f"{what}, {way} <= {self.max_drop:.0%}"
+        return f"{self.judged}, {way} <= {self.max_drop:.0%}"
 
 
 def parse_guards(r: Reader, data: Any, path: str) -> tuple[Guard, ...]:
@@ -96,13 +100,13 @@ def parse_guards(r: Reader, data: Any, path: str) -> tuple[Guard, ...]:
 
 def _guard(r: Reader, path: str, data: Any) -> Guard:
     t = r.table(data, path, set(_KEYS))
-    event = _event(r, t.get("event"), f"{path}.event", required=True)
+    event = _event(r, t.get("event"), f"{path}.event")
     measure: Measure = r.choice(t, path, "measure", ("rate", "mean"), "rate")
     per = PER_REQUEST
     if "per" in t:
         if measure == "mean":
             r.fail(f"{path}.per", 'applies to measure = "rate" only (a mean is per event)')
-        per = _event(r, t.get("per"), f"{path}.per", required=True)
+        per = _event(r, t.get("per"), f"{path}.per")
         if per == event:
             r.fail(f"{path}.per", f"must differ from event ({show(event)})")
     max_drop = _fraction(r, t, path, "max_drop", 0.05)
@@ -123,8 +127,8 @@ def _guard(r: Reader, path: str, data: Any) -> Guard:
     )
 
 
-def _event(r: Reader, value: Any, path: str, *, required: bool) -> str:
-    if value is None and required:
+def _event(r: Reader, value: Any, path: str) -> str:
+    if value is None:
         r.fail(path, "is required")
     if not isinstance(value, str) or not EVENT_NAME.fullmatch(value):
         r.fail(

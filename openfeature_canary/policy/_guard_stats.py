@@ -95,17 +95,9 @@ def _share(rho: float, q: float) -> float:
 def _threshold(k: int, q: float, rho0: float, higher: bool, boundary: float) -> int | None:
     """The canary event count at which the pooled test over ``k`` events reaches ``boundary``
     (the largest such count when higher is better, the smallest otherwise); ``None``: none."""
-    alternatives = rate_alternatives(rho0, higher)
-    pi0 = _share(rho0, q)
 
-    def log_e(x: int) -> float:
-        return log_mean_exp(
-            [
-                x * math.log(_share(r, q) / pi0)
-                + (k - x) * (math.log1p(-_share(r, q)) - math.log1p(-pi0))
-                for r in alternatives
-            ]
-        )
+    def log_e(x: int) -> float:  # the e-value pooled over one split: q of the exposure
+        return log_mean_exp(rate_log_increment(x, k - x, q, 1.0 - q, rho0, higher))
 
     # log_e falls with x when the alternatives lie below rho0 (rises otherwise).
     if log_e(0 if higher else k) < boundary:

@@ -163,9 +163,10 @@ def guard_information(
     out = []
     power_wanted = flag.decisions.power
     default_q = flag.serving_percent(index) / 100.0
-    for name in guard_tests(flag, index):
-        guard = guard_of(flag, name)
-        assert guard is not None
+    if not guard_tests(flag, index):
+        return ()
+    for guard in flag.guards:
+        name = guard.rule
         tally = evidence.guard(guard.event)
         xc, xb = tally.canary_exposure, tally.baseline_exposure
         q = xc / (xc + xb) if xc > 0 and xb > 0 else default_q

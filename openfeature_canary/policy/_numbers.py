@@ -7,7 +7,7 @@ import math
 from typing import Final
 
 from openfeature_canary.evidence import StageEvidence
-from openfeature_canary.plan import FlagPlan
+from openfeature_canary.plan import FlagPlan, Guard
 from openfeature_canary.policy._gates import GateTest, Information, quantile
 from openfeature_canary.policy._guards import guard_estimate, guard_of
 from openfeature_canary.state import Number, Verdict, WindowRecord
@@ -57,7 +57,7 @@ def test_numbers(
     boundary, and n."""
     guard = guard_of(flag, test.name)
     if guard is not None:
-        return _guard_numbers(flag, index, evidence, test)
+        return _guard_numbers(guard, evidence, test)
     stage = flag.stage(index)
     value: float | None = test.estimate
     threshold: float | None = test.line
@@ -77,13 +77,9 @@ def test_numbers(
     }
 
 
-def _guard_numbers(
-    flag: FlagPlan, index: int, evidence: StageEvidence, test: GateTest
-) -> dict[str, Number]:
+def _guard_numbers(guard: Guard, evidence: StageEvidence, test: GateTest) -> dict[str, Number]:
     """A guard test's numbers: ``value`` is the canary's relative change the wrong way
     against the baseline (0.21: 21 % fewer clicks), ``threshold`` the guard's ``max_drop``."""
-    guard = guard_of(flag, test.name)
-    assert guard is not None
     tally = evidence.guard(guard.event)
     canary, baseline = guard_estimate(guard, tally)
     drop = None
