@@ -220,8 +220,11 @@ class Service:
         percent: float,
         trigger: str | None,
         decide: bool = True,
+        plan: Path | None = None,
     ) -> None:
-        self.plan = _plan(tmp_path, percent, trigger)
+        """``plan``: a plan of the caller's (by default one stage at ``percent``, with
+        ``trigger``)."""
+        self.plan = plan if plan is not None else _plan(tmp_path, percent, trigger)
         self.store = f"file://{tmp_path / 'state.json'}"
         self.reports = tmp_path / "reports"
         self.env = _env(

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ import httpx
 import pytest
 import tomllib
 from prometheus_client.parser import text_string_to_metric_families
-from test_example_dataservice import EXAMPLE, FLAG, LOAD, USER_FLAG, Server, _env, _wait
+from test_example_dataservice import EXAMPLE, FLAG, LOAD, USER_FLAG, Server, Service, _env, _wait
 
 from openfeature_canary.demo._ingest_server import IngestServer
 
@@ -113,64 +112,27 @@ class GuardedService:
     """The stub (faults of its own) and the service on the guarded plan, the flag at 50 %."""
 
     def __init__(self, folder: Path, ingest: IngestServer) -> None:
-        self.folder = folder
         self.stub = Server(
             ["-m", "examples.dataservice.stub", "--port", "0", "--seed", "7"],
             _env(),
             folder / "stub.log",
         )
-        self.plan = _plan(folder)
-        self.store = f"file://{folder / 'state.json'}"
-        self.env = _env(
-            DATASERVICE_URL=self.stub.url,
-            DATASERVICE_EXAMPLE_PLAN=str(self.plan),
-            DATASERVICE_EXAMPLE_STORE=self.store,
-            DATASERVICE_EXAMPLE_REPORTS=str(folder / "reports"),
-            DATASERVICE_EXAMPLE_SHADOW_RATE="1",  # every canary answer checked by the ledger
-            A8_URL=ingest.url,
-        )
-        self.server = Server(
-            [
-                "-m",
-                "uvicorn",
-                "--factory",
-                "examples.dataservice.app:create_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--no-access-log",
-            ],
-            self.env,
-            folder / "service.log",
-        )
-        self.url = self.server.url
-        self._where = ("--plan", str(self.plan), "--store", self.store)
+        self.service = Service(folder, self.stub, ingest, 50, None, plan=_plan(folder))
+        self.server = self.service.server
+        self.url = self.service.url
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``openfeature-canary ARGS --plan PLAN --store STORE``."""
-        done = subprocess.run(
-            [sys.executable, "-m", "openfeature_canary", *args, *self._where],
-            cwd=self.folder,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert done.returncode == 0, done.stderr
-        return done
+        return self.service.cli(*args)
 
     def served(self) -> dict[str, Any]:
         """What the service serves for the flag (``GET /healthz``)."""
-        response = httpx.get(f"{self.url}/healthz", timeout=5, trust_env=False)
-        response.raise_for_status()
-        served: dict[str, Any] = response.json()["flags"][FLAG]
+        served: dict[str, Any] = self.service.flags()[FLAG]
         return served
 
     def start(self) -> None:
         """``start --force``; wait until the service serves 50 %."""
-        self.cli("start", FLAG, "--force")
-        _wait("50 % served", lambda: self.served()["percent"] == 50, 5, self.server)
+        self.service.start_flag(50)
 
     def faults(self, **body: Any) -> None:
         """Switch the stub's faults."""
